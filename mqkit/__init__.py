@@ -1,0 +1,49 @@
+"""mqkit: one producer/consumer interface over Kafka, RabbitMQ, ActiveMQ, RocketMQ and embedded queues."""
+
+from mqkit.client import Broker, Consumer, Producer, connect
+from mqkit.config import BrokerURL, parse_url
+from mqkit.errors import (
+    BrokerUnavailable,
+    ClosedError,
+    ConfigError,
+    DecodeError,
+    DeliveryTimeout,
+    MessageStateError,
+    MqkitError,
+)
+from mqkit.message import Delivery, Message, OutgoingMessage
+from mqkit.registry import register
+from mqkit.serialization import (
+    BytesSerializer,
+    FunctionSerializer,
+    JsonSerializer,
+    Serializer,
+    TextSerializer,
+)
+from mqkit.spi import Features
+
+__all__ = [
+    "Broker",
+    "BrokerURL",
+    "BrokerUnavailable",
+    "BytesSerializer",
+    "ClosedError",
+    "ConfigError",
+    "Consumer",
+    "DecodeError",
+    "Delivery",
+    "DeliveryTimeout",
+    "Features",
+    "FunctionSerializer",
+    "JsonSerializer",
+    "Message",
+    "MessageStateError",
+    "MqkitError",
+    "OutgoingMessage",
+    "Producer",
+    "Serializer",
+    "TextSerializer",
+    "connect",
+    "parse_url",
+    "register",
+]

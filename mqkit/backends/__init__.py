@@ -1,0 +1,1 @@
+"""Embedded backends that need no server: ``memory://`` and ``sqlite:///path.db``."""

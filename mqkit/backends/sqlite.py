@@ -1,0 +1,538 @@
+"""The embedded queue engine: durable consumer groups in one SQLite database.
+
+Tables: ``messages`` holds each body once; ``subscriptions`` lists the groups of each topic; a
+trigger fans every new message out into ``queue``, one row per subscribed group. A consumer
+*leases* rows (``lease`` token, ``visible_at`` deadline), deletes them on ack and releases them
+on nack or close. A lease that runs out (its consumer died) makes the row visible again, so an
+unacked message is always delivered again: at-least-once across killed processes.
+
+Per-key order: a keyed row is only leased once no earlier row of the same group, topic and key
+is left, unless that earlier row is leased by the same consumer; so one key is never processed
+by two consumers at once, and a nacked message comes back before its key's successors.
+
+``memory://`` runs the same engine on an in-process database (see :mod:`mqkit.backends.memory`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mqkit.config import BrokerURL
+from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, DeliveryTimeout, MqkitError
+from mqkit.message import Delivery, OutgoingMessage
+from mqkit.options import Options
+from mqkit.spi import Features
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic   TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    key     TEXT,
+    headers TEXT NOT NULL,
+    body    BLOB NOT NULL,
+    ts      REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    topic TEXT NOT NULL,
+    grp   TEXT NOT NULL,
+    PRIMARY KEY (topic, grp)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue (
+    grp        TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    topic      TEXT NOT NULL,
+    key        TEXT,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    visible_at REAL NOT NULL DEFAULT 0,
+    lease      TEXT,
+    PRIMARY KEY (grp, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS queue_key ON queue (grp, topic, key, seq) WHERE key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS queue_seq ON queue (seq);
+CREATE TRIGGER IF NOT EXISTS fanout AFTER INSERT ON messages BEGIN
+    INSERT INTO queue (grp, seq, topic, key)
+    SELECT grp, NEW.seq, NEW.topic, NEW.key FROM subscriptions WHERE topic = NEW.topic;
+END;
+"""
+
+_LEASE = """
+SELECT q.seq FROM queue q
+WHERE q.grp = ? AND q.topic IN ({topics}) AND q.visible_at <= ?
+  AND (q.key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM queue p
+        WHERE p.grp = q.grp AND p.topic = q.topic AND p.key = q.key AND p.seq < q.seq
+          AND NOT (p.lease IS ? AND p.visible_at > ?)))
+ORDER BY q.seq LIMIT ?
+"""
+
+#: Acks between two sweeps of messages that no group needs any more.
+GC_EVERY = 2000
+
+
+class Store:
+    """One SQLite connection shared by every producer and consumer of a process.
+
+    SQLite serializes writers anyway; one connection behind one lock keeps that simple, and
+    the condition lets in-process consumers wake as soon as a local producer commits.
+    """
+
+    def __init__(self, target: str, *, memory: bool, busy_timeout: float, synchronous: str):
+        self.target = target
+        self.memory = memory
+        self.pid = os.getpid()
+        self.users = 0
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self._acks = 0
+        try:
+            if not memory:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(
+                ":memory:" if memory else target,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            if not memory:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            with self.transaction() as conn:
+                conn.executescript("BEGIN IMMEDIATE;" + SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError(
+                f"cannot open the SQLite queue at {target!r}: {exc}; check the path is a "
+                "writable file that is either new or a mqkit database"
+            ) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``: takes the write lock up front, so no upgrade deadlock."""
+        with self.lock:
+            conn = self.conn
+            begun = False
+            try:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                    begun = True
+                yield conn
+                if begun:
+                    conn.execute("COMMIT")
+            except BaseException as exc:
+                if begun and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise BrokerUnavailable(
+                        f"SQLite queue {self.target!r} is unavailable: {exc}"
+                    ) from exc
+                raise
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    # -- producing ---------------------------------------------------------------------------
+
+    def append(self, batch: Sequence[OutgoingMessage]) -> None:
+        rows = [
+            (
+                m.topic,
+                m.id,
+                m.key,
+                json.dumps(dict(m.headers), ensure_ascii=False) if m.headers else "",
+                m.body,
+                m.timestamp,
+            )
+            for m in batch
+        ]
+        with self.changed:
+            with self.transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO messages (topic, id, key, headers, body, ts) VALUES (?,?,?,?,?,?)",
+                    rows,
+                )
+            self.changed.notify_all()
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    def subscribe(self, topics: Sequence[str], group: str) -> None:
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO subscriptions (topic, grp) VALUES (?, ?)",
+                [(t, group) for t in topics],
+            )
+
+    def lease(
+        self, group: str, topics: Sequence[str], token: str, visibility: float, limit: int
+    ) -> list[Delivery]:
+        now = time.time()
+        sql = _LEASE.format(topics=",".join("?" * len(topics)))
+        with self.transaction() as conn:
+            seqs = [
+                row[0] for row in conn.execute(sql, (group, *topics, now, token, now, limit))
+            ]
+            if not seqs:
+                return []
+            marks = ",".join("?" * len(seqs))
+            attempts = dict(
+                conn.execute(
+                    f"UPDATE queue SET attempts = attempts + 1, visible_at = ?, lease = ? "
+                    f"WHERE grp = ? AND seq IN ({marks}) RETURNING seq, attempts",
+                    (now + visibility, token, group, *seqs),
+                ).fetchall()
+            )
+            rows = conn.execute(
+                f"SELECT seq, topic, id, key, headers, body, ts FROM messages "
+                f"WHERE seq IN ({marks}) ORDER BY seq",
+                seqs,
+            ).fetchall()
+        return [
+            Delivery(
+                topic=topic,
+                body=bytes(body),
+                key=key,
+                headers=json.loads(headers) if headers else {},
+                id=mid,
+                timestamp=ts,
+                attempt=attempts[seq],
+                handle=(seq, token, now + visibility),
+            )
+            for seq, topic, mid, key, headers, body, ts in rows
+        ]
+
+    def ack(self, group: str, seq: int, token: str) -> bool:
+        with self.transaction() as conn:
+            done = conn.execute(
+                "DELETE FROM queue WHERE grp = ? AND seq = ? AND lease = ?", (group, seq, token)
+            ).rowcount
+            self._acks += 1
+            if self._acks % GC_EVERY == 0:
+                self._collect(conn)
+        return done == 1
+
+    def release(self, group: str, seqs: Sequence[int], token: str, *, delay: float = 0.0,
+                uncount: bool = False) -> None:
+        """Give leased rows back: visible after ``delay``; ``uncount`` if never handed out."""
+        if not seqs:
+            return
+        marks = ",".join("?" * len(seqs))
+        with self.changed:
+            with self.transaction() as conn:
+                conn.execute(
+                    f"UPDATE queue SET lease = NULL, visible_at = ?, "
+                    f"attempts = attempts - ? WHERE grp = ? AND lease = ? AND seq IN ({marks})",
+                    (time.time() + delay, 1 if uncount else 0, group, token, *seqs),
+                )
+            self.changed.notify_all()
+
+    def _collect(self, conn: sqlite3.Connection) -> None:
+        """Delete messages that no group's queue refers to any more."""
+        conn.execute(
+            "DELETE FROM messages WHERE seq < COALESCE((SELECT MIN(seq) FROM queue), "
+            "(SELECT MAX(seq) FROM messages) + 1)"
+        )
+
+    def wait(self, timeout: float) -> None:
+        with self.changed:
+            self.changed.wait(timeout)
+
+
+class SqliteProducer:
+    """Group commit: ``send`` queues, a writer thread commits whatever queued meanwhile."""
+
+    def __init__(self, store: Store, *, max_batch: int = 1000, max_buffer: int = 20000) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._max_buffer = max_buffer
+        self._cv = threading.Condition()
+        self._buffer: list[OutgoingMessage] = []
+        self._sent = 0
+        self._written = 0
+        self._error: MqkitError | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="mqkit-sqlite-writer", daemon=True)
+        self._thread.start()
+
+    def send(self, message: OutgoingMessage) -> None:
+        with self._cv:
+            if self._closing:
+                raise ClosedError("producer is closed")
+            while len(self._buffer) >= self._max_buffer and self._error is None:
+                self._cv.wait()
+            if self._error is not None:
+                raise self._error
+            self._buffer.append(message)
+            self._sent += 1
+            if len(self._buffer) == 1:
+                self._cv.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._buffer and not self._closing:
+                    self._cv.wait()
+                if not self._buffer:
+                    return
+                batch = self._buffer[: self._max_batch]
+                del self._buffer[: self._max_batch]
+                self._cv.notify_all()
+            try:
+                self._store.append(batch)
+            except Exception as exc:  # surfaced to the caller by send/flush
+                with self._cv:
+                    self._error = MqkitError(
+                        f"writing {len(batch)} message(s) to {self._store.target!r} failed: {exc}"
+                    )
+                    self._buffer.clear()
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._written += len(batch)
+                self._cv.notify_all()
+
+    def flush(self, timeout: float | None) -> None:
+        with self._cv:
+            target = self._sent
+            done = self._cv.wait_for(
+                lambda: self._written >= target or self._error is not None, timeout
+            )
+            if self._error is not None:
+                raise self._error
+            if not done:
+                raise DeliveryTimeout(
+                    f"{target - self._written} message(s) not yet written after {timeout} s"
+                )
+
+    def close(self) -> None:
+        try:
+            self.flush(None)
+        finally:
+            with self._cv:
+                self._closing = True
+                self._cv.notify_all()
+            self._thread.join()
+
+
+class SqliteConsumer:
+    """Leases up to ``prefetch`` rows at a time and hands them out one by one."""
+
+    def __init__(
+        self,
+        store: Store,
+        topics: Sequence[str],
+        group: str,
+        *,
+        visibility: float,
+        prefetch: int,
+        poll_interval: float,
+    ) -> None:
+        self._store = store
+        self._topics = tuple(topics)
+        self._group = group
+        self._visibility = visibility
+        self._prefetch = prefetch
+        self._poll = poll_interval
+        self._token = secrets.token_hex(8)
+        self._buffer: deque[Delivery] = deque()
+        self._inflight: set[int] = set()
+        self._closed = False
+        self._lock = threading.Lock()
+        store.subscribe(self._topics, group)
+
+    def receive(self, timeout: float | None) -> Delivery | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._closed:
+                    return None
+                while self._buffer:
+                    delivery = self._buffer.popleft()
+                    if delivery.handle[2] > time.time():
+                        self._inflight.add(delivery.handle[0])
+                        return delivery
+                    # Its lease ran out while buffered: another consumer may have it now.
+            with self._store.changed:
+                batch = self._store.lease(
+                    self._group, self._topics, self._token, self._visibility, self._prefetch
+                )
+                if not batch:
+                    wait = self._poll
+                    if deadline is not None:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return None
+                        wait = min(wait, remaining)
+                    # Releases the store lock while waiting, so producers can commit.
+                    self._store.changed.wait(wait)
+                    continue
+            with self._lock:
+                if self._closed:  # closed while leasing: give the batch straight back
+                    self._store.release(
+                        self._group, [d.handle[0] for d in batch], self._token, uncount=True
+                    )
+                    return None
+                self._buffer.extend(batch)
+
+    def ack(self, delivery: Delivery) -> None:
+        seq, token, _ = delivery.handle
+        with self._lock:
+            self._inflight.discard(seq)
+        if not self._store.ack(self._group, seq, token):
+            log.warning(
+                "ack of message %s on %r came after its lease ran out; it may be redelivered "
+                "(raise visibility_timeout for slow handlers)",
+                delivery.id,
+                delivery.topic,
+            )
+
+    def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
+        seq, token, _ = delivery.handle
+        with self._lock:
+            self._inflight.discard(seq)
+            if not requeue:
+                self._store.ack(self._group, seq, token)
+                return
+            # Buffered successors of the same key must wait for the nacked one: give them back.
+            later: list[int] = []
+            if delivery.key is not None:
+                keep: deque[Delivery] = deque()
+                for d in self._buffer:
+                    if d.key == delivery.key and d.topic == delivery.topic:
+                        later.append(d.handle[0])
+                    else:
+                        keep.append(d)
+                self._buffer = keep
+            self._store.release(self._group, [seq], token, delay=delay)
+            self._store.release(self._group, later, token, uncount=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            buffered = [d.handle[0] for d in self._buffer]
+            self._buffer.clear()
+            inflight = sorted(self._inflight)
+            self._inflight.clear()
+        try:
+            self._store.release(self._group, buffered, self._token, uncount=True)
+            self._store.release(self._group, inflight, self._token)
+        except sqlite3.Error as exc:  # the lease will run out instead; nothing is lost
+            log.warning("could not give back unacked messages on close: %s", exc)
+
+
+class SqliteBackend:
+    """A backend over a shared :class:`Store`; ``memory://`` and ``sqlite://`` both use it."""
+
+    def __init__(self, store: Store, opts: Options, *, persistent: bool, on_close: Any) -> None:
+        self.features = Features(
+            key_order_on_nack=True,
+            delayed_redelivery=True,
+            persistent=persistent,
+            max_body_size=64 << 20,
+        )
+        self._store = store
+        self._visibility = opts.float("visibility_timeout", 30.0, minimum=0.01)
+        self._prefetch = opts.int("prefetch", 32, minimum=1)
+        self._poll = opts.float("poll_interval", 0.05 if persistent else 0.5, minimum=0.001)
+        self._on_close = on_close
+        self._closed = False
+
+    def producer(self, options: Mapping[str, Any]) -> SqliteProducer:
+        self._check_open()
+        opts = Options("sqlite producer", options)
+        producer = SqliteProducer(self._store, max_batch=opts.int("max_batch", 1000, minimum=1))
+        opts.done()
+        return producer
+
+    def consumer(
+        self, topics: Sequence[str], group: str, options: Mapping[str, Any]
+    ) -> SqliteConsumer:
+        self._check_open()
+        opts = Options("sqlite consumer", options)
+        consumer = SqliteConsumer(
+            self._store,
+            topics,
+            group,
+            visibility=opts.float("visibility_timeout", self._visibility, minimum=0.01),
+            prefetch=opts.int("prefetch", self._prefetch, minimum=1),
+            poll_interval=self._poll,
+        )
+        opts.done()
+        return consumer
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("broker is closed")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close()
+
+
+# -- one Store per database per process ---------------------------------------------------------
+
+_stores: dict[str, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def shared_store(
+    key: str, target: str, *, memory: bool, busy_timeout: float, synchronous: str
+) -> Store:
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None or store.pid != os.getpid():  # a forked child opens its own
+            store = Store(target, memory=memory, busy_timeout=busy_timeout, synchronous=synchronous)
+            _stores[key] = store
+        store.users += 1
+        return store
+
+
+def release_store(key: str, store: Store, *, keep: bool) -> None:
+    """Drop one user; the last one closes the database unless ``keep`` (in-memory data)."""
+    with _stores_lock:
+        store.users -= 1
+        if store.users <= 0 and not keep and _stores.get(key) is store:
+            del _stores[key]
+            store.close()
+
+
+def open_backend(url: BrokerURL, options: Mapping[str, Any]) -> SqliteBackend:
+    """Entry point for ``sqlite:///relative.db`` and ``sqlite:////absolute.db``."""
+    if url.hosts:
+        raise ConfigError(
+            f"{url}: a SQLite URL has no host; write sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    path = url.path[1:] if url.path.startswith("/") else url.path
+    if not path or path.endswith("/"):
+        raise ConfigError(f"{url}: no database file given; e.g. sqlite:///mqkit.db")
+    opts = Options(f"sqlite:///{path}", options)
+    busy = opts.float("busy_timeout", 30.0)
+    synchronous = opts.choice("synchronous", "normal", ("normal", "full"))
+    real = os.path.realpath(path)
+    store = shared_store("file:" + real, real, memory=False, busy_timeout=busy, synchronous=synchronous)
+    try:
+        backend = SqliteBackend(
+            store, opts, persistent=True,
+            on_close=lambda: release_store("file:" + real, store, keep=False),
+        )
+        opts.done()
+    except BaseException:
+        release_store("file:" + real, store, keep=False)
+        raise
+    return backend

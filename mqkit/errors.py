@@ -1,0 +1,35 @@
+"""Every error mqkit raises derives from :class:`MqkitError`, so callers can catch one type."""
+
+from __future__ import annotations
+
+
+class MqkitError(Exception):
+    """Base class of all mqkit errors."""
+
+
+class ConfigError(MqkitError, ValueError):
+    """The URL, option or config file is wrong; the message says what and how to fix it."""
+
+
+class BrokerUnavailable(MqkitError, ConnectionError):
+    """The broker could not be reached or refused us (host down, bad credentials, wrong vhost)."""
+
+
+class ClosedError(MqkitError):
+    """The broker, producer or consumer was used after ``close()``."""
+
+
+class DeliveryTimeout(MqkitError, TimeoutError):
+    """``flush()`` gave up before the backend confirmed every message sent."""
+
+
+class DecodeError(MqkitError):
+    """A received body could not be decoded by the consumer's serializer.
+
+    The message is still delivered (``Message.error`` holds this exception) so that it is never
+    lost: ack it, nack it or dead-letter it like any other.
+    """
+
+
+class MessageStateError(MqkitError):
+    """A message was acked or nacked twice."""

@@ -1,0 +1,146 @@
+"""The message model: what a producer hands a backend and what a consumer gets back."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mqkit.errors import DecodeError, MessageStateError
+
+Headers = Mapping[str, str]
+
+
+def new_message_id() -> str:
+    """A random 128-bit id; unique enough to deduplicate on without coordination."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """An encoded message on its way to a backend. Adapters translate it, nothing more."""
+
+    topic: str
+    body: bytes
+    key: str | None = None
+    headers: Headers = field(default_factory=dict)
+    id: str = field(default_factory=new_message_id)
+    timestamp: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message as a backend received it.
+
+    ``attempt`` is the delivery count (1 on first delivery). ``handle`` is the adapter's own
+    token for acking (a delivery tag, an offset, a receipt handle); the core never looks inside.
+    """
+
+    topic: str
+    body: bytes
+    key: str | None
+    headers: Headers
+    id: str
+    timestamp: float
+    attempt: int
+    handle: Any = None
+
+
+Settle = Callable[["Message", bool, bool, float], None]
+"""How a message reports its fate to its consumer: (message, ack, requeue, delay)."""
+
+
+class Message:
+    """A received message: decoded ``value``, raw ``body``, metadata and ``ack()``/``nack()``.
+
+    If the body could not be decoded, ``error`` holds the :class:`DecodeError` and reading
+    ``value`` raises it; the raw ``body`` is always there.
+    """
+
+    __slots__ = ("delivery", "_value", "error", "_settle", "_settled")
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        value: Any,
+        error: DecodeError | None,
+        settle: Settle,
+    ) -> None:
+        self.delivery = delivery
+        self._value = value
+        self.error = error
+        self._settle = settle
+        self._settled: str | None = None
+
+    @property
+    def value(self) -> Any:
+        """The decoded body; raises :class:`DecodeError` if it could not be decoded."""
+        if self.error is not None:
+            raise self.error
+        return self._value
+
+    @property
+    def body(self) -> bytes:
+        return self.delivery.body
+
+    @property
+    def key(self) -> str | None:
+        return self.delivery.key
+
+    @property
+    def headers(self) -> Headers:
+        return self.delivery.headers
+
+    @property
+    def id(self) -> str:
+        return self.delivery.id
+
+    @property
+    def topic(self) -> str:
+        return self.delivery.topic
+
+    @property
+    def timestamp(self) -> float:
+        return self.delivery.timestamp
+
+    @property
+    def attempt(self) -> int:
+        return self.delivery.attempt
+
+    @property
+    def settled(self) -> str | None:
+        """``"ack"``, ``"nack"`` or ``None`` while the message is still in flight."""
+        return self._settled
+
+    def ack(self) -> None:
+        """Confirm the message is processed: the group will not see it again."""
+        self._mark("ack")
+        self._settle(self, True, False, 0.0)
+
+    def nack(self, requeue: bool = True, *, delay: float = 0.0) -> None:
+        """Give the message back.
+
+        With ``requeue`` it is delivered again to the group (after ``delay`` seconds where the
+        backend supports delayed redelivery) with ``attempt`` incremented; without it the group
+        drops the message, so dead-letter it first if it must be kept.
+        """
+        if delay < 0:
+            raise ValueError("delay must be >= 0")
+        self._mark("nack")
+        self._settle(self, False, requeue, delay)
+
+    def _mark(self, outcome: str) -> None:
+        if self._settled is not None:
+            raise MessageStateError(
+                f"message {self.id} on {self.topic!r} was already {self._settled}ed; "
+                "a message is settled exactly once"
+            )
+        self._settled = outcome
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(topic={self.topic!r}, id={self.id!r}, key={self.key!r}, "
+            f"attempt={self.attempt}, size={len(self.body)})"
+        )

@@ -1,0 +1,78 @@
+"""The adapter contract: what a backend implements so the core can drive it.
+
+An adapter package exposes, in the ``mqkit.adapters`` entry-point group, one entry per URL
+scheme whose value is a :data:`BackendFactory`. The core adds serialization, validation,
+handlers and helpers on top; adapters only translate to their client library.
+
+Rules every backend follows (the conformance suite checks them):
+
+* ``ProducerDriver.send`` may buffer; ``flush`` returns only when every message sent before it
+  is durable/confirmed, or raises :class:`~mqkit.errors.DeliveryTimeout`.
+* ``ConsumerDriver.consumer(...)`` returns only once the group's subscription exists, so a
+  message sent afterwards reaches the group even if nobody is receiving yet.
+* ``receive(timeout)`` blocks up to ``timeout`` seconds (``None``: until a message or close) and
+  returns ``None`` on timeout. It must return promptly after ``close()`` from another thread.
+* Delivery is at-least-once: what is not acked when the consumer closes or dies is delivered
+  again to the group, with ``attempt`` incremented.
+* Errors from the client library are raised as :mod:`mqkit.errors` types naming host and cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from mqkit.config import BrokerURL
+from mqkit.message import Delivery, OutgoingMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What a backend guarantees beyond the common contract; tests and helpers read it."""
+
+    #: A nacked keyed message is redelivered before later messages of the same key.
+    key_order_on_nack: bool = True
+    #: ``nack(delay=...)`` is honoured by the backend itself (no sleeping in the consumer).
+    delayed_redelivery: bool = False
+    #: Messages survive a restart of the broker (or of the process, for embedded backends).
+    persistent: bool = True
+    #: Largest body the backend accepts with its default settings, in bytes.
+    max_body_size: int = 1 << 20
+
+
+class ProducerDriver(Protocol):
+    def send(self, message: OutgoingMessage) -> None: ...
+
+    def flush(self, timeout: float | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ConsumerDriver(Protocol):
+    def receive(self, timeout: float | None) -> Delivery | None: ...
+
+    def ack(self, delivery: Delivery) -> None: ...
+
+    def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One connection (or connection factory) to one broker."""
+
+    features: Features
+
+    def producer(self, options: Mapping[str, Any]) -> ProducerDriver: ...
+
+    def consumer(
+        self, topics: Sequence[str], group: str, options: Mapping[str, Any]
+    ) -> ConsumerDriver: ...
+
+    def close(self) -> None: ...
+
+
+BackendFactory = Callable[[BrokerURL, Mapping[str, Any]], Backend]
+"""``factory(url, options) -> Backend``; options are the URL query merged with ``connect(**options)``."""
