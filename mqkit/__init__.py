@@ -1,4 +1,5 @@
-"""mqkit: one producer/consumer interface over Kafka, RabbitMQ, ActiveMQ, RocketMQ and embedded queues."""
+"""mqkit: one producer/consumer interface over Kafka, RabbitMQ, ActiveMQ, RocketMQ and
+embedded queues, chosen by a URL."""
 
 from mqkit.client import Broker, Consumer, Producer, connect
 from mqkit.config import BrokerURL, parse_url

@@ -59,7 +59,7 @@ class Message:
     ``value`` raises it; the raw ``body`` is always there.
     """
 
-    __slots__ = ("delivery", "_value", "error", "_settle", "_settled")
+    __slots__ = ("_settle", "_settled", "_value", "delivery", "error")
 
     def __init__(
         self,

@@ -120,7 +120,7 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``: takes the write lock up front, so no upgrade deadlock."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT``: take the write lock up front (no upgrade deadlock)."""
         with self.lock:
             conn = self.conn
             begun = False
@@ -181,9 +181,7 @@ class Store:
         now = time.time()
         sql = _LEASE.format(topics=",".join("?" * len(topics)))
         with self.transaction() as conn:
-            seqs = [
-                row[0] for row in conn.execute(sql, (group, *topics, now, token, now, limit))
-            ]
+            seqs = [row[0] for row in conn.execute(sql, (group, *topics, now, token, now, limit))]
             if not seqs:
                 return []
             marks = ",".join("?" * len(seqs))
@@ -223,8 +221,15 @@ class Store:
                 self._collect(conn)
         return done == 1
 
-    def release(self, group: str, seqs: Sequence[int], token: str, *, delay: float = 0.0,
-                uncount: bool = False) -> None:
+    def release(
+        self,
+        group: str,
+        seqs: Sequence[int],
+        token: str,
+        *,
+        delay: float = 0.0,
+        uncount: bool = False,
+    ) -> None:
         """Give leased rows back: visible after ``delay``; ``uncount`` if never handed out."""
         if not seqs:
             return
@@ -379,12 +384,16 @@ class SqliteConsumer:
                     self._store.changed.wait(wait)
                     continue
             with self._lock:
-                if self._closed:  # closed while leasing: give the batch straight back
+                if self.closed:  # closed while leasing: give the batch straight back
                     self._store.release(
                         self._group, [d.handle[0] for d in batch], self._token, uncount=True
                     )
                     return None
                 self._buffer.extend(batch)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def ack(self, delivery: Delivery) -> None:
         seq, token, _ = delivery.handle
@@ -525,10 +534,14 @@ def open_backend(url: BrokerURL, options: Mapping[str, Any]) -> SqliteBackend:
     busy = opts.float("busy_timeout", 30.0)
     synchronous = opts.choice("synchronous", "normal", ("normal", "full"))
     real = os.path.realpath(path)
-    store = shared_store("file:" + real, real, memory=False, busy_timeout=busy, synchronous=synchronous)
+    store = shared_store(
+        "file:" + real, real, memory=False, busy_timeout=busy, synchronous=synchronous
+    )
     try:
         backend = SqliteBackend(
-            store, opts, persistent=True,
+            store,
+            opts,
+            persistent=True,
             on_close=lambda: release_store("file:" + real, store, keep=False),
         )
         opts.done()
