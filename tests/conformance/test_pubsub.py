@@ -387,3 +387,17 @@ def test_flush_confirms_a_burst(url: str, topic: str, group: str) -> None:
         got = collect(consumer, 500, deadline=ARRIVAL * 2)
         assert {m.id for m in got} == ids
         assert len(got) == 500
+
+
+def test_the_example_user_script_passes_by_changing_only_the_url(url: str) -> None:
+    script = Path(__file__).resolve().parents[2] / "examples" / "roundtrip.py"
+    if url.startswith("memory://"):  # in-process only: run it here instead of in a child
+        import runpy
+
+        runpy.run_path(str(script), run_name="roundtrip").get("main", print)(url)
+        return
+    done = subprocess.run(
+        [sys.executable, str(script), url], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK")
