@@ -142,39 +142,55 @@ def read_settings(url: BrokerURL, options: Mapping[str, Any]) -> tuple[Settings,
     return settings, opts
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything pika wrapped inside it (args, ``.exception``, causes)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        item = todo.pop(0)
+        if any(item is s for s in seen):
+            continue
+        seen.append(item)
+        inner = getattr(item, "exception", None)
+        if isinstance(inner, BaseException):
+            todo.append(inner)
+        todo.extend(a for a in getattr(item, "args", ()) if isinstance(a, BaseException))
+        for linked in (item.__cause__, item.__context__):
+            if linked is not None:
+                todo.append(linked)
+    return seen
+
+
 def describe(exc: BaseException) -> str:
     """A one-line cause for an exception pika raised while connecting or talking."""
-    if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
-        return "login refused: check the user name and password (ACCESS_REFUSED)"
-    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
-        return (
-            "access to the virtual host refused: it does not exist or the user has no "
-            f"permission on it ({_inner(exc)})"
-        )
-    if isinstance(exc, pika.exceptions.IncompatibleProtocolError):
-        return "the server did not answer as an AMQP 0-9-1 broker"
-    if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):
-        return f"the broker closed the connection ({exc.reply_code} {exc.reply_text})"
-    if isinstance(exc, pika.exceptions.StreamLostError):
-        return f"connection lost ({_inner(exc)})"
-    name = type(exc).__name__
-    if "Timeout" in name or isinstance(exc, (TimeoutError, socket.timeout)):
-        return "no answer from the broker within the connect timeout"
-    return _inner(exc)
-
-
-def _inner(exc: BaseException) -> str:
-    text = str(exc)
-    for marker in ("ConnectionRefusedError", "gaierror", "OSError", "TimeoutError"):
-        if marker in text:
-            if marker == "ConnectionRefusedError":
-                return "connection refused (is the broker running and listening on that port?)"
-            if marker == "gaierror":
-                return "the host name does not resolve"
-    if isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args:
-        parts = [str(a) for a in exc.args]
-        return "; ".join(parts)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    causes = _causes(exc)
+    for item in causes:
+        if isinstance(item, pika.exceptions.ProbableAuthenticationError):
+            return "login refused: check the user name and password (ACCESS_REFUSED)"
+        if isinstance(item, pika.exceptions.ProbableAccessDeniedError):
+            return (
+                "access to the virtual host refused: it does not exist or the user has no "
+                "permission on it"
+            )
+        if isinstance(item, pika.exceptions.IncompatibleProtocolError):
+            return "the server did not answer as an AMQP 0-9-1 broker"
+        if isinstance(item, pika.exceptions.ConnectionClosedByBroker):
+            return f"the broker closed the connection ({item.reply_code} {item.reply_text})"
+        if isinstance(item, socket.gaierror):
+            return f"the host name does not resolve ({item.strerror})"
+        if isinstance(item, ConnectionRefusedError):
+            return "connection refused (is the broker running and listening on that port?)"
+        if isinstance(item, (TimeoutError, socket.timeout)) or "Timeout" in type(item).__name__:
+            return "no answer from the broker within the connect timeout"
+        if isinstance(item, ssl.SSLError):
+            return f"TLS handshake failed ({item})"
+        if isinstance(item, OSError):
+            return f"{type(item).__name__}: {item}"
+    for item in causes:
+        if isinstance(item, pika.exceptions.StreamLostError):
+            return f"connection lost ({item})"
+    text = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {text}"
 
 
 def unavailable(settings: Settings, index: int, exc: BaseException) -> BrokerUnavailable:

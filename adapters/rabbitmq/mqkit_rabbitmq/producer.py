@@ -44,6 +44,7 @@ class RabbitProducer:
         self._wake = False
         self._closing = False
         self._error: MqkitError | None = None
+        self._error_reported = False
         self._down_since: float | None = None
         self._cause = ""
         self._host = 0
@@ -103,7 +104,8 @@ class RabbitProducer:
 
     def close(self) -> None:
         try:
-            self.flush(None)
+            if not self._error_reported:  # a refusal flush() already raised is not raised again
+                self.flush(None)
         finally:
             with self._cv:
                 self._closing = True
@@ -115,6 +117,7 @@ class RabbitProducer:
 
     def _check_usable(self, *, closing_ok: bool = False) -> None:
         if self._error is not None:
+            self._error_reported = True
             raise self._error
         if self._closing and not closing_ok:
             raise ClosedError("producer is closed")
