@@ -88,6 +88,7 @@ class RawSqliteClient:
     _lock = threading.Lock()
 
     def __init__(self, path: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
             path, timeout=30, isolation_level=None, check_same_thread=False
         )

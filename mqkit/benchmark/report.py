@@ -144,14 +144,13 @@ def chart(results: Sequence[Measurement], path: Path) -> None:
         raise RuntimeError("the PNG chart needs matplotlib: pip install 'mqkit[bench]'") from exc
     rows = [m for m in results if m.test in ("produce", "consume")]
     labels = [f"{m.backend}\n{m.client} {m.test} k={m.topics}" for m in rows]
-    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 5))
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 6))
     colors = ["#4c72b0" if m.client == "mqkit" else "#999999" for m in rows]
     ax.bar(range(len(rows)), [m.rate for m in rows], color=colors)
     ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("messages / s")
     ax.set_title("throughput (blue: mqkit, grey: raw client)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
