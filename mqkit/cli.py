@@ -19,6 +19,7 @@ from mqkit.client import Broker, connect
 from mqkit.config import parse_url, resolve
 from mqkit.demo import DEFAULT_SERVICES, Service, run_demo
 from mqkit.errors import MqkitError
+from mqkit.helpers.cli import register as register_helpers
 from mqkit.message import Message
 
 console = Console(stderr=True)
@@ -251,6 +252,8 @@ def demo(url: str | None, orders: int, capacities: tuple[str, ...], timeout: flo
     if not result.ok:
         sys.exit(1)
 
+
+register_helpers(main)  # mqkit dlq list / replay
 
 if __name__ == "__main__":  # pragma: no cover
     main()
