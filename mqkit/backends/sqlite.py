@@ -353,6 +353,10 @@ class SqliteConsumer:
         self._token = secrets.token_hex(8)
         self._buffer: deque[Delivery] = deque()
         self._inflight: set[int] = set()
+        # Nacked keys by nack number: a batch leased while a nack ran on another thread must
+        # not put that key's successors in the buffer after the nack looked for them.
+        self._nacks = 0
+        self._nacked_keys: dict[tuple[str, str], int] = {}
         self._closed = False
         self._lock = threading.Lock()
         store.subscribe(self._topics, group)
@@ -369,6 +373,8 @@ class SqliteConsumer:
                         self._inflight.add(delivery.handle[0])
                         return delivery
                     # Its lease ran out while buffered: another consumer may have it now.
+            with self._lock:
+                nacks_before = self._nacks
             with self._store.changed:
                 batch = self._store.lease(
                     self._group, self._topics, self._token, self._visibility, self._prefetch
@@ -389,6 +395,10 @@ class SqliteConsumer:
                         self._group, [d.handle[0] for d in batch], self._token, uncount=True
                     )
                     return None
+                if self._nacks != nacks_before:
+                    batch = self._drop_nacked_keys(batch, nacks_before)
+                elif self._nacked_keys:
+                    self._nacked_keys.clear()
                 self._buffer.extend(batch)
 
     @property
@@ -407,6 +417,20 @@ class SqliteConsumer:
                 delivery.topic,
             )
 
+    def _drop_nacked_keys(self, batch: list[Delivery], since: int) -> list[Delivery]:
+        """Give back the rows of keys nacked since ``since`` (they must come after the nack)."""
+        stale = {k for k, n in self._nacked_keys.items() if n > since}
+        keep = [d for d in batch if d.key is None or (d.topic, d.key) not in stale]
+        if len(keep) < len(batch):
+            kept = {d.handle[0] for d in keep}
+            self._store.release(
+                self._group,
+                [d.handle[0] for d in batch if d.handle[0] not in kept],
+                self._token,
+                uncount=True,
+            )
+        return keep
+
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
         seq, token, _ = delivery.handle
         with self._lock:
@@ -417,6 +441,8 @@ class SqliteConsumer:
             # Buffered successors of the same key must wait for the nacked one: give them back.
             later: list[int] = []
             if delivery.key is not None:
+                self._nacks += 1
+                self._nacked_keys[(delivery.topic, delivery.key)] = self._nacks
                 keep: deque[Delivery] = deque()
                 for d in self._buffer:
                     if d.key == delivery.key and d.topic == delivery.topic:
