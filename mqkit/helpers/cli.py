@@ -19,13 +19,23 @@ _url = click.option(
     default=None,
     help="Broker URL (default: $MQKIT_URL, mqkit.toml, [tool.mqkit], then the embedded one).",
 )
-_wait = click.option(
-    "--wait",
-    type=float,
-    default=2.0,
-    show_default=True,
-    help="Stop once no dead letter came for this many seconds.",
-)
+
+
+def _wait(fn: Any) -> Any:
+    fn = click.option(
+        "--first-wait",
+        type=float,
+        default=10.0,
+        show_default=True,
+        help="How long to wait for the first dead letter.",
+    )(fn)
+    return click.option(
+        "--wait",
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="Stop once no further dead letter came for this many seconds.",
+    )(fn)
 
 
 def _body(body: bytes) -> dict[str, Any]:
@@ -46,11 +56,13 @@ def dlq() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @_url
 @_wait
-def list_command(group: str, limit: int, as_json: bool, url: str | None, wait: float) -> None:
+def list_command(
+    group: str, limit: int, as_json: bool, url: str | None, wait: float, first_wait: float
+) -> None:
     """Show GROUP's dead letters without removing them."""
     try:
         with connect(url) as broker:
-            items = list_dead_letters(broker, group, limit=limit, wait=wait)
+            items = list_dead_letters(broker, group, limit=limit, wait=wait, first_wait=first_wait)
     except MqkitError as exc:
         raise click.ClickException(str(exc)) from None
     for item in items:
@@ -97,6 +109,7 @@ def replay_command(
     to_topic: bool,
     url: str | None,
     wait: float,
+    first_wait: float,
 ) -> None:
     """Send GROUP's dead letters back to be processed again, then remove them."""
     try:
@@ -108,6 +121,7 @@ def replay_command(
                 ids=set(ids) or None,
                 limit=limit,
                 wait=wait,
+                first_wait=first_wait,
             )
     except MqkitError as exc:
         raise click.ClickException(str(exc)) from None

@@ -42,16 +42,25 @@ def _matches(message: Message, info: DeadLetter, ids: Collection[str] | None) ->
 
 
 def list_dead_letters(
-    broker: Broker, group: str, *, limit: int = 100, wait: float = 2.0
+    broker: Broker,
+    group: str,
+    *,
+    limit: int = 100,
+    wait: float = 1.0,
+    first_wait: float = 10.0,
 ) -> list[Listed]:
-    """Up to ``limit`` of ``group``'s dead letters, oldest first; all stay in the queue."""
+    """Up to ``limit`` of ``group``'s dead letters, oldest first; all stay in the queue.
+
+    Waits up to ``first_wait`` seconds for the first one (a broker may take seconds to assign
+    a new consumer), then stops once none came for ``wait`` seconds.
+    """
     out: list[Listed] = []
     consumer = broker.consumer(
         dead_letter_topic(group), group=dead_letter_group(group), serializer="bytes"
     )
     try:
         while len(out) < limit:
-            message = consumer.receive(timeout=wait)
+            message = consumer.receive(timeout=wait if out else max(wait, first_wait))
             if message is None:
                 break
             out.append(Listed(message, DeadLetter.of(message)))
@@ -75,13 +84,15 @@ def replay(
     to: Literal["group", "topic"] = "group",
     ids: Collection[str] | None = None,
     limit: int | None = None,
-    wait: float = 2.0,
+    wait: float = 1.0,
+    first_wait: float = 10.0,
     batch: int = 100,
 ) -> list[Replayed]:
     """Re-publish ``group``'s dead letters (those in ``ids``, or all) and ack them.
 
     Each batch is flushed before its dead letters are acked: a crash in between replays a
-    message twice, never zero times.
+    message twice, never zero times. ``wait`` and ``first_wait`` as for
+    :func:`list_dead_letters`.
     """
     done: list[Replayed] = []
     consumer = broker.consumer(
@@ -89,9 +100,11 @@ def replay(
     )
     producer = broker.producer(serializer="bytes")
     pending: list[Message] = []
+    seen = 0
     try:
         while limit is None or len(done) < limit:
-            message = consumer.receive(timeout=wait)
+            message = consumer.receive(timeout=wait if seen else max(wait, first_wait))
+            seen += 1
             if message is None:
                 break
             info = DeadLetter.of(message)
