@@ -62,7 +62,6 @@ CREATE TABLE IF NOT EXISTS queue (
     PRIMARY KEY (grp, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS queue_key ON queue (grp, topic, key, seq) WHERE key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS queue_seq ON queue (seq);
 CREATE TRIGGER IF NOT EXISTS fanout AFTER INSERT ON messages BEGIN
     INSERT INTO queue (grp, seq, topic, key)
     SELECT grp, NEW.seq, NEW.topic, NEW.key FROM subscriptions WHERE topic = NEW.topic;
@@ -245,10 +244,16 @@ class Store:
 
     def _collect(self, conn: sqlite3.Connection) -> None:
         """Delete messages that no group's queue refers to any more."""
-        conn.execute(
-            "DELETE FROM messages WHERE seq < COALESCE((SELECT MIN(seq) FROM queue), "
-            "(SELECT MAX(seq) FROM messages) + 1)"
-        )
+        groups = [row[0] for row in conn.execute("SELECT DISTINCT grp FROM subscriptions")]
+        oldest = [
+            conn.execute("SELECT MIN(seq) FROM queue WHERE grp = ?", (g,)).fetchone()[0]
+            for g in groups
+        ]
+        pending = [seq for seq in oldest if seq is not None]
+        if pending:
+            conn.execute("DELETE FROM messages WHERE seq < ?", (min(pending),))
+        else:
+            conn.execute("DELETE FROM messages")
 
     def wait(self, timeout: float) -> None:
         with self.changed:
