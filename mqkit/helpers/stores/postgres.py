@@ -154,17 +154,16 @@ class PostgresStore:
 
     def complete(self, key: str, token: str, ttl: float) -> bool:
         t = self.table
-        with self.connection() as conn, conn.transaction():
+        with self.connection() as conn:
             row = conn.execute(
-                f"SELECT done, token FROM {t} WHERE key = %s FOR UPDATE", (key,)
-            ).fetchone()
-            conn.execute(
+                f"WITH prev AS (SELECT done, token FROM {t} WHERE key = %s) "
                 f"INSERT INTO {t} (key, done, token, expires_at) VALUES (%s, true, '', "
                 f"{_NOW} + %s) ON CONFLICT (key) DO UPDATE SET done = true, token = '', "
-                "expires_at = EXCLUDED.expires_at",
-                (key, ttl),
-            )
-        return row is not None and not row[0] and row[1] == token
+                "expires_at = EXCLUDED.expires_at "
+                "RETURNING (SELECT NOT prev.done AND prev.token = %s FROM prev)",
+                (key, key, ttl, token),
+            ).fetchone()
+        return bool(row and row[0])
 
     def release(self, key: str, token: str) -> None:
         with self.connection() as conn:
