@@ -54,7 +54,9 @@ class PostgresStore:
 
     ``PostgresStore("postgresql://user@host:5432/db")``; keeps up to ``pool_size`` connections
     (autocommit) for the threads that use it. Expired rows are swept every ``sweep_every``
-    claims.
+    claims. Each claim and done mark is a commit, flushed to disk by the server;
+    ``synchronous_commit=False`` skips that wait (a server crash may then forget the last
+    fraction of a second of marks, so those messages may run again).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class PostgresStore:
         pool_size: int = 8,
         sweep_every: int = 1000,
         connect_timeout: float = 10.0,
+        synchronous_commit: bool = True,
     ) -> None:
         if not table.replace("_", "").isalnum():
             raise ValueError(f"table name {table!r} must be letters, digits and _")
@@ -72,6 +75,7 @@ class PostgresStore:
         self.dsn = dsn
         self.table = table
         self._timeout = connect_timeout
+        self._sync = synchronous_commit
         self._sweep_every = sweep_every
         self._ops = 0
         self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
@@ -106,6 +110,8 @@ class PostgresStore:
                     raise ConfigError(
                         f"cannot reach PostgreSQL for the idempotency store: {exc}"
                     ) from exc
+                if not self._sync:
+                    conn.execute("SET synchronous_commit = off")
             assert conn is not None
             yield conn
         finally:
