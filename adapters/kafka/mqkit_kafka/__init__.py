@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from mqkit.config import BrokerURL
-
 from mqkit_kafka.backend import KafkaBackend, parse_settings
 
 __all__ = ["KafkaBackend", "open_backend"]

@@ -43,7 +43,8 @@ def translate(exc: BaseException, where: str, hosts: Sequence[tuple[str, int]]) 
         return exc
     if is_auth_error(exc):
         return BrokerUnavailable(f"{where}: the broker refused our credentials ({exc})")
-    if isinstance(exc, kerrors.TopicAuthorizationFailedError | kerrors.GroupAuthorizationFailedError):
+    denied = kerrors.TopicAuthorizationFailedError | kerrors.GroupAuthorizationFailedError
+    if isinstance(exc, denied):
         return BrokerUnavailable(f"{where}: not authorized ({exc})")
     if isinstance(exc, kerrors.KafkaConfigurationError):
         return ConfigError(f"{where}: {exc}")

@@ -99,14 +99,23 @@ class PartitionTracker:
         return dropped
 
     def commit_point(self) -> int | None:
-        """The offset the group may commit: the first tracked offset not done yet."""
+        """The offset the group may commit: the first offset not done yet.
+
+        That is the first tracked offset that is not done, or the fetch position if it is lower
+        (after a rewind, offsets from the position on will be fetched again). Done offsets
+        below the commit point are forgotten; those above it stay, so a re-fetch skips them.
+        """
+        frontier = self.next_offset
         while self._order and self._state[self._order[0]] is State.DONE:
+            if frontier is not None and self._order[0] >= frontier:
+                break
             offset = self._order.popleft()
             del self._state[offset]
             self.attempts.pop(offset, None)
-        if self._order:
-            return self._order[0]
-        return self.next_offset
+        first = next((o for o in self._order if self._state[o] is not State.DONE), None)
+        if first is None:
+            return frontier
+        return first if frontier is None else min(first, frontier)
 
     def needs_commit(self) -> int | None:
         """The commit point if it is past what was committed, else None."""

@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaAdminClient  # type: ignore[import-untyped]
 from kafka import errors as kerrors
@@ -15,8 +15,11 @@ from mqkit.config import BrokerURL
 from mqkit.errors import ClosedError, ConfigError, MqkitError
 from mqkit.options import Options
 from mqkit.spi import Features
-
 from mqkit_kafka._errors import translate
+
+if TYPE_CHECKING:
+    from mqkit_kafka.consumer import KafkaConsumerDriver
+    from mqkit_kafka.producer import KafkaProducerDriver
 
 log = logging.getLogger("mqkit_kafka")
 
@@ -219,14 +222,16 @@ class KafkaBackend:
 
     # -- factories -------------------------------------------------------------------------
 
-    def producer(self, options: Mapping[str, Any]) -> Any:
+    def producer(self, options: Mapping[str, Any]) -> KafkaProducerDriver:
         from mqkit_kafka.producer import KafkaProducerDriver
 
         self._check_open()
         settings = override(self.settings, f"{self.settings.where} producer", options)
         return KafkaProducerDriver(self, settings)
 
-    def consumer(self, topics: Sequence[str], group: str, options: Mapping[str, Any]) -> Any:
+    def consumer(
+        self, topics: Sequence[str], group: str, options: Mapping[str, Any]
+    ) -> KafkaConsumerDriver:
         from mqkit_kafka.consumer import KafkaConsumerDriver
 
         self._check_open()

@@ -19,6 +19,7 @@ before anything later on its partition (hence before anything later with its key
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -34,7 +35,6 @@ from kafka import (  # type: ignore[import-untyped]
 
 from mqkit.errors import BrokerUnavailable, ClosedError, MqkitError
 from mqkit.message import Delivery
-
 from mqkit_kafka._errors import translate
 from mqkit_kafka._tracker import PartitionTracker, State
 from mqkit_kafka.backend import Settings
@@ -215,7 +215,7 @@ class KafkaConsumerDriver:
                 failures = 0
             except Exception as exc:
                 failures += 1
-                if self._closing:
+                if self._stopping():
                     break
                 error = translate(exc, f"{self._where}: polling", self._settings.hosts)
                 log.warning("%s (attempt %d; retrying)", error, failures)
@@ -226,6 +226,9 @@ class KafkaConsumerDriver:
                     break
                 time.sleep(min(2.0, 0.1 * failures))
         self._shutdown()
+
+    def _stopping(self) -> bool:
+        return self._closing
 
     def _apply_seeks_and_pauses(self) -> None:
         consumer = self._consumer
@@ -241,10 +244,9 @@ class KafkaConsumerDriver:
             resume = self._paused - want
             self._paused = want
         for tp, offset in seeks.items():
-            try:
+            # ValueError: revoked meanwhile; the new owner starts from the commit
+            with contextlib.suppress(ValueError):
                 consumer.seek(tp, offset)
-            except ValueError:  # revoked meanwhile: the new owner starts from the commit
-                pass
         if pause:
             consumer.pause(*pause)
         if resume:
@@ -347,7 +349,9 @@ class KafkaConsumerDriver:
             done = threading.Event()
             outcome: list[Any] = []
 
-            def finished(result: Any, offsets: Any = offsets) -> None:
+            def finished(
+                result: Any, offsets: Any = offsets, outcome: Any = outcome, done: Any = done
+            ) -> None:
                 self._commit_finished(offsets, result)
                 outcome.append(result)
                 done.set()

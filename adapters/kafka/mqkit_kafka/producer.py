@@ -11,7 +11,6 @@ from kafka import errors as kerrors
 
 from mqkit.errors import BrokerUnavailable, ClosedError, DeliveryTimeout, MqkitError
 from mqkit.message import OutgoingMessage
-
 from mqkit_kafka._errors import translate
 from mqkit_kafka.backend import Settings, log
 
