@@ -184,7 +184,7 @@ class KafkaBackend:
 
     def ensure_topics(self, topics: Sequence[str]) -> None:
         """Create missing topics with the configured partition count (once per process)."""
-        if not self.settings.create_topics:
+        if not self.settings.create_topics or all(t in self._known_topics for t in topics):
             return
         with self._lock:
             missing = [t for t in dict.fromkeys(topics) if t not in self._known_topics]

@@ -96,6 +96,7 @@ class KafkaConsumerDriver:
         self._where = f"{settings.where} group {group!r}"
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)  # buffer filled / assignment / close
+        self._space = threading.Condition(self._lock)  # buffer drained below half
         self._buffer: deque[tuple[TopicPartition, int, Any]] = deque()
         self._parts: dict[TopicPartition, PartitionTracker] = {}
         self._epoch = 0
@@ -206,10 +207,19 @@ class KafkaConsumerDriver:
         failures = 0
         while not self._closing:
             try:
-                self._apply_seeks_and_pauses()
-                records = consumer.poll(timeout_ms=interval)
+                full = self._apply_seeks_and_pauses()
+                # A full buffer pauses every partition; poll(0) then only does the group's
+                # work (rebalances) and the thread waits for the application to drain.
+                records = consumer.poll(timeout_ms=0 if full else interval)
                 self._position_new_partitions(records)
                 self._take(records)
+                if full:
+                    with self._lock:
+                        self._space.wait_for(
+                            lambda: self._closing
+                            or len(self._buffer) <= self._settings.prefetch // 2,
+                            self._settings.poll_interval,
+                        )
                 if self._settings.ack_commit == "async":
                     self._commit(wait=False)
                 failures = 0
@@ -230,7 +240,8 @@ class KafkaConsumerDriver:
     def _stopping(self) -> bool:
         return self._closing
 
-    def _apply_seeks_and_pauses(self) -> None:
+    def _apply_seeks_and_pauses(self) -> bool:
+        """Seek nacked partitions back and pause what must not be fetched; True if full."""
         consumer = self._consumer
         now = time.monotonic()
         with self._lock:
@@ -251,6 +262,7 @@ class KafkaConsumerDriver:
             consumer.pause(*pause)
         if resume:
             consumer.resume(*resume)
+        return full
 
     def _position_new_partitions(self, records: dict[TopicPartition, list[Any]]) -> None:
         """Note where newly assigned partitions start (records of this poll count as unread)."""
@@ -392,6 +404,8 @@ class KafkaConsumerDriver:
                     raise self._error
                 while self._buffer:
                     tp, epoch, record = self._buffer.popleft()
+                    if len(self._buffer) == self._settings.prefetch // 2:
+                        self._space.notify()
                     part = self._parts.get(tp)
                     if part is None or part.epoch != epoch:
                         continue
@@ -476,6 +490,7 @@ class KafkaConsumerDriver:
                 return
             self._closing = True
             self._ready.notify_all()
+            self._space.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(self._settings.commit_timeout + self._settings.poll_interval + 5)
 
