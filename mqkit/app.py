@@ -119,8 +119,17 @@ class App:
         """Ask ``run()`` to finish in-flight messages and return; safe from any thread."""
         self._stop.set()
 
-    def run(self, *, install_signal_handlers: bool = True, duration: float | None = None) -> None:
-        """Process messages until :meth:`stop`, SIGINT/SIGTERM or ``duration`` seconds."""
+    def run(
+        self,
+        *,
+        install_signal_handlers: bool = True,
+        duration: float | None = None,
+        on_ready: Callable[[], object] | None = None,
+    ) -> None:
+        """Process messages until :meth:`stop`, SIGINT/SIGTERM or ``duration`` seconds.
+
+        ``on_ready`` is called once every group is subscribed (e.g. to start producing).
+        """
         if not self._registrations:
             raise RuntimeError("no handler registered; decorate a function with @app.handler")
         self._stop.clear()
@@ -147,6 +156,8 @@ class App:
                     workers.append(worker)
             for worker in workers:
                 worker.start()
+            if on_ready is not None:
+                on_ready()
             deadline = None if duration is None else time.monotonic() + duration
             while not self._stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
