@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from mqkit_kafka._tracker import PartitionTracker, State
+# the adapter is an editable install that mypy may not resolve from the repository root
+from mqkit_kafka._tracker import (  # type: ignore[import-not-found,unused-ignore]
+    PartitionTracker,
+    State,
+)
 
 
 def fetched(tracker: PartitionTracker, *offsets: int) -> None:
