@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # the adapter is an editable install that mypy may not resolve from the repository root
-from mqkit_kafka._tracker import (  # type: ignore[import-not-found,unused-ignore]
+from mqkit_kafka._tracker import (
     PartitionTracker,
     State,
 )
