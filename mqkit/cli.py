@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import click
@@ -19,6 +22,7 @@ from mqkit.client import Broker, connect
 from mqkit.config import parse_url, resolve
 from mqkit.demo import DEFAULT_SERVICES, Service, run_demo
 from mqkit.errors import MqkitError
+from mqkit.helpers.cli import register as register_helpers
 from mqkit.message import Message
 
 console = Console(stderr=True)
@@ -251,6 +255,102 @@ def demo(url: str | None, orders: int, capacities: tuple[str, ...], timeout: flo
     if not result.ok:
         sys.exit(1)
 
+
+@main.command()
+@click.option("--url", "urls", multiple=True, help="Backend URL; repeat to compare backends.")
+@click.option("--messages", type=int, default=10_000, show_default=True)
+@click.option("--size", type=int, default=1024, show_default=True, help="Body size in bytes.")
+@click.option("--topics", default="1,10,100", show_default=True, help="Topic counts to compare.")
+@click.option("--producers", type=int, default=1, show_default=True)
+@click.option("--consumers", type=int, default=1, show_default=True)
+@click.option(
+    "--rate",
+    type=float,
+    default=500.0,
+    show_default=True,
+    help="Offered rate (msg/s) for the latency test.",
+)
+@click.option("--latency-seconds", type=float, default=3.0, show_default=True)
+@click.option("--no-raw", is_flag=True, help="Skip the raw-client baseline.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write report.md, report.json and throughput.png into this directory.",
+)
+def bench(
+    urls: tuple[str, ...],
+    messages: int,
+    size: int,
+    topics: str,
+    producers: int,
+    consumers: int,
+    rate: float,
+    latency_seconds: float,
+    no_raw: bool,
+    as_json: bool,
+    report_dir: Path | None,
+) -> None:
+    """Measure throughput, latency, topic-count effect and mqkit's overhead per backend."""
+    from mqkit.benchmark import report
+    from mqkit.benchmark.clients import MqkitClient, raw_factory
+    from mqkit.benchmark.runner import BackendBench, Measurement, Workload
+
+    if size < 16:
+        raise click.BadParameter("at least 16 bytes", param_hint="--size")
+    try:
+        counts = tuple(sorted({int(k) for k in topics.split(",") if k.strip()}))
+    except ValueError:
+        raise click.BadParameter(
+            f"{topics!r} is not a list of numbers", param_hint="--topics"
+        ) from None
+    work = Workload(messages, size, producers, consumers, counts, rate, latency_seconds)
+    targets = list(urls) or [resolve(None).url, *os.environ.get("MQKIT_BENCH_URLS", "").split()]
+    results: list[Measurement] = []
+    with _progress() as bars:
+        for url in targets:
+            name = parse_url(url).redacted()
+            sides: list[tuple[str, Callable[[], Any]]] = [("mqkit", partial(MqkitClient, url))]
+            try:
+                raw = None if no_raw else raw_factory(url)
+            except MqkitError as exc:
+                raise click.ClickException(str(exc)) from None
+            if raw is not None:
+                sides.insert(0, ("raw", raw))
+            elif not no_raw:
+                console.print(f"[yellow]{name}: no raw-client baseline registered[/]")
+            steps = 2 + sum(1 for k in counts if k > 1)
+            for client, factory in sides:
+                task = bars.add_task(f"{parse_url(url).scheme} {client}", total=steps)
+                runner = BackendBench(name, client, factory, work)
+
+                def step(what: str, task: Any = task) -> None:
+                    bars.advance(task, 1) if what != "throughput" else None
+
+                try:
+                    results += runner.run_all(step)
+                except MqkitError as exc:
+                    raise click.ClickException(f"{name}: {exc}") from None
+                bars.update(task, completed=steps)
+    Console().print(report.table(results)) if not as_json else None
+    for r in report.ratios(results):
+        console.print(
+            f"{r['backend']} {r['test']} k={r['topics']}: mqkit {r['mqkit_rate']:,.0f}/s vs raw "
+            f"{r['raw_rate']:,.0f}/s = {r['ratio']:.2f}"
+        )
+    if as_json:
+        click.echo(json.dumps(report.document(work, results), indent=2))
+    if report_dir is not None:
+        report.write_report(work, results, report_dir)
+        console.print(f"report written to {report_dir}")
+    if any(m.lost or m.duplicated for m in results):
+        console.print("[red]some runs lost or duplicated messages: see the integrity column[/]")
+        sys.exit(1)
+
+
+register_helpers(main)  # mqkit dlq list / replay
 
 if __name__ == "__main__":  # pragma: no cover
     main()
