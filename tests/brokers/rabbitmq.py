@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 ENV = "MQKIT_TEST_RABBITMQ_URL"
 
 
 @contextlib.contextmanager
 def container() -> Iterator[str]:
-    """Start ``rabbitmq:3-management`` with testcontainers (``pip install mqkit-rabbitmq[test]``)."""
-    from testcontainers.rabbitmq import RabbitMqContainer
+    """Start ``rabbitmq:3-management`` with testcontainers (``mqkit-rabbitmq[test]``)."""
+    import importlib
 
-    with RabbitMqContainer("rabbitmq:3-management") as rabbit:
+    module: Any = importlib.import_module("testcontainers.rabbitmq")
+    with module.RabbitMqContainer("rabbitmq:3-management") as rabbit:
         host = rabbit.get_container_host_ip()
         port = rabbit.get_exposed_port(5672)
         yield f"amqp://guest:guest@{host}:{port}/?queue_expires=600"

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pika
 import pytest
+from pika.exchange_type import ExchangeType
 
 import mqkit
 from mqkit import BrokerUnavailable, ConfigError
@@ -119,8 +120,11 @@ def test_unknown_option_and_bad_values_are_config_errors(rabbit_url: str) -> Non
 
 def test_reserved_header_names_are_refused(rabbit_url: str, names: tuple[str, str]) -> None:
     topic, _ = names
-    with mqkit.connect(rabbit_url) as broker, broker.producer() as producer:
-        with pytest.raises(ConfigError, match="x-mqkit-key"):
+    with (
+        mqkit.connect(rabbit_url) as broker,
+        broker.producer() as producer,
+        pytest.raises(ConfigError, match="x-mqkit-key"),
+    ):
             producer.send(topic, 1, headers={"x-mqkit-key": "sneaky"})
 
 
@@ -128,7 +132,7 @@ def test_exchange_of_another_type_is_a_clear_error(rabbit_url: str, names: tuple
     topic, group = names
     conn = pika.BlockingConnection(pika.URLParameters(rabbit_url.split("?")[0]))
     try:
-        conn.channel().exchange_declare(topic, exchange_type="fanout", durable=False)
+        conn.channel().exchange_declare(topic, exchange_type=ExchangeType("fanout"), durable=False)
         with mqkit.connect(rabbit_url) as broker:
             with pytest.raises(ConfigError, match=topic):
                 broker.consumer(topic, group=group)

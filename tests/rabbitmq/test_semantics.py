@@ -49,6 +49,7 @@ def test_wire_format_is_plain_amqp(rabbit_url: str, clean: tuple[str, str]) -> N
         with mqkit.connect(rabbit_url, serializer="bytes") as broker:
             consumer = broker.consumer(topic, group=group)
             tap = channel.queue_declare("", exclusive=True).method.queue
+            assert tap is not None
             channel.queue_bind(tap, topic, routing_key="#")
             with broker.producer() as producer:
                 sent = producer.send(topic, b"\x00raw", key="order-7", headers={"trace": "t1"})
@@ -59,16 +60,16 @@ def test_wire_format_is_plain_amqp(rabbit_url: str, clean: tuple[str, str]) -> N
                     break
                 time.sleep(0.1)
             assert method is not None and props is not None
-            assert body == b"\x00raw"
+            assert bytes(body or b"") == b"\x00raw"  # type: ignore[arg-type]
             assert props.delivery_mode == 2
             assert props.message_id == sent
             assert abs((props.timestamp or 0) - time.time()) < 60
             assert props.headers is not None and props.headers["trace"] == "t1"
             assert props.headers["x-mqkit-key"] == "order-7"
-            assert method.routing_key.startswith("k.")
+            assert (method.routing_key or "").startswith("k.")
 
             [mine] = _receive_all(consumer, 1)
-            assert mine.id == sent and mine.key == "order-7" and dict(mine.headers) == {"trace": "t1"}
+            assert (mine.id, mine.key, dict(mine.headers)) == (sent, "order-7", {"trace": "t1"})
 
             channel.basic_publish(
                 topic, "u", b"from pika", pika.BasicProperties(headers={"n": 5}, message_id="m-1")

@@ -70,21 +70,21 @@ class Settings:
 
     def parameters(self, index: int = 0) -> pika.ConnectionParameters:
         host, port = self.hosts[index % len(self.hosts)]
-        ssl_options = None
+        extra: dict[str, Any] = {}
         if self.tls is not None:
-            ssl_options = pika.SSLOptions(self.tls, server_hostname=host)
+            extra["ssl_options"] = pika.SSLOptions(self.tls, server_hostname=host)
         return pika.ConnectionParameters(
             host=host,
             port=port,
             virtual_host=self.vhost,
             credentials=pika.PlainCredentials(self.username, self.password),
             heartbeat=self.heartbeat,
-            ssl_options=ssl_options,
             connection_attempts=1,
             socket_timeout=self.connect_timeout,
             stack_timeout=self.connect_timeout,
             blocked_connection_timeout=None,
             client_properties={"connection_name": f"mqkit {socket.gethostname()}"},
+            **extra,
         )
 
     def queue_arguments(self) -> dict[str, Any]:
@@ -260,7 +260,7 @@ def properties(message: OutgoingMessage) -> pika.BasicProperties:
         headers[KEY_HEADER] = message.key
     headers[TS_HEADER] = int(message.timestamp * 1000)
     return pika.BasicProperties(
-        delivery_mode=pika.DeliveryMode.Persistent,
+        delivery_mode=2,  # persistent
         message_id=message.id,
         timestamp=int(message.timestamp),
         headers=headers,

@@ -30,8 +30,9 @@ import pika
 import pika.adapters.blocking_connection
 import pika.exceptions
 import pika.spec
+from pika.exchange_type import ExchangeType
 
-from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, MqkitError
+from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
 from mqkit.message import Delivery, new_message_id
 
 from ._common import (
@@ -131,7 +132,9 @@ class RabbitConsumer:
         self._rebalance_now = False
         self._ready = threading.Event()
         self._first_error: MqkitError | None = None
-        self._thread = threading.Thread(target=self._run, name="mqkit-rabbitmq-consumer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="mqkit-rabbitmq-consumer", daemon=True
+        )
         self._thread.start()
         budget = (settings.connect_timeout + 1.0) * len(settings.hosts) + 30.0
         if not self._ready.wait(budget):
@@ -139,9 +142,13 @@ class RabbitConsumer:
             raise BrokerUnavailable(
                 f"{settings.where()} did not finish setting up group {group!r} within {budget} s"
             )
-        if self._first_error is not None:
+        error = self._startup_error()
+        if error is not None:
             self._thread.join(5)
-            raise self._first_error
+            raise error
+
+    def _startup_error(self) -> MqkitError | None:
+        return self._first_error
 
     # -- user side -----------------------------------------------------------------------------
 
@@ -261,8 +268,8 @@ class RabbitConsumer:
         if conn is not None:
             try:
                 conn.add_callback_threadsafe(lambda: None)
-            except Exception:
-                pass
+            except Exception:  # already closing: the I/O loop notices _closed anyway
+                log.debug("consumer wake-up on close dropped")
         if threading.current_thread() is not self._thread:
             self._thread.join(10)
 
@@ -320,10 +327,13 @@ class RabbitConsumer:
             ctl = conn.channel()
             self._ctl = ctl
             args = self._s.queue_arguments()
-            ctl.exchange_declare(CONTROL_EXCHANGE, exchange_type="direct", durable=True)
+            ctl.exchange_declare(
+                CONTROL_EXCHANGE, exchange_type=ExchangeType("direct"), durable=True
+            )
             signals = ctl.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            assert signals is not None
             for st in self._topics:
-                ctl.exchange_declare(st.topic, exchange_type="topic", durable=True)
+                ctl.exchange_declare(st.topic, exchange_type=ExchangeType("topic"), durable=True)
                 ctl.queue_declare(st.shared, durable=True, arguments=args)
                 ctl.queue_bind(st.shared, st.topic, routing_key=UNKEYED)
                 for j, name in enumerate(st.partitions):

@@ -21,11 +21,12 @@ import pika.channel
 import pika.exceptions
 import pika.frame
 import pika.spec
+from pika.exchange_type import ExchangeType
 
 from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, DeliveryTimeout, MqkitError
 from mqkit.message import OutgoingMessage
 
-from ._common import Settings, check_topic, describe, log, properties, routing_key, unavailable
+from ._common import Settings, check_topic, describe, log, properties, routing_key
 
 
 class RabbitProducer:
@@ -50,7 +51,9 @@ class RabbitProducer:
         self._host = 0
         self._ready = threading.Event()
         self._first_error: BrokerUnavailable | None = None
-        self._thread = threading.Thread(target=self._run, name="mqkit-rabbitmq-producer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="mqkit-rabbitmq-producer", daemon=True
+        )
         self._thread.start()
         budget = (settings.connect_timeout + 1.0) * len(settings.hosts) + 5.0
         if not self._ready.wait(budget):
@@ -60,9 +63,17 @@ class RabbitProducer:
             raise BrokerUnavailable(
                 f"{settings.where(self._host)} is unavailable: no usable channel after {budget} s"
             )
-        if self._first_error is not None:
+        error = self._startup_error()
+        if error is not None:
             self._thread.join(5)
-            raise self._first_error
+            raise error
+
+    def _startup_error(self) -> BrokerUnavailable | None:
+        return self._first_error
+
+    def _is_closing(self) -> bool:
+        with self._cv:
+            return self._closing
 
     # -- user side -----------------------------------------------------------------------------
 
@@ -144,10 +155,7 @@ class RabbitProducer:
 
     def _run(self) -> None:
         failures = 0
-        while True:
-            with self._cv:
-                if self._closing:
-                    break
+        while not self._is_closing():
             conn = pika.SelectConnection(
                 self._s.parameters(self._host),
                 on_open_callback=self._on_open,
@@ -164,12 +172,11 @@ class RabbitProducer:
                 if self._down_since is None:
                     self._down_since = time.monotonic()
                 self._cv.notify_all()
-                closing = self._closing
             try:
                 conn.ioloop.close()
             except Exception:
                 log.debug("closing the producer's I/O loop failed", exc_info=True)
-            if closing:
+            if self._is_closing():
                 break
             if not self._ready.is_set():
                 failures += 1
@@ -208,7 +215,7 @@ class RabbitProducer:
         if conn is not None and conn.is_open:
             conn.close()
         elif conn is not None and not conn.is_closing:
-            conn.ioloop.stop()  # type: ignore[attr-defined]
+            conn.ioloop.stop()
 
     def _on_channel_open(self, channel: pika.channel.Channel) -> None:
         channel.add_on_close_callback(self._on_channel_closed)
@@ -287,7 +294,7 @@ class RabbitProducer:
         if declaring is not None and not batch:
             channel.exchange_declare(
                 declaring,
-                exchange_type="topic",
+                exchange_type=ExchangeType("topic"),
                 durable=True,
                 callback=lambda _frame: self._on_declared(declaring),
             )
