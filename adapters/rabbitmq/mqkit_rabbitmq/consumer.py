@@ -65,6 +65,21 @@ class _Handle:
 
 
 @dataclass
+class _Block:
+    """A key of a partition whose nacked message is on its way back from the broker.
+
+    Quorum queues hand returned messages out again in the order they were returned, ahead
+    of the rest of the queue. So until every nacked message of the key is back, later
+    messages of the key are withheld and returned behind them (``expected`` counts ids on
+    their way back), once the user holds no message of the key: its nacks come first. A
+    returned message that overtook an earlier one of its key (nacked later) goes round again.
+    """
+
+    expected: Counter[str] = field(default_factory=Counter)
+    withheld: list[Delivery] = field(default_factory=list)
+
+
+@dataclass
 class _Topic:
     topic: str
     base: str
@@ -111,8 +126,13 @@ class RabbitConsumer:
         self._buffer: deque[Delivery] = deque()
         self._pending: Counter[str] = Counter()
         self._draining_queues: set[str] = set()
-        self._blocked: dict[tuple[str, str], Counter[str]] = {}
+        self._blocked: dict[tuple[str, str], _Block] = {}
+        self._held: Counter[tuple[str, str]] = Counter()  # keyed messages the user holds
         self._uncount: Counter[tuple[str, str]] = Counter()
+        #: (queue, message id) -> when this member first received it: a message's place in
+        #: its queue, so messages of a key come back in queue order whatever the nack order.
+        self._order: dict[tuple[str, str], int] = {}
+        self._arrivals = 0
         self._cmds: list[tuple[str, int]] = []
         self._cmd_seq = 0  # commands queued so far
         self._cmd_done = 0  # commands written to the socket so far
@@ -180,50 +200,83 @@ class RabbitConsumer:
 
     def _take(self) -> Delivery:
         """Next buffered delivery; partitions being handed over go first, to finish quickly."""
+        delivery = None
         if self._draining_queues:
-            for index, delivery in enumerate(self._buffer):
-                if delivery.handle.queue in self._draining_queues:
+            for index, candidate in enumerate(self._buffer):
+                if candidate.handle.queue in self._draining_queues:
                     del self._buffer[index]
-                    return delivery
-        return self._buffer.popleft()
+                    delivery = candidate
+                    break
+        if delivery is None:
+            delivery = self._buffer.popleft()
+        if delivery.handle.partition and delivery.key is not None:
+            self._held[(delivery.handle.queue, delivery.key)] += 1
+        return delivery
+
+    def _settled(self, delivery: Delivery, *, requeued: bool = False) -> tuple[str, str] | None:
+        """With the lock held: bookkeeping for a delivery the user settles."""
+        handle: _Handle = delivery.handle
+        self._pending[handle.queue] -= 1
+        if not handle.partition or delivery.key is None:
+            return None
+        spot = (handle.queue, delivery.key)
+        if not requeued:
+            self._order.pop((handle.queue, delivery.id), None)
+        self._held[spot] -= 1
+        if self._held[spot] <= 0:
+            del self._held[spot]
+        return spot
+
+    def _flush_withheld(self, spot: tuple[str, str]) -> None:
+        """With the lock held: return withheld messages once the user holds none of the key."""
+        block = self._blocked.get(spot)
+        if block is None or self._held[spot] > 0:
+            return
+        for other in block.withheld:
+            block.expected[other.id] += 1
+            self._uncount[(spot[0], other.id)] += 1
+            self._pending[spot[0]] -= 1
+            self._cmds.append(("nack", other.handle.tag))
+        block.withheld.clear()
+        if not block.expected:
+            del self._blocked[spot]
 
     def ack(self, delivery: Delivery) -> None:
         handle: _Handle = delivery.handle
         with self._cv:
             if not self._current(delivery):
                 return
-            self._pending[handle.queue] -= 1
+            spot = self._settled(delivery)
             self._cmds.append(("ack", handle.tag))
+            if spot is not None:
+                self._flush_withheld(spot)
             self._wait_written()
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
+        # delay: RabbitMQ has no per-message delay without plugins (delayed_redelivery=False);
+        # the message is requeued at once and mqkit's retry helpers provide delays.
         handle: _Handle = delivery.handle
         with self._cv:
             if not self._current(delivery):
                 return
-            self._pending[handle.queue] -= 1
+            spot = self._settled(delivery, requeued=requeue)
             if not requeue:
                 self._cmds.append(("reject", handle.tag))
-                self._wait_written()
-                return
-            tags = [handle.tag]
-            if handle.partition and delivery.key is not None:
-                # Later messages of this key already buffered here go back too, behind it; and
-                # until they are all back, newer ones of the key are bounced after them.
-                spot = (handle.queue, delivery.key)
-                expected = self._blocked.setdefault(spot, Counter())
-                expected[delivery.id] += 1
-                keep: deque[Delivery] = deque()
-                for other in self._buffer:
-                    if other.handle.queue == handle.queue and other.key == delivery.key:
-                        expected[other.id] += 1
-                        self._uncount[(handle.queue, other.id)] += 1
-                        self._pending[handle.queue] -= 1
-                        tags.append(other.handle.tag)
-                    else:
-                        keep.append(other)
-                self._buffer = keep
-            self._cmds.extend(("nack", tag) for tag in tags)
+            else:
+                self._cmds.append(("nack", handle.tag))
+                if spot is not None:
+                    # Later messages of this key must come back behind this one.
+                    block = self._blocked.setdefault(spot, _Block())
+                    block.expected[delivery.id] += 1
+                    keep: deque[Delivery] = deque()
+                    for other in self._buffer:
+                        if other.handle.queue == spot[0] and other.key == spot[1]:
+                            block.withheld.append(other)
+                        else:
+                            keep.append(other)
+                    self._buffer = keep
+            if spot is not None:
+                self._flush_withheld(spot)
             self._wait_written()
 
     def _current(self, delivery: Delivery) -> bool:
@@ -377,6 +430,7 @@ class RabbitConsumer:
             self._draining_queues.clear()
             self._blocked.clear()
             self._uncount.clear()
+            self._order.clear()
             self._cmds.clear()
             self._cmd_done = self._cmd_seq
             self._wake_pending = False
@@ -455,35 +509,46 @@ class RabbitConsumer:
         headers, key, timestamp, count = split_headers(props)
         message_id = props.message_id or new_message_id()
         with self._cv:
-            if partition and key is not None:
-                expected = self._blocked.get((queue, key))
-                if expected is not None:
-                    if expected[message_id] > 0:
-                        expected[message_id] -= 1
-                        if expected[message_id] <= 0:
-                            del expected[message_id]
-                        if not expected:
-                            del self._blocked[(queue, key)]
-                    else:
-                        # A later message of a key whose nacked predecessor is not back yet.
-                        expected[message_id] += 1
-                        self._uncount[(queue, message_id)] += 1
-                        self._cmds.append(("nack", tag))
-                        return
-            attempt = max(1, count + 1 - self._uncount.pop((queue, message_id), 0))
-            self._buffer.append(
-                Delivery(
-                    topic=method.exchange or st.topic,
-                    body=body,
-                    key=key,
-                    headers=headers,
-                    id=message_id,
-                    timestamp=timestamp,
-                    attempt=attempt,
-                    handle=_Handle(self._epoch, tag, queue, partition),
-                )
+            uncounted = self._uncount.pop((queue, message_id), 0)
+            attempt = max(1, count + 1 - uncounted)
+            delivery = Delivery(
+                topic=method.exchange or st.topic,
+                body=body,
+                key=key,
+                headers=headers,
+                id=message_id,
+                timestamp=timestamp,
+                attempt=attempt,
+                handle=_Handle(self._epoch, tag, queue, partition),
             )
             self._pending[queue] += 1
+            if partition and key is not None:
+                place = self._order.setdefault((queue, message_id), self._arrivals)
+                self._arrivals += 1
+            if partition and key is not None and (queue, key) in self._blocked:
+                spot = (queue, key)
+                block = self._blocked[spot]
+                if block.expected[message_id] > 0 and any(
+                    self._order.get((queue, other), place) < place
+                    for other in block.expected
+                    if other != message_id
+                ):  # returned ahead of an earlier message of its key: once more round
+                    self._uncount[(queue, message_id)] += uncounted + 1
+                    self._pending[queue] -= 1
+                    self._cmds.append(("nack", tag))
+                    return
+                if block.expected[message_id] > 0:  # a returned message, back in its turn
+                    block.expected[message_id] -= 1
+                    if block.expected[message_id] <= 0:
+                        del block.expected[message_id]
+                    if not block.expected and not block.withheld:
+                        del self._blocked[spot]
+                else:  # a later message of the key: it goes back behind the returned ones
+                    self._uncount[(queue, message_id)] += uncounted  # not delivered here
+                    block.withheld.append(delivery)
+                    self._flush_withheld(spot)
+                    return
+            self._buffer.append(delivery)
             self._cv.notify_all()
 
     # -- partitions ------------------------------------------------------------------------------
@@ -504,10 +569,6 @@ class RabbitConsumer:
                     queue = st.partitions[j]
                     with self._cv:
                         self._draining_queues.add(queue)
-                        for spot in [s for s in self._blocked if s[0] == queue]:
-                            del self._blocked[spot]
-                        for item in [u for u in self._uncount if u[0] == queue]:
-                            del self._uncount[item]
             elif held < target:
                 for step in range(self._p):
                     if len(st.owned) + len(st.draining) >= target:
@@ -547,6 +608,14 @@ class RabbitConsumer:
                         continue
                     self._draining_queues.discard(queue)
                     self._pending.pop(queue, None)
+                    # What is still on its way back goes to the next owner (counted as a
+                    # delivery there, see docs/rabbitmq.md).
+                    for spot in [b for b in self._blocked if b[0] == queue]:
+                        del self._blocked[spot]
+                    for item in [u for u in self._uncount if u[0] == queue]:
+                        del self._uncount[item]
+                    for spot_id in [o for o in self._order if o[0] == queue]:
+                        del self._order[spot_id]
                 ctl.queue_delete(st.locks[j])
                 st.draining.discard(j)
                 ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"released")
