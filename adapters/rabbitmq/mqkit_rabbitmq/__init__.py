@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mqkit.config import BrokerURL
-from mqkit.errors import ClosedError
+from mqkit.errors import ClosedError, ConfigError
 from mqkit.options import Options
 from mqkit.spi import Features
 
@@ -62,8 +62,6 @@ class RabbitBackend:
         partitions = opts.int("partitions", self.settings.partitions, minimum=1)
         opts.done()
         if partitions > SLOTS:
-            from mqkit.errors import ConfigError
-
             raise ConfigError(f"RabbitMQ consumer: partitions={partitions} must be at most {SLOTS}")
         consumer = RabbitConsumer(
             self.settings, topics, group, prefetch=prefetch, partitions=partitions
