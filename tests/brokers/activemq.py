@@ -11,8 +11,8 @@ ENV = "MQKIT_TEST_ACTIVEMQ_URL"
 @contextlib.contextmanager
 def container() -> Iterator[str]:
     """ActiveMQ Classic from its official image, with STOMP published (needs Docker)."""
-    from testcontainers.core.container import DockerContainer
-    from testcontainers.core.waiting_utils import wait_for_logs
+    from testcontainers.core.container import DockerContainer  # type: ignore[import-not-found,unused-ignore]
+    from testcontainers.core.waiting_utils import wait_for_logs  # type: ignore[import-not-found,unused-ignore]
 
     with DockerContainer("apache/activemq-classic:5.18.6").with_exposed_ports(61613) as amq:
         wait_for_logs(amq, "Apache ActiveMQ .* started", timeout=120)

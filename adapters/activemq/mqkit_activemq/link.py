@@ -119,6 +119,37 @@ def _probe(hosts: tuple[tuple[str, int], ...], timeout: float) -> str:
     return "; ".join(causes)
 
 
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _tune_socket(transport: Any) -> None:
+    """Low latency for request/response frames (a RECEIPT for each ACK).
+
+    ActiveMQ leaves Nagle's algorithm on by default, so when it answers an ACK with a MESSAGE
+    (the freed prefetch slot) and then the RECEIPT, the RECEIPT waits for our TCP ACK of the
+    MESSAGE, which Linux delays by up to 40 ms: confirmed acks crawl at ~50/s. Re-arming
+    TCP_QUICKACK before every read makes our side ACK at once (~2000 confirmed acks/s), and
+    TCP_NODELAY does the same for our own small frames. Elsewhere this is a no-op.
+    """
+    receive = transport.receive
+    tuned: list[Any] = [None]
+
+    def quick_receive() -> Any:
+        sock = transport.socket
+        if sock is not None:
+            try:
+                if tuned[0] is not sock:
+                    tuned[0] = sock
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if _QUICKACK is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                pass
+        return receive()
+
+    transport.receive = quick_receive
+
+
 def open_connection(
     settings: Settings, listener_factory: Callable[[Any], _Listener], role: str
 ) -> tuple[Any, _Listener]:
@@ -138,6 +169,7 @@ def open_connection(
     )
     if settings.ssl is not None:
         conn.set_ssl(for_hosts=list(settings.hosts), **settings.ssl)
+    _tune_socket(conn.transport)
     listener = listener_factory(conn)
     conn.set_listener("mqkit", listener)
     where = settings.where()
@@ -156,10 +188,11 @@ def open_connection(
         remaining = deadline - time.monotonic()
     if listener.connected.is_set():
         return conn, listener
+    ended = listener.ended.is_set()
     _close_quietly(conn)
     if listener.error is not None:
         raise BrokerUnavailable(f"ActiveMQ at {where} refused the connection: {listener.error}")
-    if listener.ended.is_set():
+    if ended:
         raise BrokerUnavailable(
             f"ActiveMQ at {where} closed the connection before answering CONNECT "
             "(is this a STOMP port, and does it expect TLS?)"
@@ -260,6 +293,7 @@ class Link:
 
     def _reconnect_loop(self) -> None:
         delay = 0.1
+        failures = 0
         while True:
             with self.lock:
                 if self.closed:
@@ -273,8 +307,12 @@ class Link:
                     self._reconnecting = False
                 return
             except Exception as exc:  # BrokerUnavailable, or on_up failing mid-way
-                log.warning("%s: reconnecting to %s failed (%s); next try in %.1f s", self.role,
-                            self.settings.where(), exc, delay)
+                failures += 1
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "%s: reconnecting to %s failed (%s); retrying every %.1f s at most",
+                    self.role, self.settings.where(), exc, self.settings.reconnect_max_delay,
+                )
                 with self.lock:
                     self.lock.wait_for(lambda: self.closed, delay)
                 delay = min(delay * 2, self.settings.reconnect_max_delay)
@@ -283,7 +321,8 @@ class Link:
                 self._reconnecting = False
                 up = self.conn is not None
             if up:
-                log.warning("%s: reconnected to ActiveMQ at %s", self.role, self.settings.where())
+                log.warning("%s: reconnected to ActiveMQ at %s after %d failed attempt(s)",
+                            self.role, self.settings.where(), failures)
                 return
             # Lost again while on_up ran; _lost saw _reconnecting=True and left it to us.
             with self.lock:
