@@ -18,7 +18,7 @@ import pytest
 
 import mqkit
 from mqkit import ClosedError, DecodeError, MessageStateError
-from tests.conformance.util import ARRIVAL, assert_quiet, collect
+from tests.conformance.util import ARRIVAL, assert_quiet, collect, drain_concurrently
 
 
 def test_round_trip_keeps_value_key_headers_and_metadata(url: str, topic: str, group: str) -> None:
@@ -70,37 +70,23 @@ def test_two_groups_each_get_every_message(url: str, topic: str, group: str) -> 
 
 def test_members_of_one_group_share_without_overlap(url: str, topic: str, group: str) -> None:
     total = 60
-    received: dict[str, list[int]] = {"a": [], "b": []}
+    received: list[list[int]] = [[], []]
     with mqkit.connect(url) as broker:
-        members = {name: broker.consumer(topic, group=group) for name in received}
-        done = threading.Event()
+        members = [broker.consumer(topic, group=group) for _ in received]
 
-        def work(name: str) -> None:
-            consumer = members[name]
-            while not done.is_set():
-                message = consumer.receive(timeout=0.2)
-                if message is None:
-                    continue
-                time.sleep(0.01)  # a slow handler, so the other member gets its share
-                received[name].append(message.value)
-                message.ack()
-                if sum(len(v) for v in received.values()) >= total:
-                    done.set()
+        def produce() -> None:
+            with broker.producer() as producer:
+                for i in range(total):
+                    producer.send(topic, i, key=f"k{i % 12}")
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in received]
-        for thread in threads:
-            thread.start()
-        with broker.producer() as producer:
-            for i in range(total):
-                producer.send(topic, i, key=f"k{i % 12}")
-        done.wait(ARRIVAL * 2)
-        done.set()
-        for thread in threads:
-            thread.join()
-        a, b = received["a"], received["b"]
-        assert sorted(a + b) == list(range(total)), "every message once across the group"
-        assert not set(a) & set(b), "no message went to both members"
-        assert a and b, f"both members got a share (a={len(a)}, b={len(b)})"
+        # A slow handler (10 ms), so the other member gets its share.
+        drain_concurrently(
+            members, total, produce, lambda n, m: received[n].append(m.value), work=0.01
+        )
+    a, b = received
+    assert sorted(a + b) == list(range(total)), "every message once across the group"
+    assert not set(a) & set(b), "no message went to both members"
+    assert a and b, f"both members got a share (a={len(a)}, b={len(b)})"
 
 
 def test_nack_redelivers_with_attempt_incremented(url: str, topic: str, group: str) -> None:
@@ -237,34 +223,22 @@ def test_killed_consumer_process_loses_nothing(
 def test_per_key_order_within_a_group(url: str, topic: str, group: str) -> None:
     keys, per_key = 6, 30
     seen: dict[str, list[int]] = defaultdict(list)
-    lock = threading.Lock()
     with mqkit.connect(url) as broker:
         members = [broker.consumer(topic, group=group) for _ in range(2)]
-        done = threading.Event()
 
-        def work(consumer: mqkit.Consumer) -> None:
-            while not done.is_set():
-                message = consumer.receive(timeout=0.2)
-                if message is None:
-                    continue
-                with lock:
-                    seen[message.key or ""].append(message.value)
-                    if sum(len(v) for v in seen.values()) >= keys * per_key:
-                        done.set()
-                time.sleep(0.001)
-                message.ack()
+        def produce() -> None:
+            with broker.producer() as producer:
+                for seq in range(per_key):
+                    for k in range(keys):
+                        producer.send(topic, seq, key=f"key-{k}")
 
-        threads = [threading.Thread(target=work, args=(c,)) for c in members]
-        for thread in threads:
-            thread.start()
-        with broker.producer() as producer:
-            for seq in range(per_key):
-                for k in range(keys):
-                    producer.send(topic, seq, key=f"key-{k}")
-        done.wait(ARRIVAL * 2)
-        done.set()
-        for thread in threads:
-            thread.join()
+        drain_concurrently(
+            members,
+            keys * per_key,
+            produce,
+            lambda n, m: seen[m.key or ""].append(m.value),
+            work=0.001,
+        )
     assert sorted(seen) == [f"key-{k}" for k in range(keys)]
     for key, values in seen.items():
         assert values == list(range(per_key)), f"{key} out of order: {values}"
@@ -387,3 +361,17 @@ def test_flush_confirms_a_burst(url: str, topic: str, group: str) -> None:
         got = collect(consumer, 500, deadline=ARRIVAL * 2)
         assert {m.id for m in got} == ids
         assert len(got) == 500
+
+
+def test_the_example_user_script_passes_by_changing_only_the_url(url: str) -> None:
+    script = Path(__file__).resolve().parents[2] / "examples" / "roundtrip.py"
+    if url.startswith("memory://"):  # in-process only: run it here instead of in a child
+        import runpy
+
+        runpy.run_path(str(script), run_name="roundtrip").get("main", print)(url)
+        return
+    done = subprocess.run(
+        [sys.executable, str(script), url], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK")
