@@ -14,8 +14,14 @@ def container() -> Iterator[str]:
     from testcontainers.core.container import DockerContainer  # type: ignore[import-not-found,unused-ignore]
     from testcontainers.core.waiting_utils import wait_for_logs  # type: ignore[import-not-found,unused-ignore]
 
-    with DockerContainer("apache/activemq-classic:5.18.6").with_exposed_ports(61613) as amq:
-        wait_for_logs(amq, "Apache ActiveMQ .* started", timeout=120)
+    image = (
+        DockerContainer("apache/activemq-classic:5.18.6")
+        .with_exposed_ports(61613)
+        .with_env("ACTIVEMQ_CONNECTION_USER", "mqkit")
+        .with_env("ACTIVEMQ_CONNECTION_PASSWORD", "mqkit")
+    )
+    with image as amq:
+        wait_for_logs(amq, r"Apache ActiveMQ .* started", timeout=120)
         host = amq.get_container_host_ip()
         port = amq.get_exposed_port(61613)
-        yield f"stomp://admin:admin@{host}:{port}"
+        yield f"stomp://mqkit:mqkit@{host}:{port}"
