@@ -30,14 +30,19 @@ def free_port() -> int:
 
 
 class OwnBroker:
-    """A private ActiveMQ (STOMP only, login required) that a test may stop, kill and restart."""
+    """A private ActiveMQ (STOMP and STOMP over TLS, login required) that a test may stop, kill
+    and restart."""
 
     def __init__(self, state: Path) -> None:
         self.state = state
         self.port = free_port()
+        self.ssl_port = free_port()
         self.user = "mqkit-test"
         self.password = secrets.token_hex(8)
         self.url = f"stomp://{self.user}:{self.password}@127.0.0.1:{self.port}"
+        #: The broker's self-signed certificate, made by the broker script.
+        self.certificate = state / "conf" / "broker-cert.pem"
+        self.tls_url = f"stomp+ssl://{self.user}:{self.password}@127.0.0.1:{self.ssl_port}"
 
     def _env(self) -> dict[str, str]:
         return {
@@ -45,6 +50,7 @@ class OwnBroker:
             "MQKIT_ACTIVEMQ_STATE": str(self.state),
             "MQKIT_ACTIVEMQ_STOMP_PORT": str(self.port),
             "MQKIT_ACTIVEMQ_OPENWIRE_PORT": "0",
+            "MQKIT_ACTIVEMQ_SSL_PORT": str(self.ssl_port),
             "MQKIT_ACTIVEMQ_USER": self.user,
             "MQKIT_ACTIVEMQ_PASSWORD": self.password,
             "MQKIT_ACTIVEMQ_HEAP": "256m",

@@ -20,6 +20,7 @@ Mapping (ActiveMQ's default virtual topics, no broker configuration needed):
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -394,6 +395,9 @@ class ActiveMQBackend:
         certfile = opts.str("certfile", "")
         keyfile = opts.str("keyfile", "")
         verify = opts.bool("verify", True)
+        for name, path in (("ca_certs", ca_certs), ("certfile", certfile), ("keyfile", keyfile)):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{url}: {name}={path!r} is not a readable file")
         if url.scheme == "stomp+ssl":
             ssl_options = {
                 "ca_certs": ca_certs or None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -107,16 +108,37 @@ def _close_quietly(conn: Any) -> None:
         pass
 
 
-def _probe(hosts: tuple[tuple[str, int], ...], timeout: float) -> str:
-    """Why a plain TCP connection fails, for the error message (stomp.py does not say)."""
+def _probe(settings: Settings, timeout: float) -> str:
+    """Why connecting fails, for the error message (stomp.py only logs it)."""
     causes = []
-    for host, port in hosts:
+    for host, port in settings.hosts:
         try:
-            with socket.create_connection((host, port), timeout=timeout):
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                if settings.ssl is not None:
+                    try:
+                        _tls_context(settings.ssl).wrap_socket(sock, server_hostname=host).close()
+                    except (OSError, ssl.SSLError) as exc:
+                        causes.append(f"{host}:{port}: TLS handshake failed: {exc}")
+                        continue
                 causes.append(f"{host}:{port}: TCP connects but no STOMP CONNECTED came back")
         except OSError as exc:
             causes.append(f"{host}:{port}: {exc.strerror or exc}")
     return "; ".join(causes)
+
+
+def _tls_context(params: dict[str, Any]) -> ssl.SSLContext:
+    """The context stomp.py builds from ``set_ssl`` parameters, to reproduce its failure."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if params.get("ca_certs"):
+        context.load_verify_locations(params["ca_certs"])
+    else:
+        context.load_default_certs()
+    if params.get("cert_file"):
+        context.load_cert_chain(params["cert_file"], params.get("key_file") or None)
+    if not params.get("verify", True):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
@@ -177,11 +199,13 @@ def open_connection(
         conn.connect(settings.username, settings.password, wait=False, with_connect_command=True)
     except stomp.exception.ConnectFailedException:
         _close_quietly(conn)
-        cause = _probe(settings.hosts, max(0.5, deadline - time.monotonic()))
+        cause = _probe(settings, max(0.5, deadline - time.monotonic()))
         raise BrokerUnavailable(f"ActiveMQ at {where} is unreachable: {cause}") from None
-    except (OSError, stomp.exception.StompException) as exc:
+    except Exception as exc:  # anything else stomp.py raises while connecting
         _close_quietly(conn)
-        raise BrokerUnavailable(f"ActiveMQ at {where}: connecting failed: {exc}") from None
+        raise BrokerUnavailable(
+            f"ActiveMQ at {where}: connecting failed: {type(exc).__name__}: {exc}"
+        ) from None
     remaining = deadline - time.monotonic()
     while remaining > 0 and not listener.connected.is_set() and not listener.ended.is_set():
         listener.connected.wait(min(remaining, 0.05))
