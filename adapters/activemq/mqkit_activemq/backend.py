@@ -281,10 +281,11 @@ class ActiveMQConsumer:
             if self._closed:
                 return None
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
             try:
-                item = self._queue.get(timeout=remaining)
+                if remaining is not None and remaining <= 0:
+                    item = self._queue.get_nowait()  # receive(timeout=0) still takes what is here
+                else:
+                    item = self._queue.get(timeout=remaining)
             except queue.Empty:
                 return None
             if item is _WAKE:
