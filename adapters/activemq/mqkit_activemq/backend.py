@@ -81,35 +81,51 @@ class ActiveMQProducer:
     def send(self, message: OutgoingMessage) -> None:
         destination = topic_destination(message.topic)
         headers = frames.send_headers(message)
+        deadline = time.monotonic() + self._send_timeout
+        while True:
+            self._wait_for_room(deadline)
+            # Registering the message and writing it happen under the send lock, which a new
+            # connection holds while _resend sends the backlog: so a message is written either
+            # by _resend or here, never by both (a copy of it would be stored twice), and the
+            # wire order is the order of registration.
+            with self._link.send_lock:
+                with self._cv:
+                    if self._closed:
+                        raise ClosedError("producer is closed")
+                    self._raise_error()
+                    if len(self._pending) >= self._max_in_flight:
+                        continue  # another sender took the room meanwhile
+                    self._seq += 1
+                    rid = f"s{id(self):x}-{self._seq}"
+                    self._pending[rid] = (self._seq, destination, headers, message.body)
+                conn, _ = self._link.current()
+                if conn is None:
+                    return  # reconnecting: _resend sends it once the new connection is up
+                try:
+                    conn.send(destination, message.body, headers=dict(headers, receipt=rid))
+                except Exception as exc:  # the connection broke under us; the resend covers it
+                    log.debug("send failed, will resend after reconnecting: %s", exc)
+                return
+
+    def _wait_for_room(self, deadline: float) -> None:
+        """Block (without the send lock, which the resend needs) while max_in_flight are
+        unconfirmed."""
         with self._cv:
             if self._closed:
                 raise ClosedError("producer is closed")
             self._raise_error()
-            if len(self._pending) >= self._max_in_flight:
-                if not self._cv.wait_for(
-                    lambda: len(self._pending) < self._max_in_flight or self._error is not None,
-                    self._send_timeout,
-                ):
-                    raise DeliveryTimeout(
-                        f"{len(self._pending)} messages to ActiveMQ at "
-                        f"{self._link.settings.where()} are still unconfirmed after "
-                        f"{self._send_timeout:g} s (send_timeout); is the broker up?"
-                    )
-                self._raise_error()
-            self._seq += 1
-            rid = f"s{id(self):x}-{self._seq}"
-            self._pending[rid] = (self._seq, destination, headers, message.body)
-        with self._link.send_lock:
-            conn, _ = self._link.current()
-            if conn is None:
-                return  # reconnecting: _resend sends it once the new connection is up
-            with self._cv:
-                if rid not in self._pending:
-                    return
-            try:
-                conn.send(destination, message.body, headers=dict(headers, receipt=rid))
-            except Exception as exc:  # the connection broke under us; the resend covers it
-                log.debug("send failed, will resend after reconnecting: %s", exc)
+            if len(self._pending) < self._max_in_flight:
+                return
+            if not self._cv.wait_for(
+                lambda: len(self._pending) < self._max_in_flight or self._error is not None,
+                max(0.0, deadline - time.monotonic()),
+            ):
+                raise DeliveryTimeout(
+                    f"{len(self._pending)} messages to ActiveMQ at "
+                    f"{self._link.settings.where()} are still unconfirmed after "
+                    f"{self._send_timeout:g} s (send_timeout); is the broker up?"
+                )
+            self._raise_error()
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -117,7 +133,8 @@ class ActiveMQProducer:
             raise error
 
     def _resend(self, conn: Any, gen: int) -> None:
-        """On a new connection (send lock held): send what was never confirmed, in order."""
+        """On a new connection (send lock held, so no send() writes meanwhile): send what was
+        never confirmed, in order."""
         with self._cv:
             backlog = list(self._pending.items())
         if backlog:
