@@ -144,7 +144,7 @@ def _tls_context(params: dict[str, Any]) -> ssl.SSLContext:
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
-def _tune_socket(transport: Any) -> None:
+def tune_socket(transport: Any) -> None:
     """Low latency for request/response frames (a RECEIPT for each ACK).
 
     ActiveMQ leaves Nagle's algorithm on by default, so when it answers an ACK with a MESSAGE
@@ -191,7 +191,7 @@ def open_connection(
     )
     if settings.ssl is not None:
         conn.set_ssl(for_hosts=list(settings.hosts), **settings.ssl)
-    _tune_socket(conn.transport)
+    tune_socket(conn.transport)
     listener = listener_factory(conn)
     conn.set_listener("mqkit", listener)
     where = settings.where()
