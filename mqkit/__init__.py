@@ -1,5 +1,7 @@
-"""mqkit: one producer/consumer interface over Kafka, RabbitMQ, ActiveMQ, RocketMQ and embedded queues."""
+"""mqkit: one producer/consumer interface over Kafka, RabbitMQ, ActiveMQ, RocketMQ and
+embedded queues, chosen by a URL."""
 
+from mqkit.app import App, Handler, Middleware, Route
 from mqkit.client import Broker, Consumer, Producer, connect
 from mqkit.config import BrokerURL, parse_url
 from mqkit.errors import (
@@ -23,6 +25,7 @@ from mqkit.serialization import (
 from mqkit.spi import Features
 
 __all__ = [
+    "App",
     "Broker",
     "BrokerURL",
     "BrokerUnavailable",
@@ -35,12 +38,15 @@ __all__ = [
     "DeliveryTimeout",
     "Features",
     "FunctionSerializer",
+    "Handler",
     "JsonSerializer",
     "Message",
     "MessageStateError",
+    "Middleware",
     "MqkitError",
     "OutgoingMessage",
     "Producer",
+    "Route",
     "Serializer",
     "TextSerializer",
     "connect",

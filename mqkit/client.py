@@ -88,7 +88,7 @@ class Producer(_Closeable):
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> str:
-        """Send ``value`` to ``topic``; returns the message id. Messages with one key stay in order."""
+        """Send ``value`` to ``topic``; return its id. One key's messages keep their order."""
         self._check_open()
         check_name("topic", topic)
         if key is not None and not isinstance(key, str):

@@ -46,9 +46,9 @@ class BrokerURL:
         """The URL with its password hidden, for logs and error messages."""
         if self.password is None:
             return self.raw
-        return self.raw.replace(
-            f":{quote(self.password, safe='')}@", ":***@", 1
-        ).replace(f":{self.password}@", ":***@", 1)
+        return self.raw.replace(f":{quote(self.password, safe='')}@", ":***@", 1).replace(
+            f":{self.password}@", ":***@", 1
+        )
 
     def __str__(self) -> str:
         return self.redacted()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -13,9 +15,26 @@ from mqkit.errors import DecodeError, MessageStateError
 Headers = Mapping[str, str]
 
 
-def new_message_id() -> str:
-    """A random 128-bit id; unique enough to deduplicate on without coordination."""
-    return secrets.token_hex(16)
+class _IdSource:
+    """128-bit ids: 64 random bits per process, then a counter; unique without coordination.
+
+    Cheaper than 16 fresh random bytes per message (a system call each), and a forked child
+    draws its own random half so it never repeats its parent's ids.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(int.from_bytes(secrets.token_bytes(4)) << 16)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+new_message_id = _IdSource()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +78,7 @@ class Message:
     ``value`` raises it; the raw ``body`` is always there.
     """
 
-    __slots__ = ("delivery", "_value", "error", "_settle", "_settled")
+    __slots__ = ("_settle", "_settled", "_value", "delivery", "error")
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ a misspelt option is a :class:`~mqkit.errors.ConfigError` instead of being silen
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,11 +26,13 @@ class Options:
         self._read.add(name)
         return self._values.get(name)
 
-    def str(self, name: str, default: str) -> str:
+    def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
         value = self._raw(name)
         return default if value is None else str(value)
 
-    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def float(
+        self, name: builtins.str, default: builtins.float, *, minimum: builtins.float = 0.0
+    ) -> builtins.float:
         value = self._raw(name)
         if value is None:
             return default
@@ -41,7 +44,9 @@ class Options:
             raise ConfigError(f"{self._where}: option {name}={value!r} must be >= {minimum}")
         return number
 
-    def int(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def int(
+        self, name: builtins.str, default: builtins.int, *, minimum: builtins.int = 0
+    ) -> builtins.int:
         value = self._raw(name)
         if value is None:
             return default
@@ -53,7 +58,7 @@ class Options:
             raise ConfigError(f"{self._where}: option {name}={value!r} must be >= {minimum}")
         return number
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self._raw(name)
         if value is None:
             return default
@@ -66,7 +71,9 @@ class Options:
             return False
         raise ConfigError(f"{self._where}: option {name}={value!r} is not true/false")
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(
+        self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]
+    ) -> builtins.str:
         value = self.str(name, default).lower()
         if value not in choices:
             raise ConfigError(

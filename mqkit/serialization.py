@@ -59,7 +59,7 @@ class TextSerializer:
 
 
 class FunctionSerializer:
-    """A serializer made of two functions, e.g. ``FunctionSerializer(msgpack.packb, msgpack.unpackb)``."""
+    """Two functions as a serializer: ``FunctionSerializer(msgpack.packb, msgpack.unpackb)``."""
 
     def __init__(self, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any]) -> None:
         self._dumps = dumps

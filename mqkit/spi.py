@@ -75,4 +75,4 @@ class Backend(Protocol):
 
 
 BackendFactory = Callable[[BrokerURL, Mapping[str, Any]], Backend]
-"""``factory(url, options) -> Backend``; options are the URL query merged with ``connect(**options)``."""
+"""``factory(url, options) -> Backend``; options: the URL query plus ``connect(**options)``."""

@@ -62,7 +62,6 @@ CREATE TABLE IF NOT EXISTS queue (
     PRIMARY KEY (grp, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS queue_key ON queue (grp, topic, key, seq) WHERE key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS queue_seq ON queue (seq);
 CREATE TRIGGER IF NOT EXISTS fanout AFTER INSERT ON messages BEGIN
     INSERT INTO queue (grp, seq, topic, key)
     SELECT grp, NEW.seq, NEW.topic, NEW.key FROM subscriptions WHERE topic = NEW.topic;
@@ -120,7 +119,7 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``: takes the write lock up front, so no upgrade deadlock."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT``: take the write lock up front (no upgrade deadlock)."""
         with self.lock:
             conn = self.conn
             begun = False
@@ -181,9 +180,7 @@ class Store:
         now = time.time()
         sql = _LEASE.format(topics=",".join("?" * len(topics)))
         with self.transaction() as conn:
-            seqs = [
-                row[0] for row in conn.execute(sql, (group, *topics, now, token, now, limit))
-            ]
+            seqs = [row[0] for row in conn.execute(sql, (group, *topics, now, token, now, limit))]
             if not seqs:
                 return []
             marks = ",".join("?" * len(seqs))
@@ -223,8 +220,15 @@ class Store:
                 self._collect(conn)
         return done == 1
 
-    def release(self, group: str, seqs: Sequence[int], token: str, *, delay: float = 0.0,
-                uncount: bool = False) -> None:
+    def release(
+        self,
+        group: str,
+        seqs: Sequence[int],
+        token: str,
+        *,
+        delay: float = 0.0,
+        uncount: bool = False,
+    ) -> None:
         """Give leased rows back: visible after ``delay``; ``uncount`` if never handed out."""
         if not seqs:
             return
@@ -240,10 +244,16 @@ class Store:
 
     def _collect(self, conn: sqlite3.Connection) -> None:
         """Delete messages that no group's queue refers to any more."""
-        conn.execute(
-            "DELETE FROM messages WHERE seq < COALESCE((SELECT MIN(seq) FROM queue), "
-            "(SELECT MAX(seq) FROM messages) + 1)"
-        )
+        groups = [row[0] for row in conn.execute("SELECT DISTINCT grp FROM subscriptions")]
+        oldest = [
+            conn.execute("SELECT MIN(seq) FROM queue WHERE grp = ?", (g,)).fetchone()[0]
+            for g in groups
+        ]
+        pending = [seq for seq in oldest if seq is not None]
+        if pending:
+            conn.execute("DELETE FROM messages WHERE seq < ?", (min(pending),))
+        else:
+            conn.execute("DELETE FROM messages")
 
     def wait(self, timeout: float) -> None:
         with self.changed:
@@ -379,12 +389,16 @@ class SqliteConsumer:
                     self._store.changed.wait(wait)
                     continue
             with self._lock:
-                if self._closed:  # closed while leasing: give the batch straight back
+                if self.closed:  # closed while leasing: give the batch straight back
                     self._store.release(
                         self._group, [d.handle[0] for d in batch], self._token, uncount=True
                     )
                     return None
                 self._buffer.extend(batch)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def ack(self, delivery: Delivery) -> None:
         seq, token, _ = delivery.handle
@@ -525,10 +539,14 @@ def open_backend(url: BrokerURL, options: Mapping[str, Any]) -> SqliteBackend:
     busy = opts.float("busy_timeout", 30.0)
     synchronous = opts.choice("synchronous", "normal", ("normal", "full"))
     real = os.path.realpath(path)
-    store = shared_store("file:" + real, real, memory=False, busy_timeout=busy, synchronous=synchronous)
+    store = shared_store(
+        "file:" + real, real, memory=False, busy_timeout=busy, synchronous=synchronous
+    )
     try:
         backend = SqliteBackend(
-            store, opts, persistent=True,
+            store,
+            opts,
+            persistent=True,
             on_close=lambda: release_store("file:" + real, store, keep=False),
         )
         opts.done()

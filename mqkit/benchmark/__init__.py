@@ -1,0 +1,1 @@
+"""``mqkit bench``: throughput, latency, topic-count effect and mqkit's own overhead."""

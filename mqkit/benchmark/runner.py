@@ -1,0 +1,241 @@
+"""Runs the benchmark workloads on one backend, through mqkit and through the raw client.
+
+Every body carries its sequence number and send time, so each run counts what it lost or got
+twice (by sequence number), and latency is measured end to end.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+from mqkit.benchmark.clients import BenchClient, ClientFactory
+
+_HEADER = struct.Struct(">qd")  # sequence number, send time (time.time())
+
+
+@dataclass(frozen=True)
+class Workload:
+    messages: int = 10_000
+    size: int = 1024
+    producers: int = 1
+    consumers: int = 1
+    topic_counts: tuple[int, ...] = (1, 10, 100)
+    latency_rate: float = 500.0
+    latency_seconds: float = 3.0
+    timeout: float = 300.0
+
+
+@dataclass
+class Measurement:
+    backend: str
+    client: str  # "mqkit" or "raw"
+    test: str  # "produce", "consume", "latency" or "topics"
+    topics: int
+    sent: int
+    received: int
+    lost: int
+    duplicated: int
+    seconds: float
+    rate: float  # messages per second
+    mb_per_s: float
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def body(seq: int, size: int) -> bytes:
+    head = _HEADER.pack(seq, time.time())
+    return head + b"\x00" * max(0, size - len(head))
+
+
+def parse(data: bytes) -> tuple[int, float]:
+    seq, sent_at = _HEADER.unpack_from(data)
+    return int(seq), float(sent_at)
+
+
+class _Tally:
+    """Thread-safe count of received sequence numbers and latencies."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.seen: Counter[int] = Counter()
+        self.latencies: list[float] = []
+        self._lock = threading.Lock()
+        self.last = 0.0
+
+    def on_body(self, data: bytes) -> None:
+        seq, sent_at = parse(data)
+        now = time.time()
+        with self._lock:
+            self.seen[seq] += 1
+            self.latencies.append(now - sent_at)
+            self.last = time.perf_counter()
+
+    def complete(self) -> bool:
+        return len(self.seen) >= self.expected
+
+    def counts(self) -> tuple[int, int, int]:
+        received = len(self.seen)
+        duplicated = sum(n - 1 for n in self.seen.values())
+        return received, self.expected - received, duplicated
+
+
+def _threads(targets: list[Callable[[], None]]) -> None:
+    errors: list[BaseException] = []
+
+    def run(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # re-raised in the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(fn,), daemon=True) for fn in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "max": ordered[-1] * 1000}
+
+
+class BackendBench:
+    """All workloads for one backend and one client kind."""
+
+    def __init__(self, backend: str, client: str, factory: ClientFactory, work: Workload):
+        self.backend = backend
+        self.client = client
+        self.factory = factory
+        self.work = work
+
+    def _measure(
+        self, test: str, topics: int, seconds: float, tally: _Tally, count: int
+    ) -> Measurement:
+        """``count`` messages took ``seconds``; loss and duplicates are the whole run's."""
+        received, lost, duplicated = tally.counts()
+        rate = count / seconds if seconds > 0 else 0.0
+        return Measurement(
+            backend=self.backend,
+            client=self.client,
+            test=test,
+            topics=topics,
+            sent=tally.expected,
+            received=received,
+            lost=lost,
+            duplicated=duplicated,
+            seconds=round(seconds, 4),
+            rate=round(rate, 1),
+            mb_per_s=round(rate * self.work.size / 1e6, 2),
+        )
+
+    def _clients(self, count: int) -> list[BenchClient]:
+        return [self.factory() for _ in range(count)]
+
+    def throughput(self, topic_count: int = 1) -> list[Measurement]:
+        """Produce N messages (P producers, K topics), then consume them (C consumers)."""
+        work = self.work
+        run = uuid.uuid4().hex[:8]
+        topics = [f"bench.{run}.{k}" for k in range(topic_count)]
+        group = f"bench.{run}"
+        consumers = self._clients(work.consumers)
+        producers = self._clients(work.producers)
+        try:
+            for consumer in consumers:
+                consumer.subscribe(topics, group)
+            tally = _Tally(work.messages)
+
+            def producing(index: int) -> Callable[[], None]:
+                def go() -> None:
+                    for k, topic in enumerate(topics):
+                        seqs = range(
+                            index * topic_count + k, work.messages, work.producers * topic_count
+                        )
+                        producers[index].produce(topic, (body(s, work.size) for s in seqs))
+
+                return go
+
+            started = time.perf_counter()
+            _threads([producing(i) for i in range(work.producers)])
+            produced = time.perf_counter() - started
+            deadline = time.monotonic() + work.timeout
+            started = time.perf_counter()
+            _threads(
+                [partial(c.consume, tally.on_body, tally.complete, deadline) for c in consumers]
+            )
+            consumed = (tally.last or time.perf_counter()) - started
+        finally:
+            for client in consumers + producers:
+                client.close()
+        return [
+            self._measure("produce", topic_count, produced, tally, work.messages),
+            self._measure("consume", topic_count, consumed, tally, len(tally.seen)),
+        ]
+
+    def latency(self) -> Measurement:
+        """End-to-end latency at a fixed offered rate below saturation."""
+        work = self.work
+        run = uuid.uuid4().hex[:8]
+        topic, group = f"bench.{run}.lat", f"bench.{run}"
+        total = max(1, int(work.latency_rate * work.latency_seconds))
+        consumer, producer = self.factory(), self.factory()
+        try:
+            consumer.subscribe([topic], group)
+            tally = _Tally(total)
+            deadline = time.monotonic() + work.latency_seconds + work.timeout
+            receiver = threading.Thread(
+                target=consumer.consume,
+                args=(tally.on_body, tally.complete, deadline),
+                daemon=True,
+            )
+            receiver.start()
+
+            def paced() -> Iterator[bytes]:
+                interval = 1.0 / work.latency_rate
+                start = time.perf_counter()
+                for seq in range(total):
+                    wait = start + seq * interval - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
+                    yield body(seq, work.size)
+
+            started = time.perf_counter()
+            producer.produce(topic, paced())
+            receiver.join()
+            seconds = time.perf_counter() - started
+        finally:
+            consumer.close()
+            producer.close()
+        result = self._measure("latency", 1, seconds, tally, len(tally.seen))
+        result.latency_ms = {k: round(v, 3) for k, v in _percentiles(tally.latencies).items()}
+        return result
+
+    def run_all(self, step: Callable[[str], None]) -> list[Measurement]:
+        results: list[Measurement] = []
+        step("throughput")
+        results += self.throughput(1)
+        step("latency")
+        results.append(self.latency())
+        for k in self.work.topic_counts:
+            if k > 1:
+                step(f"{k} topics")
+                results += self.throughput(k)
+        return results

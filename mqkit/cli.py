@@ -1,0 +1,353 @@
+"""The ``mqkit`` command: send, consume, info and the demo, on any configured backend."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mqkit import registry
+from mqkit.client import Broker, connect
+from mqkit.config import parse_url, resolve
+from mqkit.demo import DEFAULT_SERVICES, Service, run_demo
+from mqkit.errors import MqkitError
+from mqkit.message import Message
+
+console = Console(stderr=True)
+url_option = click.option(
+    "--url",
+    envvar="MQKIT_URL",
+    default=None,
+    help="Broker URL (default: $MQKIT_URL, mqkit.toml, [tool.mqkit], then sqlite:///.mqkit/mqkit.db).",
+)
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "text", "bytes"]),
+    default="json",
+    show_default=True,
+    help="How values are encoded on the wire.",
+)
+
+
+@contextmanager
+def _broker(url: str | None, fmt: str = "json") -> Iterator[Broker]:
+    try:
+        with connect(url, serializer=fmt) as broker:
+            yield broker
+    except MqkitError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:>18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@click.group()
+@click.version_option(package_name="mqkit")
+def main() -> None:
+    """mqkit: one producer/consumer interface over many message brokers."""
+
+
+@main.command()
+@url_option
+def info(url: str | None) -> None:
+    """Show which backend is configured, from where, and what is installed."""
+    settings = resolve(url)
+    parsed = parse_url(settings.url)
+    console.print(f"url: [bold]{parsed.redacted()}[/] (from {settings.source})")
+    console.print(f"installed backends: {', '.join(registry.installed_schemes())}")
+    with _broker(url) as broker:
+        console.print(f"features: {broker.features}")
+
+
+def _parse_headers(values: tuple[str, ...]) -> dict[str, str]:
+    headers = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--header")
+        headers[name] = value
+    return headers
+
+
+def _decode_arg(text: str, fmt: str) -> Any:
+    if fmt == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text  # a bare word is sent as a JSON string
+    if fmt == "bytes":
+        return text.encode()
+    return text
+
+
+@main.command()
+@click.argument("topic")
+@click.argument("values", nargs=-1)
+@click.option("--key", default=None, help="Ordering key: messages with one key stay in order.")
+@click.option("--header", "headers", multiple=True, help="NAME=VALUE, repeatable.")
+@url_option
+@format_option
+def send(
+    topic: str,
+    values: tuple[str, ...],
+    key: str | None,
+    headers: tuple[str, ...],
+    url: str | None,
+    fmt: str,
+) -> None:
+    """Send VALUES (or each line of stdin) to TOPIC; prints the message ids."""
+    header_map = _parse_headers(headers)
+    lines: Iterator[str] = iter(values) if values else (line.rstrip("\n") for line in sys.stdin)
+    with _broker(url, fmt) as broker, broker.producer() as producer:
+        count = 0
+        for line in lines:
+            try:
+                message_id = producer.send(
+                    topic, _decode_arg(line, fmt), key=key, headers=header_map
+                )
+            except (TypeError, ValueError, MqkitError) as exc:
+                raise click.ClickException(str(exc)) from None
+            click.echo(message_id)
+            count += 1
+        producer.flush()
+    console.print(f"sent {count} message(s) to {topic}")
+
+
+def _render(message: Message, fmt: str) -> dict[str, Any]:
+    value: Any
+    if message.error is not None:
+        value = None
+    elif fmt == "bytes":
+        value = base64.b64encode(message.body).decode()
+    else:
+        value = message.value
+    out: dict[str, Any] = {
+        "topic": message.topic,
+        "id": message.id,
+        "key": message.key,
+        "headers": dict(message.headers),
+        "attempt": message.attempt,
+        "timestamp": message.timestamp,
+        "value": value,
+    }
+    if message.error is not None:
+        out["error"] = str(message.error)
+        out["body_base64"] = base64.b64encode(message.body).decode()
+    return out
+
+
+@main.command()
+@click.argument("topics", nargs=-1, required=True)
+@click.option("--group", required=True, help="Consumer group; each group gets every message.")
+@click.option("--count", type=int, default=None, help="Stop after this many messages.")
+@click.option("--timeout", type=float, default=None, help="Stop after this many idle seconds.")
+@click.option("--no-ack", is_flag=True, help="Give messages back instead of acking them.")
+@url_option
+@format_option
+def consume(
+    topics: tuple[str, ...],
+    group: str,
+    count: int | None,
+    timeout: float | None,
+    no_ack: bool,
+    url: str | None,
+    fmt: str,
+) -> None:
+    """Print messages of TOPICS as JSON lines, acking each after it is printed."""
+    received = 0
+    with _broker(url, fmt) as broker, broker.consumer(topics, group=group) as consumer:
+        try:
+            while count is None or received < count:
+                message = consumer.receive(timeout=timeout)
+                if message is None:
+                    break
+                click.echo(json.dumps(_render(message, fmt), ensure_ascii=False))
+                if no_ack:
+                    message.nack()
+                else:
+                    message.ack()
+                received += 1
+        except KeyboardInterrupt:
+            pass
+    console.print(f"received {received} message(s)")
+
+
+@main.command()
+@url_option
+@click.option("--orders", type=int, default=5000, show_default=True, help="Orders in the burst.")
+@click.option(
+    "--capacity",
+    "capacities",
+    multiple=True,
+    help="SERVICE=RATE orders/s a service can process (stock, customer-trail, customer-status).",
+)
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+def demo(url: str | None, orders: int, capacities: tuple[str, ...], timeout: float) -> None:
+    """Play the order-burst scenario: the queue absorbs a peak that three services drain."""
+    rates = {s.name: s.capacity for s in DEFAULT_SERVICES}
+    for item in capacities:
+        name, _, rate = item.partition("=")
+        if name not in rates:
+            raise click.BadParameter(f"unknown service {name!r}", param_hint="--capacity")
+        rates[name] = float(rate)
+    services = tuple(Service(name, rate) for name, rate in rates.items())
+    with _broker(url) as broker:
+        console.print(
+            f"[bold]order service[/] publishes {orders} orders in one burst to [bold]"
+            f"{broker.url.redacted()}[/]; stock, customer-trail and customer-status "
+            "drain them at their own pace"
+        )
+        with _progress() as bars:
+            tasks = {"orders": bars.add_task("orders accepted", total=orders)}
+            for service in services:
+                tasks[service.name] = bars.add_task(service.name, total=orders)
+            result = run_demo(
+                broker,
+                orders=orders,
+                services=services,
+                timeout=timeout,
+                progress=lambda task, n: bars.advance(tasks[task], n),
+            )
+    table = Table(title=f"demo on {result.url}")
+    for column in ("stage", "capacity/s", "rate/s", "processed", "lost", "duplicated"):
+        table.add_column(column, justify="right" if column != "stage" else "left")
+    table.add_row(
+        "orders accepted", "-", f"{result.accepted_rate:,.0f}", str(result.orders), "-", "-"
+    )
+    for s in result.services:
+        table.add_row(
+            s.name,
+            f"{s.capacity:,.0f}",
+            f"{s.rate:,.0f}",
+            str(s.processed),
+            str(result.lost(s)),
+            str(s.duplicated),
+        )
+    Console().print(table)
+    lost = sum(result.lost(done) for done in result.services)
+    dups = sum(done.duplicated for done in result.services)
+    console.print(
+        f"peak backlog {result.max_backlog} orders; accepted {result.accepted_rate:,.0f}/s vs "
+        f"slowest service {min(done.rate for done in result.services):,.0f}/s; "
+        f"{lost} lost, {dups} duplicated"
+    )
+    if not result.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--url", "urls", multiple=True, help="Backend URL; repeat to compare backends.")
+@click.option("--messages", type=int, default=10_000, show_default=True)
+@click.option("--size", type=int, default=1024, show_default=True, help="Body size in bytes.")
+@click.option("--topics", default="1,10,100", show_default=True, help="Topic counts to compare.")
+@click.option("--producers", type=int, default=1, show_default=True)
+@click.option("--consumers", type=int, default=1, show_default=True)
+@click.option(
+    "--rate",
+    type=float,
+    default=500.0,
+    show_default=True,
+    help="Offered rate (msg/s) for the latency test.",
+)
+@click.option("--latency-seconds", type=float, default=3.0, show_default=True)
+@click.option("--no-raw", is_flag=True, help="Skip the raw-client baseline.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write report.md, report.json and throughput.png into this directory.",
+)
+def bench(
+    urls: tuple[str, ...],
+    messages: int,
+    size: int,
+    topics: str,
+    producers: int,
+    consumers: int,
+    rate: float,
+    latency_seconds: float,
+    no_raw: bool,
+    as_json: bool,
+    report_dir: Path | None,
+) -> None:
+    """Measure throughput, latency, topic-count effect and mqkit's overhead per backend."""
+    from mqkit.benchmark import report
+    from mqkit.benchmark.clients import MqkitClient, raw_factory
+    from mqkit.benchmark.runner import BackendBench, Measurement, Workload
+
+    if size < 16:
+        raise click.BadParameter("at least 16 bytes", param_hint="--size")
+    try:
+        counts = tuple(sorted({int(k) for k in topics.split(",") if k.strip()}))
+    except ValueError:
+        raise click.BadParameter(
+            f"{topics!r} is not a list of numbers", param_hint="--topics"
+        ) from None
+    work = Workload(messages, size, producers, consumers, counts, rate, latency_seconds)
+    targets = list(urls) or [resolve(None).url, *os.environ.get("MQKIT_BENCH_URLS", "").split()]
+    results: list[Measurement] = []
+    with _progress() as bars:
+        for url in targets:
+            name = parse_url(url).redacted()
+            sides: list[tuple[str, Callable[[], Any]]] = [("mqkit", partial(MqkitClient, url))]
+            try:
+                raw = None if no_raw else raw_factory(url)
+            except MqkitError as exc:
+                raise click.ClickException(str(exc)) from None
+            if raw is not None:
+                sides.insert(0, ("raw", raw))
+            elif not no_raw:
+                console.print(f"[yellow]{name}: no raw-client baseline registered[/]")
+            steps = 2 + sum(1 for k in counts if k > 1)
+            for client, factory in sides:
+                task = bars.add_task(f"{parse_url(url).scheme} {client}", total=steps)
+                runner = BackendBench(name, client, factory, work)
+
+                def step(what: str, task: Any = task) -> None:
+                    bars.advance(task, 1) if what != "throughput" else None
+
+                try:
+                    results += runner.run_all(step)
+                except MqkitError as exc:
+                    raise click.ClickException(f"{name}: {exc}") from None
+                bars.update(task, completed=steps)
+    Console().print(report.table(results)) if not as_json else None
+    for r in report.ratios(results):
+        console.print(
+            f"{r['backend']} {r['test']} k={r['topics']}: mqkit {r['mqkit_rate']:,.0f}/s vs raw "
+            f"{r['raw_rate']:,.0f}/s = {r['ratio']:.2f}"
+        )
+    if as_json:
+        click.echo(json.dumps(report.document(work, results), indent=2))
+    if report_dir is not None:
+        report.write_report(work, results, report_dir)
+        console.print(f"report written to {report_dir}")
+    if any(m.lost or m.duplicated for m in results):
+        console.print("[red]some runs lost or duplicated messages: see the integrity column[/]")
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

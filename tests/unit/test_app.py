@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mqkit
+from mqkit.deadletter import ERROR_TYPE, TOPIC, dead_letter_topic
+
+
+def _run_in_thread(app: mqkit.App) -> threading.Thread:
+    ready = threading.Event()
+    thread = threading.Thread(
+        target=app.run, kwargs={"install_signal_handlers": False, "on_ready": ready.set}
+    )
+    thread.start()
+    assert ready.wait(10)
+    return thread
+
+
+def test_handler_acks_on_success_and_nacks_on_exception() -> None:
+    app = mqkit.App("memory://app1")
+    seen: list[tuple[int, int]] = []
+
+    @app.handler("orders", group="stock", concurrency=2)
+    def handle(message: mqkit.Message) -> None:
+        if message.value == 3 and message.attempt == 1:
+            raise RuntimeError("transient")
+        seen.append((message.value, message.attempt))
+
+    thread = _run_in_thread(app)
+    with app.broker.producer() as producer:
+        for i in range(10):
+            producer.send("orders", i)
+    deadline = time.monotonic() + 10
+    while len(seen) < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    app.stop()
+    thread.join()
+    assert sorted(v for v, _ in seen) == list(range(10))
+    assert (3, 2) in seen
+    stats = app.stats("stock")
+    assert (stats.processed, stats.failed) == (10, 1)
+    app.close()
+
+
+def test_undecodable_messages_go_to_the_dead_letter_topic() -> None:
+    app = mqkit.App("memory://app2")
+    calls: list[object] = []
+    app.handler("orders", group="billing")(calls.append)
+    dlq = app.broker.consumer(dead_letter_topic("billing"), group="ops", serializer="bytes")
+    thread = _run_in_thread(app)
+    with app.broker.producer(serializer="bytes") as producer:
+        producer.send("orders", b"\x00 not json", headers={"trace": "t1"})
+    dead = dlq.receive(timeout=10)
+    app.stop()
+    thread.join()
+    assert dead is not None and dead.value == b"\x00 not json"
+    assert dead.headers["trace"] == "t1"
+    assert dead.headers[TOPIC] == "orders"
+    assert dead.headers[ERROR_TYPE] == "DecodeError"
+    assert calls == []
+    assert app.stats("billing").dead_lettered == 1
+    app.close()
+
+
+_SERVICE = """
+import sys, time, mqkit
+app = mqkit.App(sys.argv[1])
+
+@app.handler("jobs", group="workers")
+def handle(message):
+    print("start", message.value, flush=True)
+    time.sleep(1.0)
+    print("done", message.value, flush=True)
+
+app.run()
+print("stopped", flush=True)
+"""
+
+
+def test_sigterm_finishes_in_flight_work_then_stops(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}?poll_interval=0.01"
+    with mqkit.connect(url) as broker:
+        broker.consumer("jobs", group="workers").close()  # the group exists
+        with broker.producer() as producer:
+            for i in range(5):
+                producer.send("jobs", i)
+    script = tmp_path / "service.py"
+    script.write_text(_SERVICE)
+    child = subprocess.Popen(
+        [sys.executable, str(script), url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().startswith("start 0")
+    child.send_signal(signal.SIGTERM)
+    rest = child.stdout.read().split("\n")
+    assert child.wait(timeout=20) == 0
+    assert rest[:2] == ["done 0", "stopped"], rest
+    with mqkit.connect(url) as broker:
+        consumer = broker.consumer("jobs", group="workers")
+        left = []
+        while (message := consumer.receive(timeout=1)) is not None:
+            left.append(message.value)
+            message.ack()
+    assert sorted(left) == [1, 2, 3, 4]

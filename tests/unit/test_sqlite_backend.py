@@ -1,0 +1,112 @@
+"""What only the durable embedded default promises: several processes, crashes, housekeeping."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mqkit
+from mqkit.backends import sqlite
+
+_WORKER = """
+import sys, json, mqkit
+url, topic, group, role, n = sys.argv[1:6]
+with mqkit.connect(url) as broker:
+    if role == "produce":
+        with broker.producer() as p:
+            for i in range(int(n)):
+                p.send(topic, f"{sys.argv[6]}-{i}", key=f"k{i % 5}")
+    else:
+        c = broker.consumer(topic, group=group)
+        print("ready", flush=True)
+        got = []
+        while True:
+            m = c.receive(timeout=3)
+            if m is None:
+                break
+            got.append(m.value)
+            m.ack()
+        print(json.dumps(got), flush=True)
+"""
+
+
+def test_processes_share_one_database_without_loss_or_overlap(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+
+    def spawn(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(script), url, "jobs", "workers", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    consumers = [spawn("consume", "0") for _ in range(3)]
+    for c in consumers:
+        assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+    producers = [spawn("produce", "400", f"p{n}") for n in range(2)]
+    for p in producers:
+        assert p.wait(timeout=60) == 0
+    results = []
+    for c in consumers:
+        out, _ = c.communicate(timeout=60)
+        results.append(__import__("json").loads(out.splitlines()[-1]))
+    everything = [v for r in results for v in r]
+    expected = {f"p{n}-{i}" for n in range(2) for i in range(400)}
+    assert len(everything) == len(expected) and set(everything) == expected
+    assert sum(1 for r in results if r) >= 2, "work was shared between processes"
+
+
+def test_expired_lease_is_delivered_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'lease.db'}?visibility_timeout=0.5&poll_interval=0.01"
+    with mqkit.connect(url) as broker:
+        slow = broker.consumer("t", group="g", prefetch=1)
+        other = broker.consumer("t", group="g", prefetch=1)
+        with broker.producer() as producer:
+            producer.send("t", "job")
+        first = slow.receive(timeout=5)
+        assert first is not None
+        assert other.receive(timeout=0.2) is None  # leased: invisible to the group
+        again = other.receive(timeout=5)  # the lease ran out: the group gets it back
+        assert again is not None and again.id == first.id and again.attempt == 2
+        again.ack()
+        first.ack()  # too late: logged, not an error, and nothing comes back
+        assert other.receive(timeout=1) is None
+
+
+def test_acked_messages_are_cleaned_up(tmp_path: Path, monkeypatch: object) -> None:
+    url = f"sqlite:///{tmp_path / 'gc.db'}"
+    with mqkit.connect(url) as broker:
+        consumer = broker.consumer("t", group="g")
+        with broker.producer() as producer:
+            for i in range(sqlite.GC_EVERY + 10):
+                producer.send("t", i)
+        for _ in range(sqlite.GC_EVERY + 10):
+            message = consumer.receive(timeout=5)
+            assert message is not None
+            message.ack()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "gc.db") as conn:
+        left = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    assert left <= 10
+
+
+def test_data_survives_reopening(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'durable.db'}"
+    with mqkit.connect(url) as broker:
+        broker.consumer("t", group="g").close()
+        with broker.producer() as producer:
+            producer.send("t", "kept", key="k", headers={"h": "1"})
+    time.sleep(0.01)
+    with mqkit.connect(url) as broker:
+        message = broker.consumer("t", group="g").receive(timeout=5)
+        assert message is not None
+        assert (message.value, message.key, dict(message.headers)) == ("kept", "k", {"h": "1"})
+        message.ack()
