@@ -49,6 +49,11 @@ _util: Any = importlib.import_module("rocketmq.v5.util")
 _proto: Any = importlib.import_module("rocketmq.grpc_protocol")
 
 DEFAULT_PORT = 8081
+
+#: ``provision(kind, name)`` creates a missing topic (``kind="topic"``) or prepares a consumer
+#: group (``kind="group"``) on the cluster, e.g. by running ``mqadmin``; see
+#: :func:`mqkit_rocketmq.set_provisioner`. ``None``: missing topics are an error.
+provisioner: Callable[[str, str], None] | None = None
 Code: Any = _proto.Code
 _UNREACHABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -101,7 +106,7 @@ class V5Backend:
         self.connect_timeout = opts.float("connect_timeout", 5.0, minimum=0.1)
         self.tls = opts.bool("tls", False)
         self.visibility = opts.int("visibility_timeout", 30, minimum=1)
-        self.prefetch = opts.int("prefetch", 16, minimum=1)
+        self.prefetch = opts.int("prefetch", 1, minimum=1)
         self.long_polling = opts.int("long_polling_timeout", 5, minimum=1)
         self.max_in_flight = opts.int("max_in_flight", 1024, minimum=1)
         opts.done()
@@ -171,7 +176,7 @@ class V5Backend:
                 "secret key in the URL (rocketmq://ACCESS_KEY:SECRET_KEY@host:port)"
             )
 
-    def check_topic(self, topic: str, mqkit_name: str) -> None:
+    def check_topic(self, topic: str, mqkit_name: str, *, _provisioned: bool = False) -> None:
         """Raise a clear mqkit error unless ``topic`` exists on the cluster."""
         if topic in self._known_topics:
             return
@@ -188,6 +193,9 @@ class V5Backend:
         status = response.status
         self._check_auth(status)
         if status.code == Code.TOPIC_NOT_FOUND:
+            if provisioner is not None and not _provisioned:
+                provisioner("topic", topic)
+                return self.check_topic(topic, mqkit_name, _provisioned=True)
             raise ConfigError(self.missing_topic(topic, mqkit_name, status.message))
         if status.code in (Code.ILLEGAL_TOPIC, Code.BAD_REQUEST):
             raise ConfigError(
@@ -428,6 +436,8 @@ class V5Consumer:
         self._closed = False
         self._warned_fifo = False
         self._landed = threading.Event()
+        if provisioner is not None:
+            provisioner("group", self._group)
         filters = {topic: _model.FilterExpression() for topic in self._names}
         try:
             self._client = _SimpleConsumer(
