@@ -6,7 +6,7 @@ Three PyPI distributions install a top-level package named ``rocketmq``:
 * ``rocketmq-client-python`` (Apache, 4.x remoting, ctypes over the native ``librocketmq`` of
   rocketmq-client-cpp 2.x, which it does not ship) — for ``rocketmq+remoting://``;
 * ``rocketmq`` (third party, the older API of the same binding; its manylinux wheel bundles
-  ``librocketmq`` 1.2.x) — also for ``rocketmq+remoting://``.
+  ``librocketmq`` built before rocketmq-client-cpp 2.0) — also for ``rocketmq+remoting://``.
 
 They overwrite each other's ``rocketmq/__init__.py`` (and the two 4.x ones every file), so an
 environment holds exactly one of them; installing one over another leaves a broken package.
@@ -151,7 +151,7 @@ def load_remoting() -> tuple[ModuleType, str]:
         raise ConfigError(
             f"{dist} {drivers[dist]} found a librocketmq that lacks functions it needs ({exc}); "
             "it needs the library of rocketmq-client-cpp 2.0.0 or later. "
-            "(The librocketmq bundled in the PyPI wheel rocketmq 0.4.4 is 1.2.x and only works "
+            "(The librocketmq bundled in the PyPI wheel rocketmq 0.4.4 predates 2.0 and only works "
             f"with that wheel's own Python code: {INSTALL_BUNDLED}.)"
         ) from exc
     except OSError as exc:  # the library exists but cannot be loaded (arch, glibc, deps)
