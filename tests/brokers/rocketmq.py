@@ -18,12 +18,15 @@ NAMESRV = "rocketmq-namesrv:9876"
 
 @contextlib.contextmanager
 def container() -> Iterator[str]:
+    import importlib
+
     from testcontainers.compose import (  # type: ignore[import-not-found,unused-ignore]
         DockerCompose,
     )
 
     import mqkit
-    import mqkit_rocketmq
+
+    mqkit_rocketmq = importlib.import_module("mqkit_rocketmq")
 
     root = Path(__file__).resolve().parents[2]
     compose = DockerCompose(str(root), compose_file_name="compose.yaml", services=SERVICES)

@@ -60,10 +60,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import grpc
-from rocketmq.grpc_protocol import definition_pb2 as pb
-from rocketmq.grpc_protocol import service_pb2 as svc
-from rocketmq.grpc_protocol import service_pb2_grpc as svc_grpc
+import grpc  # type: ignore[import-untyped,unused-ignore]
+from rocketmq.grpc_protocol import definition_pb2 as pb  # type: ignore[import-untyped,unused-ignore]
+from rocketmq.grpc_protocol import service_pb2 as svc  # type: ignore[import-untyped,unused-ignore]
+from rocketmq.grpc_protocol import (  # type: ignore[import-untyped,unused-ignore]
+    service_pb2_grpc as svc_grpc,
+)
 
 log = logging.getLogger("rocketmq-test-server")
 
@@ -339,7 +341,9 @@ class State:
         cursor = self.cursors.get(key)
         if cursor is None:
             # A new subscription starts at the end of the topic: it sees what is sent after it.
-            cursor = self.cursors[key] = Cursor(group, topic.name, len(topic.log))
+            # Retry and dead-letter topics are read from their start, as a broker does.
+            start = 0 if topic.name.startswith("%") else len(topic.log)
+            cursor = self.cursors[key] = Cursor(group, topic.name, start)
             self.record("cursor", group, topic.name, cursor.start)
             log.info("group %s subscribed to %s at offset %d", group, topic.name, cursor.start)
         return cursor
@@ -396,9 +400,9 @@ class State:
         # is not delivered further until that message is acked or visible again.
         blocked: set[str] = set()
         if config.fifo:
-            for offset, lease in cursor.leases.items():
+            for offset, held in cursor.leases.items():
                 group = topic.log[offset].message_group
-                if group is not None and lease.deadline_ms > now:
+                if group is not None and held.deadline_ms > now:
                     blocked.add(group)
         taken: list[tuple[Stored, str, int]] = []
         for offset in range(cursor.low, len(topic.log)):
@@ -493,7 +497,7 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
-class Service(svc_grpc.MessagingServiceServicer):
+class Service(svc_grpc.MessagingServiceServicer):  # type: ignore[misc]
     def __init__(self, state: State) -> None:
         self.state = state
 
@@ -1002,7 +1006,7 @@ class Service(svc_grpc.MessagingServiceServicer):
 
 
 def pb_timestamp(ms: int) -> Any:
-    from google.protobuf import timestamp_pb2
+    from google.protobuf import timestamp_pb2  # type: ignore[import-untyped,unused-ignore]
 
     ts = timestamp_pb2.Timestamp()
     ts.FromMilliseconds(ms)
@@ -1010,7 +1014,7 @@ def pb_timestamp(ms: int) -> Any:
 
 
 def pb_duration(ms: int) -> Any:
-    from google.protobuf import duration_pb2
+    from google.protobuf import duration_pb2  # type: ignore[import-untyped,unused-ignore]
 
     d = duration_pb2.Duration()
     d.FromMilliseconds(ms)

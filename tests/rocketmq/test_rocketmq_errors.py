@@ -7,6 +7,7 @@ through the unmodified official client, or to plain sockets on loopback.
 
 from __future__ import annotations
 
+import importlib
 import socket
 import subprocess
 import sys
@@ -16,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rocketmq_helpers import running_server, url_or_server
 
 import mqkit
 from mqkit import BrokerUnavailable, ConfigError
+from tests.rocketmq.rocketmq_helpers import running_server, url_or_server
 
 BOUND = 10.0  # seconds: the promise for every one of these errors
 
@@ -168,9 +169,8 @@ def _pip_target(root: Path, requirement: str) -> Path:
 
 
 def test_remoting_without_its_client_says_what_to_install() -> None:
-    from mqkit_rocketmq._drivers import installed_drivers
-
-    assert "rocketmq-python-client" in installed_drivers()
+    drivers = importlib.import_module("mqkit_rocketmq._drivers")
+    assert "rocketmq-python-client" in drivers.installed_drivers()
     started = time.monotonic()
     with pytest.raises(ConfigError) as info:
         mqkit.connect("rocketmq+remoting://127.0.0.1:9876")

@@ -304,7 +304,7 @@ class RemotingConsumer:
                     self._inflight.add(item)
                 self._queue.put(item)
                 while not item.done.wait(0.5):
-                    if self._closed:
+                    if self.closed:
                         break
                 ok = item.ok
                 with self._lock:
@@ -358,6 +358,10 @@ class RemotingConsumer:
             attempt=int(message.reconsume_times or 0) + 1,
             handle=None,
         )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def receive(self, timeout: float | None) -> Delivery | None:
         deadline = None if timeout is None else time.monotonic() + timeout

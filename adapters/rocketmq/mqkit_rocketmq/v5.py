@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped,unused-ignore]
 
 from mqkit.config import BrokerURL
 from mqkit.errors import (
@@ -339,7 +339,16 @@ class V5Producer:
                 self._keyed[group] = deque()
         self._launch(rmsg, topic, message.topic, raise_now=True)
 
-    def _launch(self, rmsg: Any, topic: str, name: str, *, raise_now: bool = False) -> None:
+    def _launch(
+        self,
+        rmsg: Any,
+        topic: str,
+        name: str,
+        *,
+        raise_now: bool = False,
+        first: float | None = None,
+    ) -> None:
+        first = time.monotonic() if first is None else first
         try:
             future: Future[Any] = self._client.send_async(rmsg)
         except Exception as exc:
@@ -348,12 +357,26 @@ class V5Producer:
             if raise_now:
                 raise error from None
             return
-        future.add_done_callback(lambda f: self._done(f, rmsg, topic, name))
+        future.add_done_callback(lambda f: self._done(f, rmsg, topic, name, first))
 
-    def _done(self, future: Future[Any], rmsg: Any, topic: str, name: str) -> None:
+    def _done(self, future: Future[Any], rmsg: Any, topic: str, name: str, first: float) -> None:
         error = None
         exc = future.exception()
         if exc is not None:
+            if (
+                isinstance(exc, grpc.RpcError)
+                and exc.code() == grpc.StatusCode.UNAVAILABLE
+                and time.monotonic() - first < self._backend.connect_timeout
+                and not self._closed
+            ):
+                # The proxy is restarting or the channel is reconnecting (the request never
+                # left): try again shortly, keeping this key's later messages waiting.
+                retry = threading.Timer(
+                    0.25, self._launch, (rmsg, topic, name), {"first": first}
+                )
+                retry.daemon = True
+                retry.start()
+                return
             error = self._backend.error(exc, f"sending to {name!r}", topic, name)
         self._finished(rmsg, error, record=True)
 
