@@ -657,9 +657,11 @@ class Service(svc_grpc.MessagingServiceServicer):  # type: ignore[misc]
             self.validate_group(group)
             self.state.group(group)
             for entry in settings.subscription.subscriptions:
-                topic = self.state.topics.get(entry.topic.name)
-                if topic is not None:
-                    self.state.cursor(group, topic)
+                try:  # with --auto-create-topics, subscribing is a first use too
+                    topic = self.state.topic(entry.topic.name)
+                except ProxyError:
+                    continue  # its receives will answer TOPIC_NOT_FOUND
+                self.state.cursor(group, topic)
             self.state.flush()
         elif settings.HasField("publishing"):
             for resource in settings.publishing.topics:
