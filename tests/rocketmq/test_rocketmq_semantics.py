@@ -220,3 +220,29 @@ def test_group_that_is_not_fifo_warns_about_key_order(
         assert message is not None and message.key == "k"
         message.ack()
         assert "is not FIFO" in caplog.text and "updateSubGroup" in caplog.text
+
+
+def test_mqkit_dead_letters_keep_their_multiline_headers(url_or_server: str) -> None:
+    from mqkit.deadletter import TRACEBACK, dead_letter_topic, send_dead_letter
+
+    topic, group = _name("work"), _name("g")
+    with mqkit.connect(url_or_server) as broker:
+        consumer = broker.consumer(topic, group=group)
+        letters = broker.consumer(dead_letter_topic(group), group=group + "-ops")
+        with broker.producer() as producer:
+            producer.send(topic, {"job": 1}, key="k", headers={"trace": "t"})
+        message = consumer.receive(timeout=10)
+        assert message is not None
+        try:
+            raise ValueError("bad\tjob\nsecond line")
+        except ValueError as exc:
+            error = exc
+        with broker.producer(serializer="bytes") as raw:
+            send_dead_letter(raw, message, group, error)
+        message.ack()
+        dead = letters.receive(timeout=10)
+        assert dead is not None
+        assert dead.body == message.body and dead.key == "k"
+        assert dead.headers["trace"] == "t"
+        assert "second line" in dead.headers[TRACEBACK] and "\n" in dead.headers[TRACEBACK]
+        dead.ack()
