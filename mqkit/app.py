@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 from mqkit.client import Broker, Producer, connect
-from mqkit.deadletter import send_dead_letter
+from mqkit.deadletter import ensure_dead_letter_group, send_dead_letter
 from mqkit.message import Message
 from mqkit.serialization import Serializer
 
@@ -29,12 +29,27 @@ Handler = Callable[[Message], Any]
 
 @dataclass(frozen=True)
 class Route:
-    """Where a handler runs; middleware gets it to reach the broker and the app's producer."""
+    """Where a handler runs; middleware gets it to reach the broker and the app's producer.
+
+    ``serializer`` is the one the route's consumers decode with. ``stopping`` is set when the
+    app stops; a middleware that needs its own background work (e.g. a consumer of retry
+    topics) starts it with :meth:`start_thread`, and ``App.run()`` joins it before returning.
+    """
 
     topics: tuple[str, ...]
     group: str
     broker: Broker
     producer: Producer
+    serializer: str | Serializer | None = None
+    stopping: threading.Event = field(default_factory=threading.Event, compare=False)
+    threads: list[threading.Thread] = field(default_factory=list, repr=False, compare=False)
+
+    def start_thread(self, target: Callable[[], object], name: str) -> threading.Thread:
+        """Run ``target`` beside the route's workers; it must return soon after ``stopping``."""
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        return thread
 
 
 Middleware = Callable[[Handler, Route], Handler]
@@ -59,6 +74,7 @@ class _Registration:
     topics: tuple[str, ...]
     group: str
     concurrency: int
+    workers: int
     middleware: tuple[Middleware, ...]
     serializer: str | Serializer | None
     options: dict[str, Any]
@@ -90,19 +106,34 @@ class App:
         *,
         group: str,
         concurrency: int = 1,
+        workers: int = 1,
         middleware: Sequence[Middleware] = (),
         serializer: str | Serializer | None = None,
         **consumer_options: Any,
     ) -> Callable[[Handler], Handler]:
-        """Decorator: run the function for every message of ``topics`` in ``group``."""
+        """Decorator: run the function for every message of ``topics`` in ``group``.
+
+        ``workers`` > 1 puts a per-key worker pool behind each consumer
+        (:class:`mqkit.helpers.ordering.OrderedProcessor`): messages of one key run one at a
+        time and in order, different keys run concurrently.
+        """
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
         names = (topics,) if isinstance(topics, str) else tuple(topics)
 
         def register(fn: Handler) -> Handler:
             self._registrations.append(
                 _Registration(
-                    fn, names, group, concurrency, tuple(middleware), serializer, consumer_options
+                    fn,
+                    names,
+                    group,
+                    concurrency,
+                    workers,
+                    tuple(middleware),
+                    serializer,
+                    consumer_options,
                 )
             )
             return fn
@@ -137,9 +168,20 @@ class App:
         restore = self._install_signals() if install_signal_handlers else {}
         dead_letters = self.broker.producer(serializer="bytes")
         workers: list[threading.Thread] = []
+        routes: list[Route] = []
         try:
             for reg in self._registrations:
-                route = Route(reg.topics, reg.group, self.broker, dead_letters)
+                # Dead letters are only kept for a group that exists before they are sent.
+                ensure_dead_letter_group(self.broker, reg.group)
+                route = Route(
+                    reg.topics,
+                    reg.group,
+                    self.broker,
+                    dead_letters,
+                    serializer=reg.serializer,
+                    stopping=self._stop,
+                )
+                routes.append(route)
                 chain = reg.handler
                 for mw in reversed(reg.middleware):
                     chain = mw(chain, route)
@@ -149,7 +191,7 @@ class App:
                     )
                     worker = threading.Thread(
                         target=self._work,
-                        args=(consumer, chain, route, reg.stats),
+                        args=(consumer, chain, route, reg.stats, reg.workers),
                         name=f"mqkit-{reg.group}-{n}",
                         daemon=True,
                     )
@@ -167,6 +209,9 @@ class App:
             self._stop.set()
             for worker in workers:
                 worker.join()
+            for route in routes:
+                for thread in route.threads:
+                    thread.join()
             dead_letters.close()
             for sig, previous in restore.items():
                 signal.signal(sig, previous)
@@ -175,8 +220,20 @@ class App:
         if self._own_broker:
             self.broker.close()
 
-    def _work(self, consumer: Any, chain: Handler, route: Route, stats: RouteStats) -> None:
+    def _work(
+        self, consumer: Any, chain: Handler, route: Route, stats: RouteStats, workers: int
+    ) -> None:
         with consumer:
+            if workers > 1:
+                from mqkit.helpers.ordering import OrderedProcessor
+
+                OrderedProcessor(
+                    consumer,
+                    lambda message: self._dispatch(message, chain, route, stats),
+                    workers=workers,
+                    stop=self._stop,
+                ).run()
+                return
             while not self._stop.is_set():
                 message = consumer.receive(timeout=0.2)
                 if message is not None:

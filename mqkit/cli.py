@@ -22,6 +22,7 @@ from mqkit.client import Broker, connect
 from mqkit.config import parse_url, resolve
 from mqkit.demo import DEFAULT_SERVICES, Service, run_demo
 from mqkit.errors import MqkitError
+from mqkit.helpers.cli import register as register_helpers
 from mqkit.message import Message
 
 console = Console(stderr=True)
@@ -348,6 +349,8 @@ def bench(
         console.print("[red]some runs lost or duplicated messages: see the integrity column[/]")
         sys.exit(1)
 
+
+register_helpers(main)  # mqkit dlq list / replay
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -96,6 +96,8 @@ class Store:
         self.users = 0
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
+        #: Bumped whenever rows become available in-process, so waiting consumers wake at once.
+        self.version = 0
         self._acks = 0
         try:
             if not memory:
@@ -163,6 +165,7 @@ class Store:
                     "INSERT INTO messages (topic, id, key, headers, body, ts) VALUES (?,?,?,?,?,?)",
                     rows,
                 )
+            self.version += 1
             self.changed.notify_all()
 
     # -- consuming ---------------------------------------------------------------------------
@@ -240,7 +243,17 @@ class Store:
                     f"attempts = attempts - ? WHERE grp = ? AND lease = ? AND seq IN ({marks})",
                     (time.time() + delay, 1 if uncount else 0, group, token, *seqs),
                 )
+            self.version += 1
             self.changed.notify_all()
+
+    def extend(self, group: str, seqs: Sequence[int], token: str, until: float) -> None:
+        """Push the deadline of rows still leased by ``token`` to ``until``."""
+        marks = ",".join("?" * len(seqs))
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE queue SET visible_at = ? WHERE grp = ? AND lease = ? AND seq IN ({marks})",
+                (until, group, token, *seqs),
+            )
 
     def _collect(self, conn: sqlite3.Connection) -> None:
         """Delete messages that no group's queue refers to any more."""
@@ -255,9 +268,10 @@ class Store:
         else:
             conn.execute("DELETE FROM messages")
 
-    def wait(self, timeout: float) -> None:
+    def wait_for_change(self, seen: int, timeout: float) -> None:
+        """Wait until an in-process change after ``seen``, or ``timeout`` (other processes)."""
         with self.changed:
-            self.changed.wait(timeout)
+            self.changed.wait_for(lambda: self.version != seen, timeout)
 
 
 class SqliteProducer:
@@ -337,7 +351,12 @@ class SqliteProducer:
 
 
 class SqliteConsumer:
-    """Leases up to ``prefetch`` rows at a time and hands them out one by one."""
+    """Leases up to ``prefetch`` rows at a time and hands them out one by one.
+
+    While the consumer is open, a keeper thread extends its leases (buffered and in flight)
+    every third of the visibility timeout, so a slow handler never sees its message handed to
+    another member; when the process dies, the keeper dies with it and the leases run out.
+    """
 
     def __init__(
         self,
@@ -358,43 +377,59 @@ class SqliteConsumer:
         self._token = secrets.token_hex(8)
         self._buffer: deque[Delivery] = deque()
         self._inflight: set[int] = set()
+        self._leased: dict[int, float] = {}  # seq -> lease deadline, buffered or in flight
         self._closed = False
         self._lock = threading.Lock()
         store.subscribe(self._topics, group)
+        self._stop = threading.Event()
+        self._keeper = threading.Thread(
+            target=self._keep_leases, name=f"mqkit-lease-{group}", daemon=True
+        )
+        self._keeper.start()
 
     def receive(self, timeout: float | None) -> Delivery | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            # Leasing under the consumer lock: a nack on another thread sees the whole buffer.
             with self._lock:
                 if self._closed:
                     return None
                 while self._buffer:
                     delivery = self._buffer.popleft()
-                    if delivery.handle[2] > time.time():
-                        self._inflight.add(delivery.handle[0])
+                    seq = delivery.handle[0]
+                    if self._leased.get(seq, 0.0) > time.time():
+                        self._inflight.add(seq)
                         return delivery
-                    # Its lease ran out while buffered: another consumer may have it now.
-            with self._store.changed:
+                    self._leased.pop(seq, None)  # ran out while buffered: the group has it
+                version = self._store.version
                 batch = self._store.lease(
                     self._group, self._topics, self._token, self._visibility, self._prefetch
                 )
-                if not batch:
-                    wait = self._poll
-                    if deadline is not None:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            return None
-                        wait = min(wait, remaining)
-                    # Releases the store lock while waiting, so producers can commit.
-                    self._store.changed.wait(wait)
+                if batch:
+                    self._buffer.extend(batch)
+                    self._leased.update((d.handle[0], d.handle[2]) for d in batch)
                     continue
-            with self._lock:
-                if self.closed:  # closed while leasing: give the batch straight back
-                    self._store.release(
-                        self._group, [d.handle[0] for d in batch], self._token, uncount=True
-                    )
+            wait = self._poll
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return None
-                self._buffer.extend(batch)
+                wait = min(wait, remaining)
+            self._store.wait_for_change(version, wait)
+
+    def _keep_leases(self) -> None:
+        while not self._stop.wait(self._visibility / 3):
+            with self._lock:
+                seqs = list(self._leased)
+                if not seqs:
+                    continue
+                until = time.time() + self._visibility
+                try:
+                    self._store.extend(self._group, seqs, self._token, until)
+                except MqkitError as exc:  # retried next round; at worst a redelivery
+                    log.warning("could not extend leases of group %r: %s", self._group, exc)
+                    continue
+                self._leased.update(dict.fromkeys(seqs, until))
 
     @property
     def closed(self) -> bool:
@@ -404,6 +439,7 @@ class SqliteConsumer:
         seq, token, _ = delivery.handle
         with self._lock:
             self._inflight.discard(seq)
+            self._leased.pop(seq, None)
         if not self._store.ack(self._group, seq, token):
             log.warning(
                 "ack of message %s on %r came after its lease ran out; it may be redelivered "
@@ -416,6 +452,7 @@ class SqliteConsumer:
         seq, token, _ = delivery.handle
         with self._lock:
             self._inflight.discard(seq)
+            self._leased.pop(seq, None)
             if not requeue:
                 self._store.ack(self._group, seq, token)
                 return
@@ -426,6 +463,7 @@ class SqliteConsumer:
                 for d in self._buffer:
                     if d.key == delivery.key and d.topic == delivery.topic:
                         later.append(d.handle[0])
+                        self._leased.pop(d.handle[0], None)
                     else:
                         keep.append(d)
                 self._buffer = keep
@@ -441,10 +479,13 @@ class SqliteConsumer:
             self._buffer.clear()
             inflight = sorted(self._inflight)
             self._inflight.clear()
+            self._leased.clear()
+        self._stop.set()
+        self._keeper.join()
         try:
             self._store.release(self._group, buffered, self._token, uncount=True)
             self._store.release(self._group, inflight, self._token)
-        except sqlite3.Error as exc:  # the lease will run out instead; nothing is lost
+        except (MqkitError, sqlite3.Error) as exc:  # the leases run out instead: none lost
             log.warning("could not give back unacked messages on close: %s", exc)
 
 

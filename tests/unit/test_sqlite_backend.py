@@ -12,7 +12,7 @@ import mqkit
 from mqkit.backends import sqlite
 
 _WORKER = """
-import sys, json, mqkit
+import sys, json, time, mqkit
 url, topic, group, role, n = sys.argv[1:6]
 with mqkit.connect(url) as broker:
     if role == "produce":
@@ -28,6 +28,7 @@ with mqkit.connect(url) as broker:
             if m is None:
                 break
             got.append(m.value)
+            time.sleep(0.002)  # some work, so the other processes get their share
             m.ack()
         print(json.dumps(got), flush=True)
 """
@@ -63,8 +64,8 @@ def test_processes_share_one_database_without_loss_or_overlap(tmp_path: Path) ->
     assert sum(1 for r in results if r) >= 2, "work was shared between processes"
 
 
-def test_expired_lease_is_delivered_again(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'lease.db'}?visibility_timeout=0.5&poll_interval=0.01"
+def test_a_live_consumer_keeps_its_lease_past_the_visibility_timeout(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'lease.db'}?visibility_timeout=0.3&poll_interval=0.01"
     with mqkit.connect(url) as broker:
         slow = broker.consumer("t", group="g", prefetch=1)
         other = broker.consumer("t", group="g", prefetch=1)
@@ -72,12 +73,33 @@ def test_expired_lease_is_delivered_again(tmp_path: Path) -> None:
             producer.send("t", "job")
         first = slow.receive(timeout=5)
         assert first is not None
-        assert other.receive(timeout=0.2) is None  # leased: invisible to the group
-        again = other.receive(timeout=5)  # the lease ran out: the group gets it back
+        # A slow handler: three visibility timeouts pass, the lease is kept alive.
+        assert other.receive(timeout=1.0) is None
+        slow.close()  # gone without ack: the group gets it back at once
+        again = other.receive(timeout=5)
         assert again is not None and again.id == first.id and again.attempt == 2
         again.ack()
-        first.ack()  # too late: logged, not an error, and nothing comes back
-        assert other.receive(timeout=1) is None
+        assert other.receive(timeout=0.5) is None
+
+
+def test_a_lease_that_runs_out_is_delivered_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'expire.db'}?visibility_timeout=0.3&poll_interval=0.01"
+    with mqkit.connect(url) as broker:
+        consumer = broker.consumer("t", group="g", prefetch=1)
+        with broker.producer() as producer:
+            producer.send("t", "job")
+        # Another connection leases it and never extends it, as a killed process would not.
+        store = sqlite.Store(
+            str(tmp_path / "expire.db"), memory=False, busy_timeout=5, synchronous="normal"
+        )
+        try:
+            [leased] = store.lease("g", ["t"], "dead-process", 0.3, 1)
+        finally:
+            store.close()
+        assert consumer.receive(timeout=0.1) is None
+        again = consumer.receive(timeout=5)
+        assert again is not None and again.id == leased.id and again.attempt == 2
+        again.ack()
 
 
 def test_acked_messages_are_cleaned_up(tmp_path: Path, monkeypatch: object) -> None:

@@ -1,0 +1,61 @@
+"""Turning kafka-python failures into mqkit errors that name the broker and the cause."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+from kafka import errors as kerrors  # type: ignore[import-untyped]
+
+from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
+
+
+def probe(hosts: Sequence[tuple[str, int]], timeout: float = 2.0) -> str:
+    """Why the bootstrap hosts cannot be reached, in words (e.g. 'connection refused')."""
+    causes = []
+    for host, port in hosts:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                causes.append(f"{host}:{port} accepts TCP connections but gave no Kafka answer")
+        except socket.gaierror as exc:
+            causes.append(f"{host}: unknown host ({exc.strerror or exc})")
+        except TimeoutError:
+            causes.append(f"{host}:{port}: no answer within {timeout:g} s")
+        except OSError as exc:
+            causes.append(f"{host}:{port}: {(exc.strerror or str(exc)).lower()}")
+    return "; ".join(causes)
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        (
+            kerrors.SaslAuthenticationFailedError,
+            kerrors.IllegalSaslStateError,
+            kerrors.UnsupportedSaslMechanismError,
+        ),
+    )
+
+
+def translate(exc: BaseException, where: str, hosts: Sequence[tuple[str, int]]) -> MqkitError:
+    """An mqkit error for a kafka-python exception raised while talking to ``where``."""
+    if isinstance(exc, MqkitError):
+        return exc
+    if is_auth_error(exc):
+        return BrokerUnavailable(f"{where}: the broker refused our credentials ({exc})")
+    denied = kerrors.TopicAuthorizationFailedError | kerrors.GroupAuthorizationFailedError
+    if isinstance(exc, denied):
+        return BrokerUnavailable(f"{where}: not authorized ({exc})")
+    if isinstance(exc, kerrors.KafkaConfigurationError):
+        return ConfigError(f"{where}: {exc}")
+    if isinstance(
+        exc,
+        kerrors.KafkaTimeoutError
+        | kerrors.KafkaConnectionError
+        | kerrors.NodeNotReadyError
+        | OSError,
+    ):
+        return BrokerUnavailable(f"{where}: broker not reachable ({probe(hosts) or exc})")
+    if isinstance(exc, kerrors.MessageSizeTooLargeError):
+        return MqkitError(f"{where}: message too large ({exc}); raise max_message_bytes")
+    return MqkitError(f"{where}: {type(exc).__name__}: {exc}")

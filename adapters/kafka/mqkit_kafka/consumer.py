@@ -1,0 +1,505 @@
+"""The consumer: one kafka-python ``KafkaConsumer`` driven by a background poller thread.
+
+Why a thread: a Kafka group member must keep polling to take part in rebalances; if it only
+polled inside ``receive()``, a second member joining while the first one's application is busy
+would wait for it. The poller keeps the membership alive, fills a bounded buffer (pausing the
+partitions when it is full) and applies seeks; ``receive()`` only takes from the buffer, so it
+returns promptly after ``close()`` from any thread.
+
+Acks: see :mod:`mqkit_kafka._tracker`. The group commits the first unsettled offset of each
+partition; with ``ack_commit=sync`` (default) ``ack()`` returns once that commit is confirmed
+(acks from several threads share one commit), so a consumer killed right after an ack never
+sees the acked message again. Before partitions are revoked in a rebalance, the rebalance
+listener commits what is done.
+
+Nack: Kafka has no per-record nack, so the partition is seeked back to the nacked offset and
+the buffered records after it are dropped and fetched again: the nacked record comes back
+before anything later on its partition (hence before anything later with its key).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from kafka import (  # type: ignore[import-untyped]
+    AsyncConsumerRebalanceListener,
+    KafkaConsumer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
+
+from mqkit.errors import BrokerUnavailable, ClosedError, MqkitError
+from mqkit.message import Delivery
+from mqkit_kafka._errors import translate
+from mqkit_kafka._tracker import PartitionTracker, State
+from mqkit_kafka.backend import Settings
+from mqkit_kafka.producer import ID_HEADER
+
+log = logging.getLogger("mqkit_kafka.consumer")
+
+Handle = tuple[TopicPartition, int, int]  # (partition, offset, assignment epoch)
+
+
+def _decode_key(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+def _decode_headers(raw: Any) -> tuple[dict[str, str], str | None]:
+    headers: dict[str, str] = {}
+    message_id = None
+    for name, value in raw or ():
+        text = "" if value is None else value.decode("utf-8", errors="replace")
+        if name == ID_HEADER:
+            message_id = text
+        else:
+            headers[name] = text
+    return headers, message_id
+
+
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs on kafka-python's IO thread during a rebalance."""
+
+    def __init__(self, driver: KafkaConsumerDriver) -> None:
+        self._driver = driver
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        offsets = self._driver._revoke(set(revoked))
+        if offsets:
+            try:
+                await self._driver._consumer.commit_async(offsets)
+                self._driver._note_committed(offsets)
+            except Exception as exc:
+                log.warning(
+                    "committing before a rebalance failed (%s); acked messages of %s may be "
+                    "delivered again", exc, sorted(f"{tp.topic}[{tp.partition}]" for tp in offsets)
+                )
+
+    async def on_partitions_lost(self, lost: Any) -> None:
+        self._driver._revoke(set(lost))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._driver._assigned(set(assigned))
+
+
+class KafkaConsumerDriver:
+    def __init__(self, settings: Settings, topics: tuple[str, ...], group: str) -> None:
+        self._settings = settings
+        self._topics = topics
+        self._group = group
+        self._where = f"{settings.where} group {group!r}"
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # buffer filled / assignment / close
+        self._space = threading.Condition(self._lock)  # buffer drained below half
+        self._buffer: deque[tuple[TopicPartition, int, Any]] = deque()
+        self._parts: dict[TopicPartition, PartitionTracker] = {}
+        self._epoch = 0
+        self._new_parts: set[TopicPartition] = set()
+        self._seeks: dict[TopicPartition, int] = {}
+        self._delayed: dict[TopicPartition, float] = {}
+        self._paused: set[TopicPartition] = set()
+        self._joined = False
+        self._closing = False
+        self._closed = False
+        self._error: MqkitError | None = None
+        # one commit in flight at a time; acks wait for a commit that covers them
+        self._commit_cv = threading.Condition()
+        self._committing = False
+        kwargs: dict[str, Any] = dict(settings.client_kwargs)
+        kwargs.update(
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset=settings.offset_reset,
+            session_timeout_ms=int(settings.session_timeout * 1000),
+            heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
+            max_poll_interval_ms=int(settings.rebalance_timeout * 1000),
+            max_poll_records=min(500, settings.prefetch),
+            fetch_max_wait_ms=min(500, int(settings.poll_interval * 1000)),
+            allow_auto_create_topics=False,
+        )
+        try:
+            self._consumer = KafkaConsumer(**kwargs)
+        except Exception as exc:
+            raise translate(exc, f"{self._where}: starting a consumer", settings.hosts) from None
+        try:
+            self._consumer.subscribe(list(topics), listener=_Listener(self))
+        except Exception as exc:
+            self._consumer.close(autocommit=False)
+            raise translate(exc, f"{self._where}: subscribing", settings.hosts) from None
+        self._thread = threading.Thread(
+            target=self._run, name=f"mqkit-kafka-poller-{group}", daemon=True
+        )
+        self._thread.start()
+        self._wait_joined()
+
+    # -- joining ---------------------------------------------------------------------------
+
+    def _wait_joined(self) -> None:
+        """Return once the group has given this member its partitions (possibly none)."""
+        deadline = time.monotonic() + self._settings.join_timeout
+        with self._lock:
+            while not self._joined and self._error is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._ready.wait(remaining)
+            joined, error = self._joined, self._error
+        if joined:
+            return
+        self.close()
+        if error is not None:
+            raise error
+        raise BrokerUnavailable(
+            f"{self._where}: joining the consumer group did not complete within "
+            f"join_timeout={self._settings.join_timeout:g} s"
+        )
+
+    # -- rebalance callbacks (IO thread) -----------------------------------------------------
+
+    def _assigned(self, assigned: set[TopicPartition]) -> None:
+        with self._lock:
+            for tp in assigned:
+                if tp not in self._parts:
+                    self._epoch += 1
+                    self._parts[tp] = PartitionTracker(self._epoch, None)
+                    self._new_parts.add(tp)
+            if not self._new_parts:
+                self._joined = True  # no partitions to position: ready already
+                self._ready.notify_all()
+
+    def _revoke(self, revoked: set[TopicPartition]) -> dict[TopicPartition, Any]:
+        """Forget revoked partitions; returns the offsets to commit for them."""
+        offsets: dict[TopicPartition, Any] = {}
+        with self._lock:
+            for tp in revoked:
+                part = self._parts.pop(tp, None)
+                self._new_parts.discard(tp)
+                self._seeks.pop(tp, None)
+                self._delayed.pop(tp, None)
+                self._paused.discard(tp)
+                if part is None:
+                    continue
+                point = part.needs_commit()
+                if point is not None:
+                    offsets[tp] = OffsetAndMetadata(point, "", -1)
+            if revoked:
+                self._buffer = deque(item for item in self._buffer if item[0] not in revoked)
+        return offsets
+
+    def _note_committed(self, offsets: dict[TopicPartition, Any]) -> None:
+        with self._lock:
+            for tp, meta in offsets.items():
+                part = self._parts.get(tp)
+                if part is not None and (part.committed is None or meta.offset > part.committed):
+                    part.committed = meta.offset
+
+    # -- the poller thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        interval = int(self._settings.poll_interval * 1000)
+        failures = 0
+        while not self._closing:
+            try:
+                full = self._apply_seeks_and_pauses()
+                # A full buffer pauses every partition; poll(0) then only does the group's
+                # work (rebalances) and the thread waits for the application to drain.
+                records = consumer.poll(timeout_ms=0 if full else interval)
+                self._position_new_partitions(records)
+                self._take(records)
+                if full:
+                    with self._lock:
+                        self._space.wait_for(
+                            lambda: self._closing
+                            or len(self._buffer) <= self._settings.prefetch // 2,
+                            self._settings.poll_interval,
+                        )
+                if self._settings.ack_commit == "async":
+                    self._commit(wait=False)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if self._stopping():
+                    break
+                error = translate(exc, f"{self._where}: polling", self._settings.hosts)
+                log.warning("%s (attempt %d; retrying)", error, failures)
+                if not self._joined and failures >= 3:
+                    with self._lock:
+                        self._error = error
+                        self._ready.notify_all()
+                    break
+                time.sleep(min(2.0, 0.1 * failures))
+        self._shutdown()
+
+    def _stopping(self) -> bool:
+        return self._closing
+
+    def _apply_seeks_and_pauses(self) -> bool:
+        """Seek nacked partitions back and pause what must not be fetched; True if full."""
+        consumer = self._consumer
+        now = time.monotonic()
+        with self._lock:
+            seeks, self._seeks = self._seeks, {}
+            full = len(self._buffer) >= self._settings.prefetch
+            for tp, until in list(self._delayed.items()):
+                if until <= now:
+                    del self._delayed[tp]
+            want = set(self._parts) if full else set(self._delayed)
+            pause = want - self._paused
+            resume = self._paused - want
+            self._paused = want
+        for tp, offset in seeks.items():
+            # ValueError: revoked meanwhile; the new owner starts from the commit
+            with contextlib.suppress(ValueError):
+                consumer.seek(tp, offset)
+        if pause:
+            consumer.pause(*pause)
+        if resume:
+            consumer.resume(*resume)
+        return full
+
+    def _position_new_partitions(self, records: dict[TopicPartition, list[Any]]) -> None:
+        """Note where newly assigned partitions start (records of this poll count as unread)."""
+        with self._lock:
+            new = set(self._new_parts)
+        if not new:
+            return
+        positions = {}
+        for tp in new:
+            if records.get(tp):
+                positions[tp] = records[tp][0].offset
+                continue
+            try:
+                positions[tp] = self._consumer.position(
+                    tp, timeout_ms=int(self._settings.commit_timeout * 1000)
+                )
+            except Exception as exc:  # revoked meanwhile, or a reset that failed: retry later
+                log.debug("position of %s not known yet: %s", tp, exc)
+        with self._lock:
+            for tp, position in positions.items():
+                part = self._parts.get(tp)
+                if part is not None and tp in self._new_parts and position is not None:
+                    if part.next_offset is None:
+                        part.next_offset = position
+                    part.committed = position if part.committed is None else part.committed
+                    self._new_parts.discard(tp)
+            if not self._new_parts and not self._joined:
+                self._joined = True
+                self._ready.notify_all()
+
+    def _take(self, records: dict[TopicPartition, list[Any]]) -> None:
+        if not records:
+            return
+        with self._lock:
+            added = False
+            for tp, batch in records.items():
+                part = self._parts.get(tp)
+                if part is None or tp in self._seeks:
+                    continue  # revoked, or a nack asked for a seek: these come again
+                for record in batch:
+                    if part.fetched(record.offset):
+                        self._buffer.append((tp, part.epoch, record))
+                        added = True
+            if added:
+                self._ready.notify_all()
+
+    def _shutdown(self) -> None:
+        """Commit what is done, leave the group (unacked messages go to other members)."""
+        try:
+            self._commit(wait=True)
+        except Exception as exc:
+            log.warning("%s: final commit failed: %s", self._where, exc)
+        try:
+            self._consumer.close(autocommit=False, timeout_ms=int(
+                self._settings.commit_timeout * 1000))
+        except Exception as exc:
+            log.debug("%s: closing the Kafka consumer failed: %s", self._where, exc)
+        with self._lock:
+            self._closed = True
+            self._ready.notify_all()
+
+    # -- commits -------------------------------------------------------------------------
+
+    def _pending_commits(self) -> dict[TopicPartition, Any]:
+        with self._lock:
+            offsets = {}
+            for tp, part in self._parts.items():
+                point = part.needs_commit()
+                if point is not None:
+                    offsets[tp] = OffsetAndMetadata(point, "", -1)
+            return offsets
+
+    def _commit(self, *, wait: bool) -> None:
+        """Commit every partition's commit point; with ``wait``, until confirmed.
+
+        Only one commit is in flight at a time, so commits reach the broker in order; a caller
+        that finds one in flight waits for it and then commits whatever is still pending.
+        """
+        deadline = time.monotonic() + self._settings.commit_timeout
+        while True:
+            with self._commit_cv:
+                while self._committing:
+                    if not wait:
+                        return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise BrokerUnavailable(
+                            f"{self._where}: offset commit not confirmed within "
+                            f"commit_timeout={self._settings.commit_timeout:g} s"
+                        )
+                    self._commit_cv.wait(remaining)
+                offsets = self._pending_commits()
+                if not offsets:
+                    return
+                self._committing = True
+            done = threading.Event()
+            outcome: list[Any] = []
+
+            def finished(
+                result: Any, offsets: Any = offsets, outcome: Any = outcome, done: Any = done
+            ) -> None:
+                self._commit_finished(offsets, result)
+                outcome.append(result)
+                done.set()
+
+            try:
+                future = self._consumer.commit_async(offsets)
+            except Exception as exc:
+                self._commit_finished(offsets, exc)
+                raise
+            future.add_both(finished)
+            if not wait:
+                return
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                raise BrokerUnavailable(
+                    f"{self._where}: offset commit not confirmed within "
+                    f"commit_timeout={self._settings.commit_timeout:g} s"
+                )
+            if isinstance(outcome[0], BaseException):
+                raise outcome[0]
+            return
+
+    def _commit_finished(self, offsets: dict[TopicPartition, Any], result: Any) -> None:
+        if not isinstance(result, BaseException):
+            self._note_committed(offsets)
+        with self._commit_cv:
+            self._committing = False
+            self._commit_cv.notify_all()
+
+    # -- the driver API ------------------------------------------------------------------
+
+    def receive(self, timeout: float | None) -> Delivery | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                if self._closing or self._closed:
+                    return None
+                if self._error is not None:
+                    raise self._error
+                while self._buffer:
+                    tp, epoch, record = self._buffer.popleft()
+                    if len(self._buffer) == self._settings.prefetch // 2:
+                        self._space.notify()
+                    part = self._parts.get(tp)
+                    if part is None or part.epoch != epoch:
+                        continue
+                    attempt = part.deliver(record.offset)
+                    if attempt is None:
+                        continue
+                    return self._delivery(tp, epoch, record, attempt)
+                if deadline is None:
+                    self._ready.wait(1.0)
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self._ready.wait(remaining)
+
+    def _delivery(self, tp: TopicPartition, epoch: int, record: Any, attempt: int) -> Delivery:
+        headers, message_id = _decode_headers(record.headers)
+        return Delivery(
+            topic=tp.topic,
+            body=b"" if record.value is None else bytes(record.value),
+            key=_decode_key(record.key),
+            headers=headers,
+            id=message_id or f"{tp.topic}-{tp.partition}-{record.offset}",
+            timestamp=record.timestamp / 1000.0 if record.timestamp >= 0 else time.time(),
+            attempt=attempt,
+            handle=(tp, record.offset, epoch),
+        )
+
+    def _settle(self, delivery: Delivery) -> PartitionTracker | None:
+        tp, offset, epoch = delivery.handle
+        part = self._parts.get(tp)
+        if part is None or part.epoch != epoch or part.state(offset) is not State.INFLIGHT:
+            log.info(
+                "message %s on %s[%d] was settled after its partition moved to another member; "
+                "it will be delivered again there", delivery.id, tp.topic, tp.partition,
+            )
+            return None
+        return part
+
+    def ack(self, delivery: Delivery) -> None:
+        with self._lock:
+            part = self._settle(delivery)
+            if part is None:
+                return
+            part.done(delivery.handle[1])
+            advances = part.needs_commit() is not None
+        if advances and self._settings.ack_commit == "sync":
+            self._commit_for_ack(delivery)
+
+    def _commit_for_ack(self, delivery: Delivery) -> None:
+        try:
+            self._commit(wait=True)
+        except Exception as exc:
+            log.warning(
+                "%s: ack of message %s could not be committed yet (%s); it is committed with a "
+                "later ack, or delivered again if this consumer stops first",
+                self._where, delivery.id, exc,
+            )
+
+    def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
+        if not requeue:
+            self.ack(delivery)
+            return
+        tp, offset, _ = delivery.handle
+        with self._lock:
+            part = self._settle(delivery)
+            if part is None:
+                return
+            dropped = set(part.rewind(offset))
+            if dropped:
+                self._buffer = deque(
+                    item for item in self._buffer
+                    if not (item[0] == tp and item[2].offset in dropped)
+                )
+            self._seeks[tp] = offset
+            if delay > 0:
+                self._delayed[tp] = max(self._delayed.get(tp, 0.0), time.monotonic() + delay)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._ready.notify_all()
+            self._space.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(self._settings.commit_timeout + self._settings.poll_interval + 5)
+
+    # -- introspection (tests) -----------------------------------------------------------
+
+    @property
+    def kafka_consumer(self) -> Any:
+        """The kafka-python consumer; only the poller thread may call it."""
+        return self._consumer
+
+
+__all__ = ["ClosedError", "KafkaConsumerDriver"]

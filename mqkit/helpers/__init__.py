@@ -1,0 +1,59 @@
+"""Reliability helpers, written once against the public producer/consumer interface so they
+work the same on every backend: idempotent handlers, retries with dead letters, and per-key
+ordered processing. They compose as App middleware (list ``retry`` first)::
+
+    from mqkit.helpers import RetryPolicy, SqliteStore, idempotent, retry
+
+    app.handler(
+        "orders",
+        group="billing",
+        middleware=[retry(RetryPolicy.exponential(0.5)), idempotent(SqliteStore("dedup.db"))],
+    )(charge)
+
+Redis and PostgreSQL stores live in :mod:`mqkit.helpers.stores` (imported on use).
+"""
+
+from mqkit.helpers.idempotency import (
+    IDEMPOTENCY_KEY,
+    ORIGIN_ID,
+    Claim,
+    ClaimBusy,
+    IdempotencyStore,
+    Idempotent,
+    MemoryStore,
+    SqliteStore,
+    default_key,
+    idempotent,
+)
+from mqkit.helpers.ordering import (
+    OrderedProcessor,
+    SequenceChecker,
+    SequencedProducer,
+    SequenceEvent,
+    Sequencer,
+)
+from mqkit.helpers.retry import Retry, RetryPolicy, original_view, replay_topic, retry, retry_topic
+
+__all__ = [
+    "IDEMPOTENCY_KEY",
+    "ORIGIN_ID",
+    "Claim",
+    "ClaimBusy",
+    "IdempotencyStore",
+    "Idempotent",
+    "MemoryStore",
+    "OrderedProcessor",
+    "Retry",
+    "RetryPolicy",
+    "SequenceChecker",
+    "SequenceEvent",
+    "SequencedProducer",
+    "Sequencer",
+    "SqliteStore",
+    "default_key",
+    "idempotent",
+    "original_view",
+    "replay_topic",
+    "retry",
+    "retry_topic",
+]

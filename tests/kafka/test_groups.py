@@ -1,0 +1,94 @@
+"""Consumer groups: partition count, rebalancing without losing or repeating acked work."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import mqkit
+from tests.conformance.util import collect
+from tests.kafka.conftest import committed
+
+
+def test_topics_are_created_with_the_configured_partition_count(
+    kafka_url: str, admin: Any, topic: str
+) -> None:
+    with mqkit.connect(kafka_url, partitions=5) as broker, broker.producer() as producer:
+        producer.send(topic, 1)
+    [described] = admin.describe_topics([topic])
+    assert len(described["partitions"]) == 5
+
+
+def test_rebalance_commits_acked_work_and_loses_no_unacked_message(
+    kafka_url: str, admin: Any, topic: str, group: str
+) -> None:
+    total = 60
+    with mqkit.connect(kafka_url, partitions=4) as broker:
+        first = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            ids = {producer.send(topic, i, key=f"k{i % 8}") for i in range(total)}
+        taken = collect(first, 20, ack=False)
+        acked = {m.id for m in taken[:12]}
+        for message in taken[:12]:
+            message.ack()
+        held = taken[12:]
+        before = committed(admin, group)
+        assert sum(before.values()) >= 1
+
+        # A second member joins: the first one's partitions are revoked and split.
+        second = broker.consumer(topic, group=group)
+        for message in held:  # acks after the rebalance: ignored if the partition moved
+            message.ack()
+
+        seen: list[str] = [m.id for m in taken]
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def drain(consumer: mqkit.Consumer) -> None:
+            while not stop.is_set():
+                message = consumer.receive(timeout=0.2)
+                if message is not None:
+                    with lock:
+                        seen.append(message.id)
+                    message.ack()
+
+        threads = [threading.Thread(target=drain, args=(c,)) for c in (first, second)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if set(seen) >= ids:
+                    break
+            time.sleep(0.1)
+        time.sleep(1.0)  # let any stray redelivery show up
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert set(seen) == ids, "every message was delivered"
+    for message_id in acked:
+        assert seen.count(message_id) == 1, "a message acked before the rebalance came back"
+
+
+def test_two_groups_and_two_members_on_several_partitions(
+    kafka_url: str, topic: str, group: str
+) -> None:
+    with mqkit.connect(kafka_url, partitions=4) as broker:
+        a1 = broker.consumer(topic, group=group + "-a")
+        a2 = broker.consumer(topic, group=group + "-a")
+        b = broker.consumer(topic, group=group + "-b")
+        with broker.producer() as producer:
+            for i in range(40):
+                producer.send(topic, i, key=f"key-{i}")
+        got_b = collect(b, 40)
+        got_a: list[int] = []
+        end = time.monotonic() + 30
+        while len(got_a) < 40 and time.monotonic() < end:
+            for member in (a1, a2):
+                message = member.receive(timeout=0.1)
+                if message is not None:
+                    got_a.append(message.value)
+                    message.ack()
+        assert sorted(m.value for m in got_b) == list(range(40))
+        assert sorted(got_a) == list(range(40))

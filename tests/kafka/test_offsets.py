@@ -1,0 +1,93 @@
+"""Acks become offset commits only up to the first unsettled message; nacks seek back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mqkit
+from tests.conformance.util import assert_quiet, collect
+from tests.kafka.conftest import committed
+
+
+def test_out_of_order_acks_never_commit_past_a_gap(
+    kafka_url: str, admin: Any, topic: str, group: str
+) -> None:
+    with mqkit.connect(kafka_url, partitions=1) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            for i in range(10):
+                producer.send(topic, i)
+        messages = {m.value: m for m in collect(consumer, 10, ack=False)}
+        assert sorted(messages) == list(range(10))
+
+        def ack(*values: int) -> dict[int, int]:
+            for value in values:
+                messages[value].ack()
+            return committed(admin, group)
+
+        assert ack(7) == {}  # 0..6 unsettled: nothing may be committed
+        assert ack(0, 1, 2) == {0: 3}
+        assert ack(5) == {0: 3}  # 3 and 4 still open
+        assert ack(3) == {0: 4}
+        assert ack(4) == {0: 6}  # 5 was acked earlier; 6 is open
+        assert ack(6) == {0: 8}  # 7 was acked first of all
+        consumer.close()
+        assert committed(admin, group) == {0: 8}
+
+        again = broker.consumer(topic, group=group)
+        rest = collect(again, 2)
+        assert sorted(m.value for m in rest) == [8, 9]
+        assert_quiet(again)
+        assert committed(admin, group) == {0: 10}
+
+
+def test_nack_redelivers_before_later_messages_without_duplicates(
+    kafka_url: str, topic: str, group: str
+) -> None:
+    with mqkit.connect(kafka_url, partitions=1) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            for i in range(3):
+                producer.send(topic, f"a{i}", key="a")
+                producer.send(topic, f"b{i}", key="b")
+        first = consumer.receive(timeout=30)
+        assert first is not None and (first.value, first.attempt) == ("a0", 1)
+        first.nack()
+        order = [(m.value, m.attempt) for m in collect(consumer, 6)]
+        assert order == [("a0", 2), ("b0", 1), ("a1", 1), ("b1", 1), ("a2", 1), ("b2", 1)]
+        assert_quiet(consumer)
+
+
+def test_nack_skips_messages_already_in_flight_or_acked(
+    kafka_url: str, admin: Any, topic: str, group: str
+) -> None:
+    with mqkit.connect(kafka_url, partitions=1) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            for i in range(5):
+                producer.send(topic, i)
+        m0, m1, m2 = collect(consumer, 3, ack=False)
+        m1.ack()
+        m0.nack()
+        assert committed(admin, group) == {}
+        again = consumer.receive(timeout=30)
+        assert again is not None and (again.value, again.attempt) == (0, 2)
+        again.ack()
+        assert committed(admin, group) == {0: 2}  # 2 is still in flight
+        rest = collect(consumer, 2)
+        assert [m.value for m in rest] == [3, 4]  # 1 (acked) and 2 (in flight) not repeated
+        m2.ack()
+        assert committed(admin, group) == {0: 5}
+        assert_quiet(consumer)
+
+
+def test_nack_without_requeue_commits_like_an_ack(
+    kafka_url: str, admin: Any, topic: str, group: str
+) -> None:
+    with mqkit.connect(kafka_url, partitions=1) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            producer.send(topic, "poison")
+        [message] = collect(consumer, 1, ack=False)
+        message.nack(requeue=False)
+        assert committed(admin, group) == {0: 1}
