@@ -897,12 +897,20 @@ class Service(svc_grpc.MessagingServiceServicer):  # type: ignore[misc]
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(topic.changed.wait(), timeout=min(remaining_s, 1.0))
         self.state.flush()
-        yield svc.ReceiveMessageResponse(status=status(Code.OK))
-        for stored, handle, attempt in taken:
-            yield svc.ReceiveMessageResponse(
-                message=self.to_proto(topic, stored, handle, attempt, invisible)
-            )
-        yield svc.ReceiveMessageResponse(delivery_timestamp=pb_timestamp(now_ms()))
+        try:
+            yield svc.ReceiveMessageResponse(status=status(Code.OK))
+            for stored, handle, attempt in taken:
+                yield svc.ReceiveMessageResponse(
+                    message=self.to_proto(topic, stored, handle, attempt, invisible)
+                )
+            yield svc.ReceiveMessageResponse(delivery_timestamp=pb_timestamp(now_ms()))
+        except BaseException:
+            # Like the proxy when it cannot write to the client: visible again in 1 s.
+            for stored, handle, _ in taken:
+                lease = cursor.leases.get(stored.offset)
+                if lease is not None and lease.handle == handle:
+                    lease.deadline_ms = min(lease.deadline_ms, now_ms() + 1000)
+            raise
 
     def to_proto(
         self, topic: Topic, stored: Stored, handle: str, attempt: int, invisible_ms: int

@@ -106,7 +106,7 @@ class V5Backend:
         self.connect_timeout = opts.float("connect_timeout", 5.0, minimum=0.1)
         self.tls = opts.bool("tls", False)
         self.visibility = opts.int("visibility_timeout", 30, minimum=1)
-        self.prefetch = opts.int("prefetch", 1, minimum=1)
+        self.prefetch = opts.int("prefetch", 16, minimum=1)
         self.long_polling = opts.int("long_polling_timeout", 5, minimum=1)
         self.max_in_flight = opts.int("max_in_flight", 1024, minimum=1)
         opts.done()
@@ -458,7 +458,6 @@ class V5Consumer:
         self._retry_at = 0.0
         self._closed = False
         self._warned_fifo = False
-        self._landed = threading.Event()
         if provisioner is not None:
             provisioner("group", self._group)
         filters = {topic: _model.FilterExpression() for topic in self._names}
@@ -518,12 +517,15 @@ class V5Consumer:
     def _start_poll(self) -> None:
         """Start one long poll (with the lock held); its batch lands in the buffer."""
         try:
-            future: Future[Any] = self._client.receive_async(self._prefetch, self._visibility)
+            # A consumer that settles each message before the next receive polls one message
+            # at a time, so RocketMQ's delivery count is exactly what it saw; one that holds
+            # k unsettled messages (a worker pool) polls up to k + 1, at most ``prefetch``.
+            batch = min(self._prefetch, 1 + len(self._inflight))
+            future: Future[Any] = self._client.receive_async(batch, self._visibility)
         except Exception as exc:
             self._poll_failed(exc)
             return
         self._pending = future
-        self._landed.clear()
         future.add_done_callback(self._polled)
 
     def _polled(self, future: Future[Any]) -> None:
@@ -533,7 +535,6 @@ class V5Consumer:
             if exc is not None:
                 self._poll_failed(exc)
                 self._cv.notify_all()
-                self._landed.set()
                 return
             self._failing_since = None
             messages = future.result() or []
@@ -547,7 +548,6 @@ class V5Consumer:
             self._cv.notify_all()
         for message in release:  # closed meanwhile: give them back
             self._release(message)
-        self._landed.set()
 
     def _poll_failed(self, exc: BaseException) -> None:
         error = self._backend.error(
@@ -669,20 +669,12 @@ class V5Consumer:
             give_back = [d.handle[0] for d in self._buffer] + list(self._inflight.values())
             self._buffer.clear()
             self._inflight.clear()
-            pending = self._pending
             self._cv.notify_all()
         for message in give_back:
             self._release(message)
-        if pending is None:
-            self._shutdown()
-        else:
-            # A long poll is still out: let it land (its messages are given back by _polled),
-            # then shut the client down, without holding up the caller.
-            def finish() -> None:
-                self._landed.wait(self._backend.request_timeout + 60)
-                self._shutdown()
-
-            threading.Thread(target=finish, name="mqkit-rocketmq-close", daemon=True).start()
+        # Shutting the client down closes its channel, which cancels a long poll still out:
+        # the server hands it nothing more.
+        self._shutdown()
 
     def _shutdown(self) -> None:
         try:
