@@ -6,7 +6,6 @@ flagging, closed-object errors, flush on exit and context managers.
 
 from __future__ import annotations
 
-import atexit
 import re
 import threading
 import weakref
@@ -76,9 +75,9 @@ class Producer(_Closeable):
         self._closed = False
         self._what = f"producer on {broker.url}"
         self._lock = threading.Lock()
-        # Flush what was sent if the program exits without closing (no loss by forgetting).
+        # Flush what was sent if the program exits without closing (no loss by forgetting):
+        # a finalizer also runs at interpreter exit.
         self._finalizer = weakref.finalize(self, driver.close)
-        atexit.register(self._finalizer)
 
     def send(
         self,
@@ -113,7 +112,6 @@ class Producer(_Closeable):
             if self._closed:
                 return
             self._closed = True
-        atexit.unregister(self._finalizer)
         self._finalizer.detach()
         self._driver.close()
 

@@ -80,7 +80,8 @@ class DurableTansu:
         log = (self.workdir / "moto.log").open("ab")
         self._s3 = subprocess.Popen(
             [self.moto, "-H", "127.0.0.1", "-p", str(self.s3_port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -107,13 +108,21 @@ class DurableTansu:
         listener = f"tcp://127.0.0.1:{self.port}"
         log = (self.workdir / "tansu.log").open("ab")
         self._broker = subprocess.Popen(
-            [self.tansu, "broker", "--listener-url", listener,
-             "--advertised-listener-url", listener, "--storage-engine", "s3://tansu/"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                self.tansu,
+                "broker",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                "s3://tansu/",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-        subprocess.run(
-            ["python3", str(PROBE), "127.0.0.1", str(self.port), "30"], check=True
-        )
+        subprocess.run(["python3", str(PROBE), "127.0.0.1", str(self.port), "30"], check=True)
 
     def stop(self) -> None:
         if self._broker is not None:

@@ -41,7 +41,9 @@ def run_and_kill(url: str, topic: str, group: str, acks: int, order: str, tmp: P
     script.write_text(CHILD)
     child = subprocess.Popen(
         [sys.executable, str(script), url, topic, group, str(acks), order],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         assert child.stdout is not None

@@ -132,3 +132,24 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
         assert message is not None
         assert (message.value, message.key, dict(message.headers)) == ("kept", "k", {"h": "1"})
         message.ack()
+
+
+def test_a_producer_never_closed_still_delivers_at_exit(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'exit.db'}"
+    with mqkit.connect(url) as broker:
+        broker.consumer("t", group="g").close()
+    script = "import sys, mqkit\np = mqkit.connect(sys.argv[1]).producer()\n"
+    script += "for i in range(500):\n    p.send('t', i)\n"  # then exit: no flush, no close
+    done = subprocess.run(
+        [sys.executable, "-c", script, url],
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        timeout=60,
+    )
+    assert done.returncode == 0
+    with mqkit.connect(url) as broker:
+        consumer = broker.consumer("t", group="g")
+        got = []
+        while (message := consumer.receive(timeout=0.5)) is not None:
+            got.append(message.value)
+            message.ack()
+    assert sorted(got) == list(range(500))
