@@ -36,10 +36,12 @@ def container() -> Iterator[str]:
             command = ["updateTopic", "-t", name, "-a", "+message.type=MIXED"]
         else:  # consumer groups are FIFO so that messages of one key stay in order
             command = ["updateSubGroup", "-g", name, "-o", "true"]
-        compose.exec_in_container(
+        out, err, code = compose.exec_in_container(
             ["sh", "mqadmin", *command, "-n", NAMESRV, "-c", "DefaultCluster"],
             service_name="rocketmq-broker",
         )
+        if code != 0:
+            raise RuntimeError(f"mqadmin {' '.join(command)} failed ({code}): {err or out}")
 
     with compose:
         url = "rocketmq://127.0.0.1:8081?visibility_timeout=10"
