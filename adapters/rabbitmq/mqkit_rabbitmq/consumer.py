@@ -1,0 +1,621 @@
+"""The consumer: one member of a group, with its own connection driven by its own I/O thread.
+
+Per topic and group there are ``1 + P`` durable quorum queues: the *shared* queue (unkeyed
+messages; every member consumes it, so members compete) and ``P`` *partition* queues (keyed
+messages, by ``crc32(key) % 64`` slot). A partition is consumed by at most one member at a time:
+the member that holds its *lock*, an exclusive (connection-owned) queue. Members count each
+other through the shared queue's consumer count and take ``ceil(P / members)`` partitions
+each; a member with too many hands the surplus over only after every message it took from
+that partition is settled, so one key is never processed by two members at once. Locks of a
+member that dies vanish with its connection, and its unacked messages return to the front of
+the quorum queues (a delivery limit is set, see ``DELIVERY_LIMIT``), so the next owner
+continues in order.
+
+The I/O thread owns the ``BlockingConnection``; the user's threads only touch the buffer under
+a lock and hand acks/nacks over through a command list plus ``add_callback_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.adapters.blocking_connection
+import pika.exceptions
+import pika.spec
+from pika.exchange_type import ExchangeType
+
+from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
+from mqkit.message import Delivery, new_message_id
+
+from ._common import (
+    CONTROL_EXCHANGE,
+    SLOTS,
+    UNKEYED,
+    Settings,
+    check_topic,
+    describe,
+    group_base,
+    lock_queue,
+    log,
+    open_blocking,
+    partition_queue,
+    split_headers,
+)
+
+BlockingChannel = pika.adapters.blocking_connection.BlockingChannel
+
+#: How long one ``process_data_events`` slice lasts; bounds the latency of close and polls.
+SLICE = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class _Handle:
+    epoch: int
+    tag: int
+    queue: str
+    partition: bool
+
+
+@dataclass
+class _Block:
+    """A key of a partition whose nacked message is on its way back from the broker.
+
+    Quorum queues hand returned messages out again in the order they were returned, ahead
+    of the rest of the queue. So until every nacked message of the key is back, later
+    messages of the key are withheld and returned behind them (``expected`` counts ids on
+    their way back), once the user holds no message of the key: its nacks come first. A
+    returned message that overtook an earlier one of its key (nacked later) goes round again.
+    """
+
+    expected: Counter[str] = field(default_factory=Counter)
+    withheld: list[Delivery] = field(default_factory=list)
+
+
+@dataclass
+class _Topic:
+    topic: str
+    base: str
+    shared: str
+    partitions: list[str]
+    locks: list[str]
+    #: partition index -> consumer tag, for partitions this member consumes
+    owned: dict[int, str] = field(default_factory=dict)
+    #: partitions being handed over: cancelled, waiting for their messages to be settled
+    draining: set[int] = field(default_factory=set)
+
+
+class RabbitConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Sequence[str],
+        group: str,
+        *,
+        prefetch: int,
+        partitions: int,
+    ) -> None:
+        self._s = settings
+        self._group = group
+        self._prefetch = prefetch
+        self._p = partitions
+        for topic in topics:
+            check_topic(topic)
+        self._topics: list[_Topic] = []
+        for topic in topics:
+            base = group_base(topic, group)
+            self._topics.append(
+                _Topic(
+                    topic=topic,
+                    base=base,
+                    shared=base,
+                    partitions=[partition_queue(base, j) for j in range(partitions)],
+                    locks=[lock_queue(base, j) for j in range(partitions)],
+                )
+            )
+        self._offset = random.randrange(partitions)
+        # shared with user threads, guarded by _cv
+        self._cv = threading.Condition()
+        self._buffer: deque[Delivery] = deque()
+        self._pending: Counter[str] = Counter()
+        self._draining_queues: set[str] = set()
+        self._blocked: dict[tuple[str, str], _Block] = {}
+        self._held: Counter[tuple[str, str]] = Counter()  # keyed messages the user holds
+        self._uncount: Counter[tuple[str, str]] = Counter()
+        #: (queue, message id) -> when this member first received it: a message's place in
+        #: its queue, so messages of a key come back in queue order whatever the nack order.
+        self._order: dict[tuple[str, str], int] = {}
+        self._arrivals = 0
+        self._cmds: list[tuple[str, int]] = []
+        self._cmd_seq = 0  # commands queued so far
+        self._cmd_done = 0  # commands written to the socket so far
+        self._epoch = 0
+        self._closed = False
+        self._error: MqkitError | None = None
+        self._down_since: float | None = None
+        self._cause = ""
+        self._wake_pending = False
+        self._conn: pika.BlockingConnection | None = None
+        # I/O thread only
+        self._host = 0
+        self._ctl: BlockingChannel | None = None
+        self._data: BlockingChannel | None = None
+        self._lockch: BlockingChannel | None = None
+        self._tags: dict[str, tuple[_Topic, str, bool]] = {}
+        self._rebalance_now = False
+        self._ready = threading.Event()
+        self._first_error: MqkitError | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="mqkit-rabbitmq-consumer", daemon=True
+        )
+        self._thread.start()
+        budget = (settings.connect_timeout + 1.0) * len(settings.hosts) + 30.0
+        if not self._ready.wait(budget):
+            self.close()
+            raise BrokerUnavailable(
+                f"{settings.where()} did not finish setting up group {group!r} within {budget} s"
+            )
+        error = self._startup_error()
+        if error is not None:
+            self._thread.join(5)
+            raise error
+
+    def _startup_error(self) -> MqkitError | None:
+        return self._first_error
+
+    # -- user side -----------------------------------------------------------------------------
+
+    def receive(self, timeout: float | None) -> Delivery | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while True:
+                if self._closed:
+                    return None
+                if self._buffer:
+                    return self._take()
+                if self._error is not None:
+                    raise self._error
+                if (
+                    self._down_since is not None
+                    and time.monotonic() - self._down_since > self._s.reconnect_timeout
+                ):
+                    raise BrokerUnavailable(
+                        f"{self._s.where(self._host)} is unavailable: {self._cause} (no "
+                        f"connection for more than reconnect_timeout={self._s.reconnect_timeout} s)"
+                    )
+                wait = 0.5
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    wait = min(wait, remaining)
+                self._cv.wait(wait)
+
+    def _take(self) -> Delivery:
+        """Next buffered delivery; partitions being handed over go first, to finish quickly."""
+        delivery = None
+        if self._draining_queues:
+            for index, candidate in enumerate(self._buffer):
+                if candidate.handle.queue in self._draining_queues:
+                    del self._buffer[index]
+                    delivery = candidate
+                    break
+        if delivery is None:
+            delivery = self._buffer.popleft()
+        if delivery.handle.partition and delivery.key is not None:
+            self._held[(delivery.handle.queue, delivery.key)] += 1
+        return delivery
+
+    def _settled(self, delivery: Delivery, *, requeued: bool = False) -> tuple[str, str] | None:
+        """With the lock held: bookkeeping for a delivery the user settles."""
+        handle: _Handle = delivery.handle
+        self._pending[handle.queue] -= 1
+        if not handle.partition or delivery.key is None:
+            return None
+        spot = (handle.queue, delivery.key)
+        if not requeued:
+            self._order.pop((handle.queue, delivery.id), None)
+        self._held[spot] -= 1
+        if self._held[spot] <= 0:
+            del self._held[spot]
+        return spot
+
+    def _flush_withheld(self, spot: tuple[str, str]) -> None:
+        """With the lock held: return withheld messages once the user holds none of the key."""
+        block = self._blocked.get(spot)
+        if block is None or self._held[spot] > 0:
+            return
+        for other in block.withheld:
+            block.expected[other.id] += 1
+            self._uncount[(spot[0], other.id)] += 1
+            self._pending[spot[0]] -= 1
+            self._cmds.append(("nack", other.handle.tag))
+        block.withheld.clear()
+        if not block.expected:
+            del self._blocked[spot]
+
+    def ack(self, delivery: Delivery) -> None:
+        handle: _Handle = delivery.handle
+        with self._cv:
+            if not self._current(delivery):
+                return
+            spot = self._settled(delivery)
+            self._cmds.append(("ack", handle.tag))
+            if spot is not None:
+                self._flush_withheld(spot)
+            self._wait_written()
+
+    def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
+        # delay: RabbitMQ has no per-message delay without plugins (delayed_redelivery=False);
+        # the message is requeued at once and mqkit's retry helpers provide delays.
+        handle: _Handle = delivery.handle
+        with self._cv:
+            if not self._current(delivery):
+                return
+            spot = self._settled(delivery, requeued=requeue)
+            if not requeue:
+                self._cmds.append(("reject", handle.tag))
+            else:
+                self._cmds.append(("nack", handle.tag))
+                if spot is not None:
+                    # Later messages of this key must come back behind this one.
+                    block = self._blocked.setdefault(spot, _Block())
+                    block.expected[delivery.id] += 1
+                    keep: deque[Delivery] = deque()
+                    for other in self._buffer:
+                        if other.handle.queue == spot[0] and other.key == spot[1]:
+                            block.withheld.append(other)
+                        else:
+                            keep.append(other)
+                    self._buffer = keep
+            if spot is not None:
+                self._flush_withheld(spot)
+            self._wait_written()
+
+    def _current(self, delivery: Delivery) -> bool:
+        """With the lock held: is the delivery from the live connection? Else the broker has
+        taken it back already and will deliver it again."""
+        if delivery.handle.epoch == self._epoch:
+            return True
+        log.warning(
+            "message %s on %r was settled after its connection to RabbitMQ was lost; the "
+            "broker delivers it again",
+            delivery.id,
+            delivery.topic,
+        )
+        return False
+
+    def _wait_written(self) -> None:
+        """With the lock held: wake the I/O thread and wait until it wrote the command to the
+        socket, so an ack that returned is not lost if this process dies right after."""
+        self._cmd_seq += 1
+        mine, epoch = self._cmd_seq, self._epoch
+        self._wake()
+        self._cv.wait_for(
+            lambda: self._cmd_done >= mine or self._epoch != epoch or self._closed, 5.0
+        )
+
+    def _wake(self) -> None:
+        if self._wake_pending or self._conn is None:
+            return
+        self._wake_pending = True
+        try:
+            self._conn.add_callback_threadsafe(self._run_cmds)
+        except Exception:  # closing or reconnecting: the I/O loop runs commands anyway
+            self._wake_pending = False
+
+    def close(self) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._cv.notify_all()
+            conn = self._conn
+        if conn is not None:
+            try:
+                conn.add_callback_threadsafe(lambda: None)
+            except Exception:  # already closing: the I/O loop notices _closed anyway
+                log.debug("consumer wake-up on close dropped")
+        if threading.current_thread() is not self._thread:
+            self._thread.join(10)
+
+    # -- I/O thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._closed:
+            try:
+                self._connect()
+            except MqkitError as exc:
+                self._teardown()
+                if not self._ready.is_set():
+                    self._first_error = exc
+                    self._ready.set()
+                    return
+                failures += 1
+                self._backoff(failures, str(exc))
+                continue
+            if self._ready.is_set():
+                log.warning("consumer of group %r reconnected to %s", self._group,
+                            self._s.where(self._host))
+            self._ready.set()
+            failures = 0
+            try:
+                self._loop()
+            except Exception as exc:  # anything from pika: the connection is no longer usable
+                if not self._closed:
+                    self._cause = describe(exc)
+                    log.warning(
+                        "consumer of group %r lost %s (%s); reconnecting",
+                        self._group,
+                        self._s.where(self._host),
+                        self._cause,
+                    )
+                    log.debug("connection failure", exc_info=True)
+            self._teardown()
+            if not self._closed:
+                failures += 1
+                self._backoff(failures, self._cause)
+
+    def _backoff(self, failures: int, cause: str) -> None:
+        self._host += 1
+        self._cause = cause
+        with self._cv:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+            self._cv.wait_for(lambda: self._closed, min(0.2 * 2 ** min(failures, 4), 2.0))
+
+    def _connect(self) -> None:
+        conn, self._host = open_blocking(self._s, self._host)
+        with self._cv:
+            self._conn = conn
+        try:
+            ctl = conn.channel()
+            self._ctl = ctl
+            args = self._s.queue_arguments()
+            ctl.exchange_declare(
+                CONTROL_EXCHANGE, exchange_type=ExchangeType("direct"), durable=True
+            )
+            signals = ctl.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            assert signals is not None
+            for st in self._topics:
+                ctl.exchange_declare(st.topic, exchange_type=ExchangeType("topic"), durable=True)
+                ctl.queue_declare(st.shared, durable=True, arguments=args)
+                ctl.queue_bind(st.shared, st.topic, routing_key=UNKEYED)
+                for j, name in enumerate(st.partitions):
+                    ctl.queue_declare(name, durable=True, arguments=args)
+                    for slot in range(j, SLOTS, self._p):
+                        ctl.queue_bind(name, st.topic, routing_key=f"k.{slot}")
+                ctl.queue_bind(signals, CONTROL_EXCHANGE, routing_key=st.base)
+            ctl.basic_consume(signals, self._on_signal, auto_ack=True)
+            data = conn.channel()
+            data.basic_qos(prefetch_count=self._prefetch)
+            data.add_on_cancel_callback(self._on_broker_cancel)
+            self._data = data
+            self._lockch = conn.channel()
+            for st in self._topics:
+                tag = data.basic_consume(st.shared, self._on_message)
+                self._tags[tag] = (st, st.shared, False)
+            self._rebalance()
+            for st in self._topics:
+                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"joined")
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise ConfigError(
+                f"{self._s.where(self._host)} refused to set up group {self._group!r} of "
+                f"{', '.join(t.topic for t in self._topics)}: {exc.reply_code} {exc.reply_text} "
+                "(an exchange or queue of that name exists with other settings, or the user "
+                "may not configure it)"
+            ) from exc
+        except MqkitError:
+            raise
+        except Exception as exc:
+            raise BrokerUnavailable(
+                f"{self._s.where(self._host)} is unavailable: {describe(exc)}"
+            ) from exc
+        with self._cv:
+            self._down_since = None
+
+    def _teardown(self) -> None:
+        with self._cv:
+            self._epoch += 1
+            self._buffer.clear()
+            self._pending.clear()
+            self._draining_queues.clear()
+            self._blocked.clear()
+            self._uncount.clear()
+            self._order.clear()
+            self._cmds.clear()
+            self._cmd_done = self._cmd_seq
+            self._wake_pending = False
+            self._cv.notify_all()
+            conn = self._conn
+            self._conn = None
+            if not self._closed and self._down_since is None:
+                self._down_since = time.monotonic()
+        for st in self._topics:
+            st.owned.clear()
+            st.draining.clear()
+        self._tags.clear()
+        self._ctl = self._data = self._lockch = None
+        if conn is not None:
+            try:
+                if conn.is_open:
+                    conn.close()
+            except Exception:
+                log.debug("closing the consumer connection failed", exc_info=True)
+
+    def _loop(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        next_tick = time.monotonic() + self._s.rebalance_interval
+        while not self._closed:
+            conn.process_data_events(time_limit=SLICE)  # type: ignore[arg-type]
+            self._run_cmds()
+            now = time.monotonic()
+            if self._rebalance_now or now >= next_tick:
+                self._rebalance_now = False
+                self._rebalance()
+                next_tick = now + self._s.rebalance_interval
+            self._finish_drains()
+
+    def _run_cmds(self) -> None:
+        with self._cv:
+            cmds, self._cmds = self._cmds, []
+            upto = self._cmd_seq
+            self._wake_pending = False
+        data = self._data
+        if data is None:
+            return
+        for op, tag in cmds:
+            if op == "ack":
+                data.basic_ack(tag)
+            elif op == "nack":
+                data.basic_nack(tag, requeue=True)
+            else:
+                data.basic_nack(tag, requeue=False)
+        with self._cv:
+            if upto > self._cmd_done:
+                self._cmd_done = upto
+                self._cv.notify_all()
+
+    def _on_signal(self, *_: Any) -> None:
+        self._rebalance_now = True
+
+    def _on_broker_cancel(self, frame: Any) -> None:
+        # The broker cancelled a consumer (its queue was deleted): set everything up again.
+        raise pika.exceptions.ConnectionWrongStateError(
+            f"RabbitMQ cancelled consumer {frame.method.consumer_tag} (queue deleted?)"
+        )
+
+    def _on_message(
+        self,
+        _channel: BlockingChannel,
+        method: pika.spec.Basic.Deliver,
+        props: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        tag = method.delivery_tag
+        consumer_tag = method.consumer_tag
+        if tag is None or consumer_tag is None or consumer_tag not in self._tags:
+            return
+        st, queue, partition = self._tags[consumer_tag]
+        headers, key, timestamp, count = split_headers(props)
+        message_id = props.message_id or new_message_id()
+        with self._cv:
+            uncounted = self._uncount.pop((queue, message_id), 0)
+            attempt = max(1, count + 1 - uncounted)
+            delivery = Delivery(
+                topic=method.exchange or st.topic,
+                body=body,
+                key=key,
+                headers=headers,
+                id=message_id,
+                timestamp=timestamp,
+                attempt=attempt,
+                handle=_Handle(self._epoch, tag, queue, partition),
+            )
+            self._pending[queue] += 1
+            if partition and key is not None:
+                place = self._order.setdefault((queue, message_id), self._arrivals)
+                self._arrivals += 1
+            if partition and key is not None and (queue, key) in self._blocked:
+                spot = (queue, key)
+                block = self._blocked[spot]
+                if block.expected[message_id] > 0 and any(
+                    self._order.get((queue, other), place) < place
+                    for other in block.expected
+                    if other != message_id
+                ):  # returned ahead of an earlier message of its key: once more round
+                    self._uncount[(queue, message_id)] += uncounted + 1
+                    self._pending[queue] -= 1
+                    self._cmds.append(("nack", tag))
+                    return
+                if block.expected[message_id] > 0:  # a returned message, back in its turn
+                    block.expected[message_id] -= 1
+                    if block.expected[message_id] <= 0:
+                        del block.expected[message_id]
+                    if not block.expected and not block.withheld:
+                        del self._blocked[spot]
+                else:  # a later message of the key: it goes back behind the returned ones
+                    self._uncount[(queue, message_id)] += uncounted  # not delivered here
+                    block.withheld.append(delivery)
+                    self._flush_withheld(spot)
+                    return
+            self._buffer.append(delivery)
+            self._cv.notify_all()
+
+    # -- partitions ------------------------------------------------------------------------------
+
+    def _rebalance(self) -> None:
+        ctl, data = self._ctl, self._data
+        assert ctl is not None and data is not None
+        for st in self._topics:
+            members = ctl.queue_declare(st.shared, passive=True).method.consumer_count or 1
+            target = math.ceil(self._p / members)
+            held = len(st.owned) + len(st.draining)
+            if held > target and st.owned:
+                for j in sorted(st.owned, reverse=True)[: held - target]:
+                    tag = st.owned.pop(j)
+                    data.basic_cancel(tag)
+                    self._tags.pop(tag, None)
+                    st.draining.add(j)
+                    queue = st.partitions[j]
+                    with self._cv:
+                        self._draining_queues.add(queue)
+            elif held < target:
+                for step in range(self._p):
+                    if len(st.owned) + len(st.draining) >= target:
+                        break
+                    j = (self._offset + step) % self._p
+                    if j in st.owned or j in st.draining:
+                        continue
+                    name = st.partitions[j]
+                    if ctl.queue_declare(name, passive=True).method.consumer_count:
+                        continue
+                    if not self._lock(st, j):
+                        continue
+                    tag = data.basic_consume(name, self._on_message)
+                    self._tags[tag] = (st, name, True)
+                    st.owned[j] = tag
+
+    def _lock(self, st: _Topic, j: int) -> bool:
+        conn, lockch = self._conn, self._lockch
+        assert conn is not None and lockch is not None
+        try:
+            lockch.queue_declare(st.locks[j], exclusive=True, auto_delete=False, durable=False)
+            return True
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self._lockch = conn.channel()
+            if exc.reply_code == 405:  # RESOURCE_LOCKED: another member holds it
+                return False
+            raise
+
+    def _finish_drains(self) -> None:
+        ctl = self._ctl
+        assert ctl is not None
+        for st in self._topics:
+            for j in sorted(st.draining):
+                queue = st.partitions[j]
+                with self._cv:
+                    if self._pending[queue] > 0 or self._cmds:
+                        continue
+                    self._draining_queues.discard(queue)
+                    self._pending.pop(queue, None)
+                    # What is still on its way back goes to the next owner (counted as a
+                    # delivery there, see docs/rabbitmq.md).
+                    for spot in [b for b in self._blocked if b[0] == queue]:
+                        del self._blocked[spot]
+                    for item in [u for u in self._uncount if u[0] == queue]:
+                        del self._uncount[item]
+                    for spot_id in [o for o in self._order if o[0] == queue]:
+                        del self._order[spot_id]
+                ctl.queue_delete(st.locks[j])
+                st.draining.discard(j)
+                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"released")

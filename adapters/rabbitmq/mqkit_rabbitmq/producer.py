@@ -1,0 +1,325 @@
+"""The producer: one connection, one confirm-mode channel, driven by its own I/O thread.
+
+``send`` appends to a buffer and wakes the I/O thread (pika's ``SelectConnection``), which
+publishes persistent messages and tracks publisher confirms. ``flush`` waits until every
+message sent before it was confirmed. If the connection drops, unconfirmed messages go back to
+the front of the buffer and are published again, in order, once the thread has reconnected:
+nothing confirmed is lost and nothing sent is dropped (a message may arrive twice, with the
+same id, if the drop came between the broker storing it and its confirm reaching us).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import pika
+import pika.channel
+import pika.exceptions
+import pika.frame
+import pika.spec
+from pika.exchange_type import ExchangeType
+
+from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, DeliveryTimeout, MqkitError
+from mqkit.message import OutgoingMessage
+
+from ._common import Settings, check_topic, describe, log, properties, routing_key
+
+
+class RabbitProducer:
+    def __init__(self, settings: Settings, *, max_buffer: int, max_inflight: int) -> None:
+        self._s = settings
+        self._max_buffer = max_buffer
+        self._max_inflight = max_inflight
+        self._cv = threading.Condition()
+        self._pending: deque[OutgoingMessage] = deque()
+        self._unconfirmed: dict[int, OutgoingMessage] = {}
+        self._seq = 0
+        self._conn: pika.SelectConnection | None = None
+        self._channel: pika.channel.Channel | None = None
+        self._declared: set[str] = set()
+        self._declaring: str | None = None
+        self._wake = False
+        self._closing = False
+        self._error: MqkitError | None = None
+        self._error_reported = False
+        self._down_since: float | None = None
+        self._cause = ""
+        self._host = 0
+        self._ready = threading.Event()
+        self._first_error: BrokerUnavailable | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="mqkit-rabbitmq-producer", daemon=True
+        )
+        self._thread.start()
+        budget = (settings.connect_timeout + 1.0) * len(settings.hosts) + 5.0
+        if not self._ready.wait(budget):
+            with self._cv:
+                self._closing = True
+            self._call_soon(self._close_connection)
+            raise BrokerUnavailable(
+                f"{settings.where(self._host)} is unavailable: no usable channel after {budget} s"
+            )
+        error = self._startup_error()
+        if error is not None:
+            self._thread.join(5)
+            raise error
+
+    def _startup_error(self) -> BrokerUnavailable | None:
+        return self._first_error
+
+    def _is_closing(self) -> bool:
+        with self._cv:
+            return self._closing
+
+    # -- user side -----------------------------------------------------------------------------
+
+    def send(self, message: OutgoingMessage) -> None:
+        check_topic(message.topic)
+        properties(message)  # rejects reserved header names before anything is queued
+        with self._cv:
+            while True:
+                self._check_usable()
+                if len(self._pending) + len(self._unconfirmed) < self._max_buffer:
+                    break
+                self._cv.wait(0.25)
+            self._pending.append(message)
+            if not self._wake and self._channel is not None:
+                self._wake = True
+                self._call_soon(self._pump)
+
+    def flush(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._pending or self._unconfirmed:
+                self._check_usable(closing_ok=True)
+                wait = 0.25
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        left = len(self._pending) + len(self._unconfirmed)
+                        state = (
+                            f"; the connection is down ({self._cause}), reconnecting"
+                            if self._down_since is not None
+                            else ""
+                        )
+                        raise DeliveryTimeout(
+                            f"{left} message(s) not confirmed by {self._s.where(self._host)} "
+                            f"after {timeout} s{state}"
+                        )
+                    wait = min(wait, remaining)
+                self._cv.wait(wait)
+
+    def close(self) -> None:
+        try:
+            if not self._error_reported:  # a refusal flush() already raised is not raised again
+                self.flush(None)
+        finally:
+            with self._cv:
+                self._closing = True
+                self._cv.notify_all()
+                conn = self._conn
+            if conn is not None:
+                self._call_soon(self._close_connection)
+            self._thread.join(10)
+
+    def _check_usable(self, *, closing_ok: bool = False) -> None:
+        if self._error is not None:
+            self._error_reported = True
+            raise self._error
+        if self._closing and not closing_ok:
+            raise ClosedError("producer is closed")
+        if (
+            self._down_since is not None
+            and time.monotonic() - self._down_since > self._s.reconnect_timeout
+        ):
+            raise BrokerUnavailable(
+                f"{self._s.where(self._host)} is unavailable: {self._cause} "
+                f"(no connection for more than reconnect_timeout={self._s.reconnect_timeout} s; "
+                f"{len(self._pending) + len(self._unconfirmed)} message(s) wait to be sent)"
+            )
+
+    def _call_soon(self, callback: Any) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.ioloop.add_callback_threadsafe(callback)
+        except Exception:  # the loop is shutting down; the reconnect path publishes instead
+            log.debug("producer wake-up dropped: connection is closing")
+
+    # -- I/O thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._is_closing():
+            conn = pika.SelectConnection(
+                self._s.parameters(self._host),
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed,
+            )
+            with self._cv:
+                self._conn = conn
+            conn.ioloop.start()
+            with self._cv:
+                self._conn = None
+                self._channel = None
+                self._requeue_unconfirmed()
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                self._cv.notify_all()
+            try:
+                conn.ioloop.close()
+            except Exception:
+                log.debug("closing the producer's I/O loop failed", exc_info=True)
+            if self._is_closing():
+                break
+            if not self._ready.is_set():
+                failures += 1
+                if failures < len(self._s.hosts):
+                    self._host += 1
+                    continue
+                with self._cv:
+                    self._first_error = BrokerUnavailable(
+                        f"{self._s.where(self._host)} is unavailable: {self._cause}"
+                    )
+                self._ready.set()
+                return
+            log.warning(
+                "connection to %s lost (%s); reconnecting", self._s.where(self._host), self._cause
+            )
+            delay = min(0.2 * (2 ** min(failures, 4)), 2.0)
+            failures += 1
+            self._host += 1
+            with self._cv:
+                self._cv.wait_for(lambda: self._closing, delay)
+
+    def _on_open(self, conn: pika.connection.Connection) -> None:
+        conn.channel(on_open_callback=self._on_channel_open)
+
+    def _on_open_error(self, conn: pika.connection.Connection, exc: BaseException | str) -> None:
+        self._cause = describe(exc) if isinstance(exc, BaseException) else str(exc)
+        conn.ioloop.stop()  # type: ignore[attr-defined]
+
+    def _on_closed(self, conn: pika.connection.Connection, exc: BaseException) -> None:
+        if not self._closing:
+            self._cause = describe(exc)
+        conn.ioloop.stop()  # type: ignore[attr-defined]
+
+    def _close_connection(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            conn.close()
+        elif conn is not None and not conn.is_closing:
+            conn.ioloop.stop()
+
+    def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.confirm_delivery(
+            ack_nack_callback=self._on_confirm,
+            callback=lambda _frame: self._on_channel_ready(channel),
+        )
+
+    def _on_channel_ready(self, channel: pika.channel.Channel) -> None:
+        with self._cv:
+            self._channel = channel
+            self._seq = 0
+            self._declared.clear()
+            self._declaring = None
+            if self._down_since is not None and self._ready.is_set():
+                log.warning("reconnected to %s", self._s.where(self._host))
+            self._down_since = None
+        self._ready.set()
+        self._pump()
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, exc: BaseException) -> None:
+        conn = self._conn
+        with self._cv:
+            self._channel = None
+            declaring = self._declaring
+            self._declaring = None
+            self._requeue_unconfirmed()
+            if self._closing or conn is None or not conn.is_open:
+                return
+            if (
+                isinstance(exc, pika.exceptions.ChannelClosedByBroker)
+                and declaring is not None
+                and exc.reply_code in (403, 406)
+            ):
+                self._error = ConfigError(
+                    f"{self._s.where(self._host)} refused the exchange for topic {declaring!r}: "
+                    f"{exc.reply_code} {exc.reply_text} (an exchange of that name exists with "
+                    "other settings, or the user may not configure it)"
+                )
+                self._cv.notify_all()
+                return
+            log.warning("producer channel closed (%s); reopening", describe(exc))
+        conn.channel(on_open_callback=self._on_channel_open)
+
+    def _requeue_unconfirmed(self) -> None:
+        """Called with the lock held: unconfirmed messages go first, in their order."""
+        if self._unconfirmed:
+            self._pending.extendleft(reversed(list(self._unconfirmed.values())))
+            self._unconfirmed.clear()
+
+    def _pump(self) -> None:
+        """Publish what is pending, as far as declared exchanges and the in-flight cap allow."""
+        with self._cv:
+            self._wake = False
+            channel = self._channel
+            if channel is None or self._declaring is not None:
+                return
+            batch: list[OutgoingMessage] = []
+            room = self._max_inflight - len(self._unconfirmed)
+            while self._pending and len(batch) < room:
+                message = self._pending[0]
+                if message.topic not in self._declared:
+                    if not batch:
+                        self._declaring = message.topic
+                    break
+                self._pending.popleft()
+                self._seq += 1
+                self._unconfirmed[self._seq] = message
+                batch.append(message)
+            declaring = self._declaring
+            self._cv.notify_all()
+        for message in batch:
+            channel.basic_publish(
+                message.topic, routing_key(message.key), message.body, properties(message)
+            )
+        if declaring is not None and not batch:
+            channel.exchange_declare(
+                declaring,
+                exchange_type=ExchangeType("topic"),
+                durable=True,
+                callback=lambda _frame: self._on_declared(declaring),
+            )
+        elif batch and self._pending:
+            # More to do (a new topic or a full in-flight window): continue after I/O.
+            self._call_soon(self._pump)
+
+    def _on_declared(self, topic: str) -> None:
+        with self._cv:
+            self._declared.add(topic)
+            self._declaring = None
+        self._pump()
+
+    def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
+        method = frame.method
+        tag = method.delivery_tag
+        multiple = method.multiple
+        with self._cv:
+            if multiple:
+                done = list(itertools.takewhile(lambda seq: seq <= tag, self._unconfirmed))
+            else:
+                done = [tag] if tag in self._unconfirmed else []
+            messages = [self._unconfirmed.pop(seq) for seq in done]
+            if isinstance(method, pika.spec.Basic.Nack) and messages:
+                log.warning("RabbitMQ refused %d message(s); sending them again", len(messages))
+                self._pending.extendleft(reversed(messages))
+            self._cv.notify_all()
+        self._pump()

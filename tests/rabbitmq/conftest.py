@@ -1,0 +1,104 @@
+"""Fixtures for the RabbitMQ adapter's own tests: the shared broker URL, and a private node that
+fault tests may stop, kill and restart (never the broker other tests use)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+import pytest
+
+NODE_SCRIPT = Path(__file__).resolve().parents[2] / "adapters" / "rabbitmq" / "ci" / "node"
+ENV = "MQKIT_TEST_RABBITMQ_URL"
+
+
+@pytest.fixture(scope="session")
+def rabbit_url() -> str:
+    url = os.environ.get(ENV)
+    if not url:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{ENV} is not set in CI: run adapters/rabbitmq/ci/broker start")
+        pytest.skip(f"set {ENV} (adapters/rabbitmq/ci/broker start prints it)")
+    return url
+
+
+@pytest.fixture
+def names() -> tuple[str, str]:
+    """A fresh topic and group."""
+    tag = uuid.uuid4().hex[:10]
+    return f"rt-{tag}", f"rg-{tag}"
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Node:
+    """A RabbitMQ node of our own on free ports, with its state in a temp directory."""
+
+    directory: Path
+    port: int
+    name: str
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(["bash", str(NODE_SCRIPT), *args], check=True, timeout=120)
+
+    def start(self) -> None:
+        self._run("start", str(self.directory), str(self.port), self.name)
+
+    def stop(self) -> None:
+        self._run("stop", str(self.directory))
+
+    def kill(self) -> None:
+        self._run("kill", str(self.directory))
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory, rabbit_url: str) -> Iterator[Node]:
+    if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
+        pytest.fail("fault tests need Debian's rabbitmq-server (adapters/rabbitmq/ci/broker start)")
+    rng = random.Random()
+    for _ in range(50):
+        port = rng.randrange(20000, 29000)
+        if _free(port) and _free(port + 20000):
+            break
+    else:  # pragma: no cover
+        pytest.fail("no free port pair for a private RabbitMQ node")
+    node = Node(tmp_path_factory.mktemp("rabbitmq-node"), port, f"mqkit-test-{os.getpid()}")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def delete_group(url: str, topic: str, group: str, partitions: int) -> None:
+    """Remove a test's queues and exchange, so test runs leave the shared broker clean."""
+    from mqkit_rabbitmq._common import group_base, partition_queue
+
+    base = group_base(topic, group)
+    conn = pika.BlockingConnection(pika.URLParameters(url.split("?")[0]))
+    try:
+        channel = conn.channel()
+        for queue in [base, *(partition_queue(base, j) for j in range(partitions))]:
+            channel.queue_delete(queue)
+        channel.exchange_delete(topic)
+    finally:
+        conn.close()

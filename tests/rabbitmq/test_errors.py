@@ -1,0 +1,145 @@
+"""Bad credentials, wrong vhost, unreachable or mute hosts and bad options give one clear mqkit
+error, quickly, never a hang or a raw pika traceback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pika
+import pytest
+from pika.exchange_type import ExchangeType
+
+import mqkit
+from mqkit import BrokerUnavailable, ConfigError
+
+LIMIT = 10.0
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 5672
+
+
+def _connect_fails(url: str) -> tuple[BrokerUnavailable, float]:
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as info:
+        mqkit.connect(url, connect_timeout=3)
+    return info.value, time.monotonic() - started
+
+
+def test_bad_password_is_a_clear_error(rabbit_url: str) -> None:
+    host, port = _host_port(rabbit_url)
+    error, took = _connect_fails(f"amqp://guest:wrong-password@{host}:{port}/")
+    assert took < LIMIT
+    assert f"{host}:{port}" in str(error)
+    assert "login refused" in str(error) and "password" in str(error)
+    assert "wrong-password" not in str(error)
+
+
+def test_unknown_user_is_a_clear_error(rabbit_url: str) -> None:
+    host, port = _host_port(rabbit_url)
+    error, took = _connect_fails(f"amqp://nobody-here:x@{host}:{port}/")
+    assert took < LIMIT and "login refused" in str(error)
+
+
+def test_wrong_vhost_is_a_clear_error(rabbit_url: str) -> None:
+    host, port = _host_port(rabbit_url)
+    error, took = _connect_fails(f"amqp://guest:guest@{host}:{port}/no-such-vhost")
+    assert took < LIMIT
+    assert "'no-such-vhost'" in str(error) and "virtual host" in str(error)
+
+
+def test_closed_port_is_a_clear_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens once the socket is closed
+    error, took = _connect_fails(f"amqp://guest:guest@127.0.0.1:{port}/")
+    assert took < LIMIT
+    assert f"127.0.0.1:{port}" in str(error) and "connection refused" in str(error)
+
+
+@pytest.fixture
+def mute_server() -> Iterator[int]:
+    """Accepts TCP connections and never says a word (a hung broker, a wrong service)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_mute_server_times_out_with_a_clear_error(mute_server: int) -> None:
+    error, took = _connect_fails(f"amqp://guest:guest@127.0.0.1:{mute_server}/")
+    assert took < LIMIT
+    assert f"127.0.0.1:{mute_server}" in str(error) and "no answer" in str(error)
+
+
+def test_second_host_is_used_when_the_first_is_down(rabbit_url: str) -> None:
+    host, port = _host_port(rabbit_url)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    with mqkit.connect(f"amqp://guest:guest@127.0.0.1:{dead},{host}:{port}/") as broker:
+        broker.producer().close()
+
+
+def test_unknown_option_and_bad_values_are_config_errors(rabbit_url: str) -> None:
+    with pytest.raises(ConfigError, match="prefetchh"):
+        mqkit.connect(rabbit_url, prefetchh=3)
+    with pytest.raises(ConfigError, match="partitions"):
+        mqkit.connect(rabbit_url, partitions=65)
+    with pytest.raises(ConfigError, match="no host"):
+        mqkit.connect("amqp:///vhost")
+    with mqkit.connect(rabbit_url) as broker:
+        with pytest.raises(ConfigError, match="max_bufer"):
+            broker.producer(max_bufer=1)
+        with pytest.raises(ConfigError, match="reserved by RabbitMQ"):
+            broker.consumer("amq.mine", group="g")
+
+
+def test_reserved_header_names_are_refused(rabbit_url: str, names: tuple[str, str]) -> None:
+    topic, _ = names
+    with (
+        mqkit.connect(rabbit_url) as broker,
+        broker.producer() as producer,
+        pytest.raises(ConfigError, match="x-mqkit-key"),
+    ):
+            producer.send(topic, 1, headers={"x-mqkit-key": "sneaky"})
+
+
+def test_exchange_of_another_type_is_a_clear_error(rabbit_url: str, names: tuple[str, str]) -> None:
+    topic, group = names
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit_url.split("?")[0]))
+    try:
+        conn.channel().exchange_declare(topic, exchange_type=ExchangeType("fanout"), durable=False)
+        with mqkit.connect(rabbit_url) as broker:
+            with pytest.raises(ConfigError, match=topic):
+                broker.consumer(topic, group=group)
+            producer = broker.producer()
+            producer.send(topic, 1)
+            with pytest.raises(ConfigError, match=topic):
+                producer.flush(timeout=10)
+    finally:
+        conn.channel().exchange_delete(topic)
+        conn.close()

@@ -1,0 +1,198 @@
+"""RabbitMQ-specific behaviour: the wire format, partition hand-over between members, attempts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+import mqkit
+from mqkit import Message
+from tests.rabbitmq.conftest import delete_group
+
+
+@pytest.fixture
+def clean(rabbit_url: str, names: tuple[str, str]) -> Iterator[tuple[str, str]]:
+    """Topic and group whose queues are deleted after the test (the broker is shared)."""
+    yield names
+    topic, group = names
+    for suffix in ("", "-b"):
+        delete_group(rabbit_url, topic, group + suffix, 64)
+
+
+def _receive_all(consumer: mqkit.Consumer, count: int, deadline: float = 30) -> list[Message]:
+    out: list[Message] = []
+    end = time.monotonic() + deadline
+    while len(out) < count and time.monotonic() < end:
+        message = consumer.receive(timeout=0.5)
+        if message is not None:
+            out.append(message)
+            message.ack()
+    return out
+
+
+def test_wire_format_is_plain_amqp(rabbit_url: str, clean: tuple[str, str]) -> None:
+    """Raw AMQP clients see persistent messages with message_id, timestamp and headers; and what
+    a raw client publishes with routing key ``u`` reaches mqkit consumers."""
+    topic, group = clean
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit_url.split("?")[0]))
+    try:
+        channel = conn.channel()
+        with mqkit.connect(rabbit_url, serializer="bytes") as broker:
+            consumer = broker.consumer(topic, group=group)
+            tap = channel.queue_declare("", exclusive=True).method.queue
+            assert tap is not None
+            channel.queue_bind(tap, topic, routing_key="#")
+            with broker.producer() as producer:
+                sent = producer.send(topic, b"\x00raw", key="order-7", headers={"trace": "t1"})
+            method, props, body = None, None, None
+            for _ in range(50):
+                method, props, body = channel.basic_get(tap, auto_ack=True)
+                if method is not None:
+                    break
+                time.sleep(0.1)
+            assert method is not None and props is not None
+            assert bytes(body or b"") == b"\x00raw"  # type: ignore[arg-type]
+            assert props.delivery_mode == 2
+            assert props.message_id == sent
+            assert abs((props.timestamp or 0) - time.time()) < 60
+            assert props.headers is not None and props.headers["trace"] == "t1"
+            assert props.headers["x-mqkit-key"] == "order-7"
+            assert (method.routing_key or "").startswith("k.")
+
+            [mine] = _receive_all(consumer, 1)
+            assert (mine.id, mine.key, dict(mine.headers)) == (sent, "order-7", {"trace": "t1"})
+
+            channel.basic_publish(
+                topic, "u", b"from pika", pika.BasicProperties(headers={"n": 5}, message_id="m-1")
+            )
+            [foreign] = _receive_all(consumer, 1)
+            assert foreign.body == b"from pika"
+            assert foreign.id == "m-1" and foreign.key is None
+            assert dict(foreign.headers) == {"n": "5"}
+    finally:
+        conn.close()
+
+
+def test_attempt_counts_redeliveries_across_consumers(
+    rabbit_url: str, clean: tuple[str, str]
+) -> None:
+    topic, group = clean
+    with mqkit.connect(rabbit_url) as broker:
+        first = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            sent = producer.send(topic, "x", key="k")
+        message = first.receive(timeout=10)
+        assert message is not None and (message.id, message.attempt) == (sent, 1)
+        message.nack()
+        again = first.receive(timeout=10)
+        assert again is not None and (again.id, again.attempt) == (sent, 2)
+        first.close()  # unacked: back to the group, counted
+        second = broker.consumer(topic, group=group)
+        third = second.receive(timeout=10)
+        assert third is not None and (third.id, third.attempt) == (sent, 3)
+        third.ack()
+
+
+def test_multi_topic_consumer(rabbit_url: str, clean: tuple[str, str]) -> None:
+    topic, group = clean
+    other = topic + "-b"
+    try:
+        with mqkit.connect(rabbit_url) as broker:
+            consumer = broker.consumer([topic, other], group=group)
+            with broker.producer() as producer:
+                producer.send(topic, 1, key="a")
+                producer.send(other, 2)
+            got = sorted((m.topic, m.value) for m in _receive_all(consumer, 2))
+            assert got == [(topic, 1), (other, 2)]
+    finally:
+        delete_group(rabbit_url, other, group, 64)
+
+
+_MEMBER = """
+import sys, time, mqkit
+url, topic, group, take = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+broker = mqkit.connect(url)
+consumer = broker.consumer(topic, group=group, partitions=2)
+print("joined", flush=True)
+done = 0
+while True:
+    message = consumer.receive(timeout=30)
+    if message is None:
+        sys.exit("nothing within 30 s")
+    if done < take:
+        message.ack()
+        print("acked", message.key, message.value, flush=True)
+        done += 1
+        if done == take:
+            print("holding", flush=True)
+    # from then on: take messages and never settle them
+"""
+
+
+def test_killed_member_hands_its_partitions_over_in_key_order(
+    rabbit_url: str, clean: tuple[str, str], tmp_path: Path
+) -> None:
+    """Two members share a group's two partitions; one is SIGKILLed while holding unacked
+    messages. The survivor takes its partition over and continues every key where the dead
+    member's acks stopped, in order, with the unacked messages first."""
+    topic, group = clean
+    keys, per_key = 6, 20
+    script = tmp_path / "member.py"
+    script.write_text(_MEMBER)
+    with mqkit.connect(rabbit_url) as broker:
+        survivor = broker.consumer(topic, group=group, partitions=2)
+        child = subprocess.Popen(
+            [sys.executable, str(script), rabbit_url, topic, group, "5"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "joined"
+            time.sleep(1.0)  # the members settle on one partition each
+            with broker.producer() as producer:
+                for seq in range(per_key):
+                    for k in range(keys):
+                        producer.send(topic, seq, key=f"key-{k}")
+            child_acked: dict[str, list[int]] = defaultdict(list)
+            for line in child.stdout:
+                if line.startswith("acked"):
+                    _, key, value = line.split()
+                    child_acked[key].append(int(value))
+                if line.startswith("holding"):
+                    break
+            mine: dict[str, list[tuple[int, int]]] = defaultdict(list)
+            taken = 0
+            end = time.monotonic() + 5
+            while time.monotonic() < end:  # what the survivor gets while the child is alive
+                message = survivor.receive(timeout=0.2)
+                if message is not None:
+                    mine[message.key or ""].append((message.value, message.attempt))
+                    message.ack()
+                    taken += 1
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        expected = keys * per_key - sum(len(v) for v in child_acked.values())
+        for message in _receive_all(survivor, expected - taken, deadline=30):
+            mine[message.key or ""].append((message.value, message.attempt))
+    assert child_acked, "the killed member had a partition"
+    assert taken > 0, "the survivor had a partition while both were alive"
+    for k in range(keys):
+        key = f"key-{k}"
+        acked = child_acked.get(key, [])
+        assert acked == list(range(len(acked))), f"{key}: child acked out of order {acked}"
+        values = [value for value, _ in mine[key]]
+        assert values == list(range(len(acked), per_key)), f"{key} continued wrongly: {values}"
+    redelivered = [a for v in mine.values() for _, a in v if a > 1]
+    assert redelivered, "the messages the dead member held came back with attempt > 1"
