@@ -480,7 +480,10 @@ class KafkaConsumerDriver:
                     item for item in self._buffer
                     if not (item[0] == tp and item[2].offset in dropped)
                 )
-            self._seeks[tp] = offset
+            # Seek to the first offset that must be fetched again, not to this one: after
+            # an earlier nack on the partition, the records from its offset on may not have
+            # come back yet, and a later nack's seek must not skip them.
+            self._seeks[tp] = part.next_offset if part.next_offset is not None else offset
             if delay > 0:
                 self._delayed[tp] = max(self._delayed.get(tp, 0.0), time.monotonic() + delay)
 
