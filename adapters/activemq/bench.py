@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import stomp  # type: ignore[import-untyped]
 from mqkit_activemq import group_destination, topic_destination
-from mqkit_activemq.link import _tune_socket
+from mqkit_activemq.link import tune_socket
 
 import mqkit
 
@@ -42,7 +42,7 @@ class _Raw:
             [(parts.hostname or "127.0.0.1", parts.port or 61613)], auto_decode=False
         )
         if tuned:  # the TCP_QUICKACK/TCP_NODELAY tuning mqkit applies to its sockets
-            _tune_socket(self.conn.transport)
+            tune_socket(self.conn.transport)
         self.receipts = threading.Semaphore(0)
         self.messages: queue.Queue[Any] = queue.Queue()
         self.conn.set_listener("bench", self)

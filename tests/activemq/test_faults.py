@@ -8,8 +8,10 @@ import threading
 import time
 import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
+from mqkit_activemq import backend
 
 import mqkit
 from tests.activemq.conftest import OwnBroker, free_port
@@ -85,6 +87,50 @@ def test_broker_restart_mid_consume_loses_nothing(own_broker: OwnBroker, how: st
     assert not missing, f"{len(missing)} confirmed message(s) never arrived"
     assert not redelivered_after_ack, f"acked messages came again: {redelivered_after_ack[:5]}"
     assert set(deliveries) == set(sent)
+
+
+def test_sending_while_the_producer_reconnects_stores_each_message_once(
+    own_broker: OwnBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send() racing the reconnection must not write a message that the resend of the backlog
+    writes too (that stored it twice, and the consumer saw an acked message come again).
+
+    The resend is slowed down so that sends certainly happen while it runs, as they do now and
+    then when the freshly restarted broker answers slowly on a loaded machine.
+    """
+    resend = backend.ActiveMQProducer._resend
+
+    def slow_resend(self: backend.ActiveMQProducer, conn: Any, gen: int) -> None:
+        time.sleep(0.3)
+        resend(self, conn, gen)
+
+    monkeypatch.setattr(backend.ActiveMQProducer, "_resend", slow_resend)
+    topic, group = f"resend-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    with mqkit.connect(f"{own_broker.url}?{RECONNECT}") as broker:
+        consumer = broker.consumer(topic, group=group, prefetch=500)
+        with broker.producer() as producer:
+            sent = [producer.send(topic, i) for i in range(10)]
+            producer.flush(timeout=30)  # nothing in flight when the broker stops
+            own_broker.stop()
+            sent += [producer.send(topic, i) for i in range(10)]  # buffered for the resend
+            own_broker.start()
+            until = time.monotonic() + 2.0  # keep sending across the reconnection
+            while time.monotonic() < until:
+                sent.append(producer.send(topic, len(sent)))
+                time.sleep(0.005)
+            producer.flush(timeout=60)
+        seen: Counter[str] = Counter()
+        deadline = time.monotonic() + 30
+        while set(sent) - set(seen) and time.monotonic() < deadline:
+            message = consumer.receive(timeout=0.5)
+            if message is not None:
+                seen[message.id] += 1
+                message.ack()
+        while (message := consumer.receive(timeout=1.0)) is not None:
+            seen[message.id] += 1
+            message.ack()
+    assert set(seen) == set(sent)
+    assert [i for i, n in seen.items() if n > 1] == []
 
 
 def test_unacked_messages_come_again_after_a_restart_and_acked_ones_do_not(

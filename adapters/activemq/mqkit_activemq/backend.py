@@ -26,6 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mqkit.config import BrokerURL
@@ -81,35 +82,51 @@ class ActiveMQProducer:
     def send(self, message: OutgoingMessage) -> None:
         destination = topic_destination(message.topic)
         headers = frames.send_headers(message)
+        deadline = time.monotonic() + self._send_timeout
+        while True:
+            self._wait_for_room(deadline)
+            # Registering the message and writing it happen under the send lock, which a new
+            # connection holds while _resend sends the backlog: so a message is written either
+            # by _resend or here, never by both (a copy of it would be stored twice), and the
+            # wire order is the order of registration.
+            with self._link.send_lock:
+                with self._cv:
+                    if self._closed:
+                        raise ClosedError("producer is closed")
+                    self._raise_error()
+                    if len(self._pending) >= self._max_in_flight:
+                        continue  # another sender took the room meanwhile
+                    self._seq += 1
+                    rid = f"s{id(self):x}-{self._seq}"
+                    self._pending[rid] = (self._seq, destination, headers, message.body)
+                conn, _ = self._link.current()
+                if conn is None:
+                    return  # reconnecting: _resend sends it once the new connection is up
+                try:
+                    conn.send(destination, message.body, headers=dict(headers, receipt=rid))
+                except Exception as exc:  # the connection broke under us; the resend covers it
+                    log.debug("send failed, will resend after reconnecting: %s", exc)
+                return
+
+    def _wait_for_room(self, deadline: float) -> None:
+        """Block (without the send lock, which the resend needs) while max_in_flight are
+        unconfirmed."""
         with self._cv:
             if self._closed:
                 raise ClosedError("producer is closed")
             self._raise_error()
-            if len(self._pending) >= self._max_in_flight:
-                if not self._cv.wait_for(
-                    lambda: len(self._pending) < self._max_in_flight or self._error is not None,
-                    self._send_timeout,
-                ):
-                    raise DeliveryTimeout(
-                        f"{len(self._pending)} messages to ActiveMQ at "
-                        f"{self._link.settings.where()} are still unconfirmed after "
-                        f"{self._send_timeout:g} s (send_timeout); is the broker up?"
-                    )
-                self._raise_error()
-            self._seq += 1
-            rid = f"s{id(self):x}-{self._seq}"
-            self._pending[rid] = (self._seq, destination, headers, message.body)
-        with self._link.send_lock:
-            conn, _ = self._link.current()
-            if conn is None:
-                return  # reconnecting: _resend sends it once the new connection is up
-            with self._cv:
-                if rid not in self._pending:
-                    return
-            try:
-                conn.send(destination, message.body, headers=dict(headers, receipt=rid))
-            except Exception as exc:  # the connection broke under us; the resend covers it
-                log.debug("send failed, will resend after reconnecting: %s", exc)
+            if len(self._pending) < self._max_in_flight:
+                return
+            if not self._cv.wait_for(
+                lambda: len(self._pending) < self._max_in_flight or self._error is not None,
+                max(0.0, deadline - time.monotonic()),
+            ):
+                raise DeliveryTimeout(
+                    f"{len(self._pending)} messages to ActiveMQ at "
+                    f"{self._link.settings.where()} are still unconfirmed after "
+                    f"{self._send_timeout:g} s (send_timeout); is the broker up?"
+                )
+            self._raise_error()
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -117,7 +134,8 @@ class ActiveMQProducer:
             raise error
 
     def _resend(self, conn: Any, gen: int) -> None:
-        """On a new connection (send lock held): send what was never confirmed, in order."""
+        """On a new connection (send lock held, so no send() writes meanwhile): send what was
+        never confirmed, in order."""
         with self._cv:
             backlog = list(self._pending.items())
         if backlog:
@@ -380,35 +398,48 @@ class ActiveMQConsumer:
         self._link.close()
 
 
-class ActiveMQBackend:
-    def __init__(self, url: BrokerURL, opts: Options) -> None:
-        if url.scheme not in DEFAULT_PORTS:
-            raise ConfigError(f"{url}: the ActiveMQ adapter speaks stomp:// and stomp+ssl://")
-        if not url.hosts:
-            raise ConfigError(f"{url}: no host; write e.g. stomp://127.0.0.1:61613")
-        if url.path not in ("", "/"):
-            raise ConfigError(
-                f"{url}: ActiveMQ has no virtual hosts; remove the path {url.path!r}"
-            )
-        hosts = tuple((host, port or DEFAULT_PORTS[url.scheme]) for host, port in url.hosts)
-        ssl_options: dict[str, Any] | None = None
-        ca_certs = opts.str("ca_certs", "")
-        certfile = opts.str("certfile", "")
-        keyfile = opts.str("keyfile", "")
-        verify = opts.bool("verify", True)
-        for name, path in (("ca_certs", ca_certs), ("certfile", certfile), ("keyfile", keyfile)):
-            if path and not os.path.isfile(path):
-                raise ConfigError(f"{url}: {name}={path!r} is not a readable file")
-        if url.scheme == "stomp+ssl":
-            ssl_options = {
-                "ca_certs": ca_certs or None,
-                "cert_file": certfile or None,
-                "key_file": keyfile or None,
-                "verify": verify,
-            }
-        elif ca_certs or certfile or keyfile:
-            raise ConfigError(f"{url}: TLS options need a stomp+ssl:// URL")
-        self.settings = Settings(
+@dataclass(frozen=True)
+class Config:
+    """Everything a ``stomp://`` URL and its options say (read by :func:`read_config`)."""
+
+    settings: Settings
+    scheduler: bool
+    prefetch: int
+    confirm_acks: bool
+    ack_timeout: float
+    max_in_flight: int
+    send_timeout: float
+    dlq: bool
+
+
+def read_config(url: BrokerURL, opts: Options) -> Config:
+    """Check ``url`` and read every backend option (the caller calls ``opts.done()``)."""
+    if url.scheme not in DEFAULT_PORTS:
+        raise ConfigError(f"{url}: the ActiveMQ adapter speaks stomp:// and stomp+ssl://")
+    if not url.hosts:
+        raise ConfigError(f"{url}: no host; write e.g. stomp://127.0.0.1:61613")
+    if url.path not in ("", "/"):
+        raise ConfigError(f"{url}: ActiveMQ has no virtual hosts; remove the path {url.path!r}")
+    hosts = tuple((host, port or DEFAULT_PORTS[url.scheme]) for host, port in url.hosts)
+    ssl_options: dict[str, Any] | None = None
+    ca_certs = opts.str("ca_certs", "")
+    certfile = opts.str("certfile", "")
+    keyfile = opts.str("keyfile", "")
+    verify = opts.bool("verify", True)
+    for name, path in (("ca_certs", ca_certs), ("certfile", certfile), ("keyfile", keyfile)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{url}: {name}={path!r} is not a readable file")
+    if url.scheme == "stomp+ssl":
+        ssl_options = {
+            "ca_certs": ca_certs or None,
+            "cert_file": certfile or None,
+            "key_file": keyfile or None,
+            "verify": verify,
+        }
+    elif ca_certs or certfile or keyfile:
+        raise ConfigError(f"{url}: TLS options need a stomp+ssl:// URL")
+    return Config(
+        settings=Settings(
             hosts=hosts,
             username=url.username,
             password=url.password,
@@ -416,14 +447,29 @@ class ActiveMQBackend:
             heartbeat=opts.float("heartbeat", 10.0),
             reconnect_max_delay=opts.float("reconnect_max_delay", 5.0, minimum=0.1),
             ssl=ssl_options,
-        )
-        self._scheduler = opts.bool("scheduler", False)
-        self._prefetch = opts.int("prefetch", 100, minimum=1)
-        self._confirm_acks = opts.bool("confirm_acks", True)
-        self._ack_timeout = opts.float("ack_timeout", 30.0, minimum=0.1)
-        self._max_in_flight = opts.int("max_in_flight", 1000, minimum=1)
-        self._send_timeout = opts.float("send_timeout", 60.0, minimum=0.1)
-        self._dlq = opts.bool("dlq", False)
+        ),
+        scheduler=opts.bool("scheduler", False),
+        prefetch=opts.int("prefetch", 100, minimum=1),
+        confirm_acks=opts.bool("confirm_acks", True),
+        ack_timeout=opts.float("ack_timeout", 30.0, minimum=0.1),
+        max_in_flight=opts.int("max_in_flight", 1000, minimum=1),
+        send_timeout=opts.float("send_timeout", 60.0, minimum=0.1),
+        dlq=opts.bool("dlq", False),
+    )
+
+
+class ActiveMQBackend:
+    def __init__(self, url: BrokerURL, opts: Options) -> None:
+        config = read_config(url, opts)
+        opts.done()
+        self.settings = config.settings
+        self._scheduler = config.scheduler
+        self._prefetch = config.prefetch
+        self._confirm_acks = config.confirm_acks
+        self._ack_timeout = config.ack_timeout
+        self._max_in_flight = config.max_in_flight
+        self._send_timeout = config.send_timeout
+        self._dlq = config.dlq
         self.features = Features(
             key_order_on_nack=False,
             delayed_redelivery=self._scheduler,
@@ -431,7 +477,6 @@ class ActiveMQBackend:
             max_body_size=64 << 20,
         )
         self._closed = False
-        opts.done()
         # Fail now, with a clear error, if the broker is unreachable or refuses the login.
         probe = Link(self.settings, "connection check")
         try:

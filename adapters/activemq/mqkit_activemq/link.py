@@ -144,7 +144,7 @@ def _tls_context(params: dict[str, Any]) -> ssl.SSLContext:
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
-def _tune_socket(transport: Any) -> None:
+def tune_socket(transport: Any) -> None:
     """Low latency for request/response frames (a RECEIPT for each ACK).
 
     ActiveMQ leaves Nagle's algorithm on by default, so when it answers an ACK with a MESSAGE
@@ -191,7 +191,7 @@ def open_connection(
     )
     if settings.ssl is not None:
         conn.set_ssl(for_hosts=list(settings.hosts), **settings.ssl)
-    _tune_socket(conn.transport)
+    tune_socket(conn.transport)
     listener = listener_factory(conn)
     conn.set_listener("mqkit", listener)
     where = settings.where()
@@ -249,7 +249,8 @@ class Link:
         self._on_error = on_error
         self._on_receipt = on_receipt
         self.lock = threading.Condition()
-        #: Serializes writes, and holds back new frames while ``on_up`` resends old ones.
+        #: Serializes writes; held while a new connection is published and ``on_up`` runs on it,
+        #: so frames written by others never overtake (or repeat) what ``on_up`` sends.
         self.send_lock = threading.RLock()
         self.conn: Any = None
         self._listener: _Listener | None = None
@@ -263,26 +264,30 @@ class Link:
 
     def start(self) -> None:
         """The first connection; raises :class:`BrokerUnavailable` (no retries)."""
-        with self.send_lock:
-            self._connect_once()
+        self._connect_once()
 
     def _connect_once(self) -> None:
         gen = next(_ids)
+        # Connecting can take up to connect_timeout: do it without the send lock, so senders
+        # keep buffering meanwhile. The new connection is published and ``on_up`` runs under
+        # the send lock, so a writer either sees no connection (and leaves its frame to
+        # ``on_up``) or sees it only after ``on_up`` is done.
         conn, listener = open_connection(self.settings, lambda c: _Listener(self, gen), self.role)
-        with self.lock:
-            if self.closed:
-                _close_quietly(conn)
-                raise ClosedError(f"{self.role} is closed")
-            self.conn = conn
-            self._listener = listener
-            self.gen = gen
-            self.lock.notify_all()
-        if self._on_up is not None:
-            try:
-                self._on_up(conn, gen)
-            except BaseException:
-                self._drop(gen)
-                raise
+        with self.send_lock:
+            with self.lock:
+                if self.closed:
+                    _close_quietly(conn)
+                    raise ClosedError(f"{self.role} is closed")
+                self.conn = conn
+                self._listener = listener
+                self.gen = gen
+                self.lock.notify_all()
+            if self._on_up is not None:
+                try:
+                    self._on_up(conn, gen)
+                except BaseException:
+                    self._drop(gen)
+                    raise
 
     def _lost(self, gen: int) -> None:
         with self.lock:
@@ -324,8 +329,7 @@ class Link:
                     self._reconnecting = False
                     return
             try:
-                with self.send_lock:
-                    self._connect_once()
+                self._connect_once()
             except ClosedError:
                 with self.lock:
                     self._reconnecting = False
