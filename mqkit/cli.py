@@ -334,7 +334,9 @@ def bench(
                 except MqkitError as exc:
                     raise click.ClickException(f"{name}: {exc}") from None
                 bars.update(task, completed=steps)
-    Console().print(report.table(results)) if not as_json else None
+    if not as_json:  # wide enough for every column, also when piped
+        out = Console()
+        Console(width=max(out.width, 150)).print(report.table(results))
     for r in report.ratios(results):
         console.print(
             f"{r['backend']} {r['test']} k={r['topics']}: mqkit {r['mqkit_rate']:,.0f}/s vs raw "

@@ -143,13 +143,21 @@ def chart(results: Sequence[Measurement], path: Path) -> None:
     except ImportError as exc:
         raise RuntimeError("the PNG chart needs matplotlib: pip install 'mqkit[bench]'") from exc
     rows = [m for m in results if m.test in ("produce", "consume")]
-    labels = [f"{m.backend}\n{m.client} {m.test} k={m.topics}" for m in rows]
-    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 6))
-    colors = ["#4c72b0" if m.client == "mqkit" else "#999999" for m in rows]
-    ax.bar(range(len(rows)), [m.rate for m in rows], color=colors)
-    ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("messages / s")
-    ax.set_title("throughput (blue: mqkit, grey: raw client)")
+    groups = list(dict.fromkeys((m.backend, m.test, m.topics) for m in rows))
+    rate = {(m.backend, m.test, m.topics, m.client): m.rate for m in rows}
+    fig, ax = plt.subplots(figsize=(max(6, len(groups) * 0.6), 5))
+    for offset, client, color in ((-0.2, "raw", "#999999"), (0.2, "mqkit", "#4c72b0")):
+        xs = [i + offset for i, g in enumerate(groups) if (*g, client) in rate]
+        ys = [rate[(*g, client)] for g in groups if (*g, client) in rate]
+        ax.bar(xs, ys, width=0.4, color=color, label=client)
+    labels = [
+        f"{backend.split(':', 1)[0]} {test}\n{topics} topic(s)" for backend, test, topics in groups
+    ]
+    ax.set_xticks(range(len(groups)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("messages / s (log scale)")
+    ax.set_title("throughput: raw client vs mqkit, same run")
+    ax.legend()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 

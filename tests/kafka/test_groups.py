@@ -6,8 +6,10 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 import mqkit
-from tests.conformance.util import collect
+from tests.conformance.util import assert_quiet, collect
 from tests.kafka.conftest import committed
 
 
@@ -70,6 +72,38 @@ def test_rebalance_commits_acked_work_and_loses_no_unacked_message(
     for message_id in acked:
         assert seen.count(message_id) == 1, "a message acked before the rebalance came back"
 
+
+
+@pytest.mark.parametrize("prefetch", [500, 3])
+def test_a_partition_assigned_back_after_a_rebalance_resumes_at_its_first_unsettled_record(
+    kafka_url: str, admin: Any, topic: str, group: str, prefetch: int
+) -> None:
+    """kafka-python keeps a partition's fetch position and paused flag when an eager rebalance
+    gives it back to the same member. The records buffered beyond the commit point were dropped
+    on revocation, so the member must go back to the commit point (and not stay paused, with
+    ``prefetch=3`` the buffer is full and the partition paused when the rebalance starts)."""
+    # Member ids start with the client id, and the range assignor gives a one-partition topic
+    # to the member whose id sorts first: the first member keeps the partition.
+    with (
+        mqkit.connect(kafka_url, partitions=1, client_id="mqkit-a") as broker,
+        mqkit.connect(kafka_url, partitions=1, client_id="mqkit-b") as other,
+    ):
+        first = broker.consumer(topic, group=group, prefetch=prefetch)
+        with broker.producer() as producer:
+            for i in range(10):
+                producer.send(topic, i)
+        taken = collect(first, 3, ack=False)
+        assert [m.value for m in taken] == [0, 1, 2]
+        taken[0].ack()
+        assert committed(admin, group) == {0: 1}
+        time.sleep(0.5)  # let the poller buffer (or pause at) the rest
+        second = other.consumer(topic, group=group)  # the group rebalances
+        rest = collect(first, 9)
+        assert [m.value for m in rest] == list(range(1, 10))
+        assert_quiet(first)
+        assert second.receive(timeout=0.1) is None
+        assert committed(admin, group) == {0: 10}
+        second.close()
 
 def test_two_groups_and_two_members_on_several_partitions(
     kafka_url: str, topic: str, group: str

@@ -81,6 +81,31 @@ def test_nack_skips_messages_already_in_flight_or_acked(
         assert_quiet(consumer)
 
 
+
+def test_a_later_nack_does_not_skip_an_earlier_nacked_message(
+    kafka_url: str, admin: Any, topic: str, group: str
+) -> None:
+    """Two nacks on one partition before the first one's record is fetched again: the second
+    nack's seek must not jump over the first nacked record (it was lost before)."""
+    with mqkit.connect(kafka_url, partitions=1) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            for i in range(6):
+                producer.send(topic, i, key="a" if i % 2 else "b")
+        messages = collect(consumer, 6, ack=False)
+        assert [m.value for m in messages] == list(range(6))
+        messages[0].ack()
+        messages[1].nack()  # key a
+        messages[3].nack()  # key a, behind it: gives back its successor too
+        messages[5].nack()
+        messages[2].ack()
+        messages[4].ack()
+        again = collect(consumer, 3)
+        assert [(m.value, m.attempt) for m in again] == [(1, 2), (3, 2), (5, 2)]
+        assert_quiet(consumer)
+        assert committed(admin, group) == {0: 6}
+
+
 def test_nack_without_requeue_commits_like_an_ack(
     kafka_url: str, admin: Any, topic: str, group: str
 ) -> None:

@@ -82,7 +82,7 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
                 )
 
     async def on_partitions_lost(self, lost: Any) -> None:
-        self._driver._revoke(set(lost))
+        self._driver._revoke(set(lost), lost=True)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self._driver._assigned(set(assigned))
@@ -103,7 +103,9 @@ class KafkaConsumerDriver:
         self._new_parts: set[TopicPartition] = set()
         self._seeks: dict[TopicPartition, int] = {}
         self._delayed: dict[TopicPartition, float] = {}
-        self._paused: set[TopicPartition] = set()
+        # Revoked partitions whose fetch state kafka-python keeps if they are assigned to this
+        # member again: (where to resume, last known commit); see _assigned.
+        self._resume: dict[TopicPartition, tuple[int, int | None]] = {}
         self._joined = False
         self._closing = False
         self._closed = False
@@ -165,28 +167,53 @@ class KafkaConsumerDriver:
     def _assigned(self, assigned: set[TopicPartition]) -> None:
         with self._lock:
             for tp in assigned:
-                if tp not in self._parts:
-                    self._epoch += 1
+                if tp in self._parts:
+                    continue
+                self._epoch += 1
+                resume = self._resume.get(tp)
+                if resume is None:
+                    # Fresh to kafka-python too: it starts at the group's commit (or resets).
                     self._parts[tp] = PartitionTracker(self._epoch, None)
                     self._new_parts.add(tp)
+                    continue
+                # Revoked just before and assigned back: kafka-python keeps the partition's
+                # fetch position (and paused flag) across an eager rebalance, but the records
+                # between the commit point and that position were dropped from the buffer on
+                # revocation. Go back to the first record not settled, as a new owner would.
+                point, committed = resume
+                part = PartitionTracker(self._epoch, point)
+                part.committed = committed
+                self._parts[tp] = part
+                self._seeks[tp] = point
+            self._resume.clear()
             if not self._new_parts:
                 self._joined = True  # no partitions to position: ready already
                 self._ready.notify_all()
 
-    def _revoke(self, revoked: set[TopicPartition]) -> dict[TopicPartition, Any]:
-        """Forget revoked partitions; returns the offsets to commit for them."""
+    def _revoke(
+        self, revoked: set[TopicPartition], *, lost: bool = False
+    ) -> dict[TopicPartition, Any]:
+        """Forget revoked partitions; returns the offsets to commit for them.
+
+        Unless the partitions are ``lost`` (kafka-python then drops their state), remember
+        where each one resumes in case the rebalance gives it back to this member.
+        """
         offsets: dict[TopicPartition, Any] = {}
         with self._lock:
+            self._resume.clear()
             for tp in revoked:
                 part = self._parts.pop(tp, None)
                 self._new_parts.discard(tp)
                 self._seeks.pop(tp, None)
                 self._delayed.pop(tp, None)
-                self._paused.discard(tp)
                 if part is None:
                     continue
-                point = part.needs_commit()
-                if point is not None:
+                point = part.commit_point()
+                if point is None:
+                    continue  # nothing fetched yet: kafka-python's position is still right
+                if not lost:
+                    self._resume[tp] = (point, part.committed)
+                if part.committed is None or point > part.committed:
                     offsets[tp] = OffsetAndMetadata(point, "", -1)
             if revoked:
                 self._buffer = deque(item for item in self._buffer if item[0] not in revoked)
@@ -198,6 +225,9 @@ class KafkaConsumerDriver:
                 part = self._parts.get(tp)
                 if part is not None and (part.committed is None or meta.offset > part.committed):
                     part.committed = meta.offset
+                resume = self._resume.get(tp)
+                if resume is not None and (resume[1] is None or meta.offset > resume[1]):
+                    self._resume[tp] = (resume[0], meta.offset)
 
     # -- the poller thread ---------------------------------------------------------------
 
@@ -251,17 +281,19 @@ class KafkaConsumerDriver:
                 if until <= now:
                     del self._delayed[tp]
             want = set(self._parts) if full else set(self._delayed)
-            pause = want - self._paused
-            resume = self._paused - want
-            self._paused = want
         for tp, offset in seeks.items():
             # ValueError: revoked meanwhile; the new owner starts from the commit
             with contextlib.suppress(ValueError):
                 consumer.seek(tp, offset)
-        if pause:
-            consumer.pause(*pause)
-        if resume:
-            consumer.resume(*resume)
+        # Compare with kafka-python's own paused flags, not with what was asked before: a
+        # partition assigned back in a rebalance keeps its flag there.
+        paused = set(consumer.paused())
+        for tp in want - paused:
+            with contextlib.suppress(KeyError):  # revoked meanwhile
+                consumer.pause(tp)
+        for tp in paused - want:
+            with contextlib.suppress(KeyError):
+                consumer.resume(tp)
         return full
 
     def _position_new_partitions(self, records: dict[TopicPartition, list[Any]]) -> None:
@@ -480,7 +512,10 @@ class KafkaConsumerDriver:
                     item for item in self._buffer
                     if not (item[0] == tp and item[2].offset in dropped)
                 )
-            self._seeks[tp] = offset
+            # Seek to the first offset that must be fetched again, not to this one: after
+            # an earlier nack on the partition, the records from its offset on may not have
+            # come back yet, and a later nack's seek must not skip them.
+            self._seeks[tp] = part.next_offset if part.next_offset is not None else offset
             if delay > 0:
                 self._delayed[tp] = max(self._delayed.get(tp, 0.0), time.monotonic() + delay)
 

@@ -1,0 +1,69 @@
+"""The raw-client baseline for ``mqkit bench`` on ``rocketmq://``: Apache's official
+``rocketmq-python-client`` used directly, doing the same work as mqkit (asynchronous sends
+confirmed before ``produce`` returns; a SimpleConsumer receiving batches and acking each
+message). Registered in the ``mqkit.bench`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, wait
+from typing import Any
+
+from mqkit.config import BrokerURL
+from mqkit_rocketmq import v5
+
+
+class RawRocketMQClient:
+    def __init__(self, url: BrokerURL) -> None:
+        hosts = ";".join(f"{h}:{p or v5.DEFAULT_PORT}" for h, p in url.hosts)
+        self._config = v5._client.ClientConfiguration(
+            hosts, v5._client.Credentials(url.username or "", url.password or "")
+        )
+        self._batch = int(url.params.get("prefetch", "16"))
+        self._invisible = int(url.params.get("visibility_timeout", "30"))
+        self._producer: Any = None
+        self._consumer: Any = None
+
+    def subscribe(self, topics: Sequence[str], group: str) -> None:
+        filters = {t.replace(".", "_"): v5._model.FilterExpression() for t in topics}
+        self._consumer = v5._simple.SimpleConsumer(
+            self._config, group.replace(".", "_"), filters, await_duration=5
+        )
+        self._consumer.startup()
+        self._consumer._init_settings_event.wait(10)
+
+    def produce(self, topic: str, bodies: Iterable[bytes]) -> None:
+        if self._producer is None:
+            self._producer = v5._producer.Producer(self._config)
+            self._producer.startup()
+        name = topic.replace(".", "_")
+        futures: list[Future[Any]] = []
+        for body in bodies:
+            message = v5._model.Message()
+            message.topic = name
+            message.body = body
+            futures.append(self._producer.send_async(message))
+            if len(futures) >= 1024:
+                wait(futures)
+                for f in futures:
+                    f.result()
+                futures = []
+        wait(futures)
+        for f in futures:
+            f.result()
+
+    def consume(
+        self, on_body: Callable[[bytes], None], until: Callable[[], bool], deadline: float
+    ) -> None:
+        assert self._consumer is not None, "subscribe first"
+        while not until() and time.monotonic() < deadline:
+            for message in self._consumer.receive(self._batch, self._invisible):
+                on_body(message.body)
+                self._consumer.ack(message)
+
+    def close(self) -> None:
+        for client in (self._producer, self._consumer):
+            if client is not None:
+                client.shutdown()

@@ -1,0 +1,687 @@
+"""``rocketmq://`` — RocketMQ 5.x through its gRPC proxy, with Apache's ``rocketmq-python-client``.
+
+Mapping (see docs/rocketmq.md): a producer is one client ``Producer``; a consumer is one
+``SimpleConsumer`` of the consumer group (each group gets every message, members compete).
+``receive`` pops a batch with an invisible duration (``visibility_timeout``) and hands it out one
+message at a time; ``ack`` acks the receipt handle; ``nack`` changes the invisible duration to
+the requested delay (RocketMQ redelivers with ``delivery_attempt`` + 1); ``close`` makes what was
+received but not acked visible again at once. Keys are message groups (FIFO messages), so per-key
+order holds in consumer groups that are FIFO on the cluster.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import grpc  # type: ignore[import-untyped,unused-ignore]
+
+from mqkit.config import BrokerURL
+from mqkit.errors import (
+    BrokerUnavailable,
+    ClosedError,
+    ConfigError,
+    DeliveryTimeout,
+    MqkitError,
+)
+from mqkit.message import Delivery, OutgoingMessage
+from mqkit.options import Options
+from mqkit.spi import Features
+from mqkit_rocketmq import _codec
+from mqkit_rocketmq._drivers import load_v5
+
+log = logging.getLogger(__name__)
+
+_simple: Any = load_v5()
+_client: Any = importlib.import_module("rocketmq.v5.client")
+_producer: Any = importlib.import_module("rocketmq.v5.producer")
+_model: Any = importlib.import_module("rocketmq.v5.model")
+_exc: Any = importlib.import_module("rocketmq.v5.exception")
+_util: Any = importlib.import_module("rocketmq.v5.util")
+_proto: Any = importlib.import_module("rocketmq.grpc_protocol")
+
+DEFAULT_PORT = 8081
+
+#: ``provision(kind, name)`` creates a missing topic (``kind="topic"``) or prepares a consumer
+#: group (``kind="group"``) on the cluster, e.g. by running ``mqadmin``; see
+#: :func:`mqkit_rocketmq.set_provisioner`. ``None``: missing topics are an error.
+provisioner: Callable[[str, str], None] | None = None
+Code: Any = _proto.Code
+_UNREACHABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+}
+
+
+class _SimpleConsumer(_simple.SimpleConsumer):  # type: ignore[misc]
+    """The official SimpleConsumer, remembering whether the server says its group is FIFO."""
+
+    fifo: bool | None = None
+
+    def reset_setting(self, settings: Any) -> None:
+        if settings is not None and settings.HasField("subscription"):
+            self.fifo = bool(settings.subscription.fifo)
+        super().reset_setting(settings)
+
+
+class V5Backend:
+    """One RocketMQ 5 proxy endpoint (a list of proxies behind one access point)."""
+
+    def __init__(self, url: BrokerURL, options: Mapping[str, Any]) -> None:
+        opts = Options(f"{url.scheme}://", options)
+        if not url.hosts:
+            raise ConfigError(
+                f"{url}: no proxy address; write rocketmq://host:{DEFAULT_PORT} (the gRPC "
+                "endpoint of a RocketMQ 5 proxy)"
+            )
+        addresses = []
+        for host, port in url.hosts:
+            if ":" in host:
+                raise ConfigError(
+                    f"{url}: the RocketMQ client cannot reach IPv6 literals; use a host name"
+                )
+            addresses.append(f"{host}:{port or DEFAULT_PORT}")
+        self.endpoint = ";".join(addresses)
+        self.where = f"RocketMQ proxy at {', '.join(addresses)}"
+        if url.username is not None and url.password is None:
+            raise ConfigError(
+                f"{url}: give both the access key and the secret key "
+                "(rocketmq://ACCESS_KEY:SECRET_KEY@host:port)"
+            )
+        self.namespace = url.path.strip("/")
+        if "/" in self.namespace:
+            raise ConfigError(f"{url}: the path is the namespace and cannot contain '/'")
+        self.request_timeout = opts.int("request_timeout", 3, minimum=1)
+        self.connect_timeout = opts.float("connect_timeout", 5.0, minimum=0.1)
+        self.tls = opts.bool("tls", False)
+        self.visibility = opts.int("visibility_timeout", 30, minimum=1)
+        self.prefetch = opts.int("prefetch", 16, minimum=1)
+        self.long_polling = opts.int("long_polling_timeout", 5, minimum=1)
+        self.max_in_flight = opts.int("max_in_flight", 1024, minimum=1)
+        opts.done()
+        if self.prefetch > 32:
+            raise ConfigError(f"{url}: prefetch={self.prefetch}: RocketMQ pops at most 32")
+        self.config = _client.ClientConfiguration(
+            self.endpoint,
+            _client.Credentials(url.username or "", url.password or ""),
+            namespace=self.namespace,
+            request_timeout=self.request_timeout,
+        )
+        if self.config.rpc_endpoints.facade == "":
+            raise ConfigError(f"{url}: cannot make an endpoint of {self.endpoint!r}")
+        self.features = Features(
+            key_order_on_nack=True,
+            delayed_redelivery=True,
+            persistent=True,
+            max_body_size=4 << 20,
+        )
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._known_topics: set[str] = set()
+        self._closed = False
+        self._probe_id = f"mqkit-probe-{os.getpid()}-{id(self):x}"
+        self.probe()
+
+    # -- talking to the proxy directly, to tell failures apart ------------------------------
+
+    def _stub(self) -> Any:
+        with self._lock:
+            if self._channel is None:
+                facade = self.config.rpc_endpoints.facade
+                if self.tls:
+                    self._channel = grpc.secure_channel(facade, grpc.ssl_channel_credentials())
+                else:
+                    self._channel = grpc.insecure_channel(facade)
+            return _proto.MessagingServiceStub(self._channel)
+
+    def _metadata(self) -> Any:
+        return _util.Signature.metadata(self.config, self._probe_id)
+
+    def unreachable(self, exc: BaseException, doing: str) -> BrokerUnavailable:
+        if isinstance(exc, grpc.RpcError):
+            code = exc.code() if hasattr(exc, "code") else None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            cause = f"{code.name if code else 'error'}: {details}"
+        else:
+            cause = f"{type(exc).__name__}: {exc}"
+        return BrokerUnavailable(f"{doing}: cannot reach the {self.where} ({cause})")
+
+    def probe(self) -> None:
+        """Fail fast: is the proxy there, and does it take our credentials?"""
+        request = _proto.HeartbeatRequest(client_type=_proto.ClientType.Value("PRODUCER"))
+        try:
+            response = self._stub().Heartbeat(
+                request, metadata=self._metadata(), timeout=self.connect_timeout
+            )
+        except grpc.RpcError as exc:
+            raise self.unreachable(exc, "connecting") from None
+        self._check_auth(response.status)
+
+    def _check_auth(self, status: Any) -> None:
+        if status.code in (Code.UNAUTHORIZED, Code.FORBIDDEN):
+            raise BrokerUnavailable(
+                f"the {self.where} refused the credentials "
+                f"({Code.Name(status.code)}: {status.message}); check the access key and "
+                "secret key in the URL (rocketmq://ACCESS_KEY:SECRET_KEY@host:port)"
+            )
+
+    def check_topic(self, topic: str, mqkit_name: str, *, _provisioned: bool = False) -> None:
+        """Raise a clear mqkit error unless ``topic`` exists on the cluster."""
+        if topic in self._known_topics:
+            return
+        request = _proto.QueryRouteRequest()
+        request.topic.name = topic
+        request.topic.resource_namespace = self.namespace
+        request.endpoints.CopyFrom(self.config.rpc_endpoints.endpoints)
+        try:
+            response = self._stub().QueryRoute(
+                request, metadata=self._metadata(), timeout=self.connect_timeout
+            )
+        except grpc.RpcError as exc:
+            raise self.unreachable(exc, f"looking up topic {mqkit_name!r}") from None
+        status = response.status
+        self._check_auth(status)
+        if status.code == Code.TOPIC_NOT_FOUND:
+            if provisioner is not None and not _provisioned:
+                provisioner("topic", topic)
+                return self.check_topic(topic, mqkit_name, _provisioned=True)
+            raise ConfigError(self.missing_topic(topic, mqkit_name, status.message))
+        if status.code in (Code.ILLEGAL_TOPIC, Code.BAD_REQUEST):
+            raise ConfigError(
+                f"the {self.where} refuses topic {topic!r} (for mqkit topic {mqkit_name!r}): "
+                f"{status.message}"
+            )
+        if status.code != Code.OK:
+            raise BrokerUnavailable(
+                f"the {self.where} could not route topic {topic!r}: "
+                f"{Code.Name(status.code)}: {status.message}"
+            )
+        self._known_topics.add(topic)
+
+    def missing_topic(self, topic: str, mqkit_name: str, detail: str) -> str:
+        named = f"{mqkit_name!r}" if topic == mqkit_name else f"{mqkit_name!r} ({topic!r})"
+        return (
+            f"topic {named} does not exist on the {self.where} ({detail}); RocketMQ topics are "
+            "created by an administrator, e.g. `mqadmin updateTopic -n NAMESRV:9876 -c "
+            f"DefaultCluster -t {topic} -a +message.type=MIXED` (MIXED: mqkit sends keyed "
+            "messages as FIFO and the others as NORMAL messages)"
+        )
+
+    def error(
+        self, exc: BaseException, doing: str, topic: str = "", mqkit_name: str = ""
+    ) -> MqkitError:
+        """An mqkit error for what the official client raised."""
+        if isinstance(exc, MqkitError):
+            return exc
+        if isinstance(exc, grpc.RpcError):
+            return self.unreachable(exc, doing)
+        if isinstance(exc, TimeoutError):
+            return BrokerUnavailable(f"{doing}: the {self.where} did not answer in time")
+        code = getattr(exc, "code", None)
+        text = str(exc)
+        if isinstance(exc, _exc.UnauthorizedException | _exc.ForbiddenException):
+            return BrokerUnavailable(f"{doing}: the {self.where} refused us ({text})")
+        if isinstance(exc, _exc.NotFoundException) and code == Code.TOPIC_NOT_FOUND and topic:
+            return ConfigError(self.missing_topic(topic, mqkit_name or topic, text))
+        if isinstance(exc, _exc.IllegalArgumentException) and "message type not match" in text:
+            return ConfigError(
+                f"{doing}: topic {topic!r} on the {self.where} does not accept this kind of "
+                f"message ({text}); mqkit sends keyed messages as FIFO and unkeyed ones as "
+                "NORMAL messages, so create the topic with -a +message.type=MIXED"
+            )
+        if isinstance(exc, _exc.BadRequestException) and code == Code.ILLEGAL_INVISIBLE_TIME:
+            return ConfigError(f"{doing}: the {self.where} refuses visibility_timeout: {text}")
+        if isinstance(
+            exc,
+            _exc.TooManyRequestsException
+            | _exc.InternalErrorException
+            | _exc.ProxyTimeoutException,
+        ):
+            return BrokerUnavailable(f"{doing}: the {self.where} failed: {text}")
+        if "failed to fetch topic" in text and topic:
+            # The client hides why; ask the proxy ourselves.
+            try:
+                self._known_topics.discard(topic)
+                self.check_topic(topic, mqkit_name or topic)
+            except MqkitError as diagnosed:
+                return diagnosed
+            return BrokerUnavailable(f"{doing}: {text}")
+        return MqkitError(f"{doing} on the {self.where} failed: {type(exc).__name__}: {text}")
+
+    # -- the Backend protocol --------------------------------------------------------------
+
+    def producer(self, options: Mapping[str, Any]) -> V5Producer:
+        self._check_open()
+        opts = Options("rocketmq producer", options)
+        max_in_flight = opts.int("max_in_flight", self.max_in_flight, minimum=1)
+        opts.done()
+        return V5Producer(self, max_in_flight=max_in_flight)
+
+    def consumer(
+        self, topics: Sequence[str], group: str, options: Mapping[str, Any]
+    ) -> V5Consumer:
+        self._check_open()
+        opts = Options("rocketmq consumer", options)
+        visibility = opts.int("visibility_timeout", self.visibility, minimum=1)
+        prefetch = opts.int("prefetch", self.prefetch, minimum=1)
+        polling = opts.int("long_polling_timeout", self.long_polling, minimum=1)
+        opts.done()
+        if prefetch > 32:
+            raise ConfigError(f"rocketmq consumer: prefetch={prefetch}: RocketMQ pops at most 32")
+        return V5Consumer(
+            self, topics, group, visibility=visibility, prefetch=prefetch, long_polling=polling
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"broker {self.where} is closed")
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+
+
+class V5Producer:
+    """Asynchronous sends; messages of one key go one after the other, in order."""
+
+    def __init__(self, backend: V5Backend, *, max_in_flight: int) -> None:
+        self._backend = backend
+        self._max_in_flight = max_in_flight
+        self._client = _producer.Producer(backend.config, tls_enable=backend.tls)
+        try:
+            self._client.startup()
+        except Exception as exc:
+            raise backend.error(exc, "starting a producer") from None
+        self._cv = threading.Condition()
+        self._pending = 0
+        self._errors: list[MqkitError] = []
+        self._keyed: dict[str, deque[tuple[Any, str, str]]] = {}
+        self._closed = False
+
+    def send(self, message: OutgoingMessage) -> None:
+        topic = _codec.rocketmq_name("topic", message.topic)
+        self._backend.check_topic(topic, message.topic)
+        encoded = _codec.encode(message)
+        rmsg = _model.Message()
+        rmsg.topic = topic
+        rmsg.body = encoded.body
+        rmsg.properties.update(encoded.properties)
+        if encoded.keys:
+            rmsg.keys = encoded.keys[0]
+        if encoded.message_group is not None:
+            rmsg.message_group = encoded.message_group
+        with self._cv:
+            if self._closed:
+                raise ClosedError("producer is closed")
+            while self._pending >= self._max_in_flight:
+                self._cv.wait()
+            self._pending += 1
+            group = encoded.message_group
+            if group is not None:
+                queue = self._keyed.get(group)
+                if queue is not None:  # a message of this key is on its way: go after it
+                    queue.append((rmsg, topic, message.topic))
+                    return
+                self._keyed[group] = deque()
+        self._launch(rmsg, topic, message.topic, raise_now=True)
+
+    def _launch(
+        self,
+        rmsg: Any,
+        topic: str,
+        name: str,
+        *,
+        raise_now: bool = False,
+        first: float | None = None,
+    ) -> None:
+        first = time.monotonic() if first is None else first
+        try:
+            future: Future[Any] = self._client.send_async(rmsg)
+        except Exception as exc:
+            error = self._backend.error(exc, f"sending to {name!r}", topic, name)
+            self._finished(rmsg, error, record=not raise_now)
+            if raise_now:
+                raise error from None
+            return
+        future.add_done_callback(lambda f: self._done(f, rmsg, topic, name, first))
+
+    def _done(self, future: Future[Any], rmsg: Any, topic: str, name: str, first: float) -> None:
+        error = None
+        exc = future.exception()
+        if exc is not None:
+            if (
+                isinstance(exc, grpc.RpcError)
+                and exc.code() == grpc.StatusCode.UNAVAILABLE
+                and time.monotonic() - first < self._backend.connect_timeout
+                and not self._closed
+            ):
+                # The proxy is restarting or the channel is reconnecting (the request never
+                # left): try again shortly, keeping this key's later messages waiting.
+                retry = threading.Timer(
+                    0.25, self._launch, (rmsg, topic, name), {"first": first}
+                )
+                retry.daemon = True
+                retry.start()
+                return
+            error = self._backend.error(exc, f"sending to {name!r}", topic, name)
+        self._finished(rmsg, error, record=True)
+
+    def _finished(self, rmsg: Any, error: MqkitError | None, *, record: bool) -> None:
+        follow: tuple[Any, str, str] | None = None
+        with self._cv:
+            self._pending -= 1
+            if error is not None and record:
+                self._errors.append(error)
+            group = rmsg.message_group
+            if group is not None and group in self._keyed:
+                queue = self._keyed[group]
+                if queue:
+                    follow = queue.popleft()
+                else:
+                    del self._keyed[group]
+            self._cv.notify_all()
+        if follow is not None:
+            self._launch(*follow)
+
+    def flush(self, timeout: float | None) -> None:
+        with self._cv:
+            done = self._cv.wait_for(lambda: self._pending == 0, timeout)
+            if self._errors:
+                errors, self._errors = self._errors, []
+                if len(errors) > 1:
+                    raise type(errors[0])(f"{errors[0]} (and {len(errors) - 1} more failed sends)")
+                raise errors[0]
+            if not done:
+                raise DeliveryTimeout(
+                    f"{self._pending} message(s) not yet confirmed by the "
+                    f"{self._backend.where} after {timeout} s"
+                )
+
+    def close(self) -> None:
+        with self._cv:
+            if self._closed:
+                return
+        try:
+            self.flush(None)
+        finally:
+            with self._cv:
+                self._closed = True
+            try:
+                self._client.shutdown()
+            except Exception as exc:  # the messages are confirmed; shutting down is best effort
+                log.warning("RocketMQ producer shutdown: %s", exc)
+
+
+class V5Consumer:
+    """A SimpleConsumer of ``group``; pops batches and hands them out one by one."""
+
+    def __init__(
+        self,
+        backend: V5Backend,
+        topics: Sequence[str],
+        group: str,
+        *,
+        visibility: int,
+        prefetch: int,
+        long_polling: int,
+    ) -> None:
+        self._backend = backend
+        self._group = _codec.rocketmq_name("group", group)
+        self._mqkit_group = group
+        self._names: dict[str, str] = {}
+        for name in topics:
+            topic = _codec.rocketmq_name("topic", name)
+            backend.check_topic(topic, name)
+            self._names[topic] = name
+        self._visibility = visibility
+        self._prefetch = prefetch
+        self._cv = threading.Condition()
+        self._buffer: deque[Delivery] = deque()
+        self._inflight: dict[int, Any] = {}
+        self._pending: Future[Any] | None = None
+        self._error: MqkitError | None = None
+        self._failing_since: float | None = None
+        self._retry_at = 0.0
+        self._closed = False
+        self._warned_fifo = False
+        if provisioner is not None:
+            provisioner("group", self._group)
+        filters = {topic: _model.FilterExpression() for topic in self._names}
+        try:
+            self._client = _SimpleConsumer(
+                backend.config,
+                self._group,
+                filters,
+                await_duration=long_polling,
+                tls_enable=backend.tls,
+            )
+            self._client.startup()
+        except MqkitError:
+            raise
+        except Exception as exc:
+            raise backend.error(exc, f"starting consumer group {group!r}") from None
+        # The subscription exists once the proxy has answered the client's settings.
+        event = getattr(self._client, "_init_settings_event", None)
+        if event is not None and not event.wait(backend.connect_timeout):
+            self._client.shutdown()
+            raise BrokerUnavailable(
+                f"the {backend.where} did not confirm the subscription of group {group!r} "
+                f"within {backend.connect_timeout} s"
+            )
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def receive(self, timeout: float | None) -> Delivery | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while True:
+                if self._closed:
+                    return None
+                now = time.monotonic()
+                while self._buffer:
+                    delivery = self._buffer.popleft()
+                    message, received_at = delivery.handle
+                    if now - received_at < self._visibility - 0.5:
+                        self._inflight[id(message)] = message
+                        return delivery
+                    # Its invisible time ran out while buffered: it is someone else's now.
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                if self._pending is None and now >= self._retry_at:
+                    self._start_poll()
+                    continue
+                waits: list[float] = []
+                if deadline is not None:
+                    if deadline <= now:
+                        return None
+                    waits.append(deadline - now)
+                if self._pending is None:
+                    waits.append(self._retry_at - now)
+                self._cv.wait(min(waits) if waits else None)
+
+    def _start_poll(self) -> None:
+        """Start one long poll (with the lock held); its batch lands in the buffer."""
+        try:
+            # A consumer that settles each message before the next receive polls one message
+            # at a time, so RocketMQ's delivery count is exactly what it saw; one that holds
+            # k unsettled messages (a worker pool) polls up to k + 1, at most ``prefetch``.
+            batch = min(self._prefetch, 1 + len(self._inflight))
+            future: Future[Any] = self._client.receive_async(batch, self._visibility)
+        except Exception as exc:
+            self._poll_failed(exc)
+            return
+        self._pending = future
+        future.add_done_callback(self._polled)
+
+    def _polled(self, future: Future[Any]) -> None:
+        exc = future.exception()
+        with self._cv:
+            self._pending = None
+            if exc is not None:
+                self._poll_failed(exc)
+                self._cv.notify_all()
+                return
+            self._failing_since = None
+            messages = future.result() or []
+            if self._closed:
+                release = messages
+            else:
+                release = []
+                now = time.monotonic()
+                for message in messages:
+                    self._buffer.append(self._delivery(message, now))
+            self._cv.notify_all()
+        for message in release:  # closed meanwhile: give them back
+            self._release(message)
+
+    def _poll_failed(self, exc: BaseException) -> None:
+        error = self._backend.error(
+            exc, f"receiving for group {self._mqkit_group!r}", *self._topic_hint()
+        )
+        now = time.monotonic()
+        transient = isinstance(error, BrokerUnavailable)
+        if transient and self._failing_since is None:
+            self._failing_since = now
+        if transient and now - (self._failing_since or now) < self._backend.connect_timeout:
+            log.warning("RocketMQ receive failed, retrying: %s", error)
+            self._retry_at = now + 0.5
+            return
+        self._failing_since = None
+        self._retry_at = now + 0.5
+        self._error = error
+
+    def _topic_hint(self) -> tuple[str, str]:
+        if len(self._names) == 1:
+            topic, name = next(iter(self._names.items()))
+            return topic, name
+        return "", ""
+
+    def _delivery(self, message: Any, received_at: float) -> Delivery:
+        decoded = _codec.decode(
+            message.body,
+            message.properties,
+            message_group=message.message_group,
+            keys=sorted(message.keys),
+            message_id=message.message_id,
+            born_ms=message.born_timestamp or 0,
+        )
+        if (
+            decoded.key is not None
+            and self._client.fifo is False
+            and not self._warned_fifo
+        ):
+            self._warned_fifo = True
+            log.warning(
+                "consumer group %r is not FIFO on the %s: messages of one key may be "
+                "processed out of order; make it FIFO with `mqadmin updateSubGroup -g %s -o true`",
+                self._group,
+                self._backend.where,
+                self._group,
+            )
+        return Delivery(
+            topic=self._names.get(message.topic, message.topic),
+            body=decoded.body,
+            key=decoded.key,
+            headers=decoded.headers,
+            id=decoded.id,
+            timestamp=decoded.timestamp,
+            attempt=message.delivery_attempt or 1,
+            handle=(message, received_at),
+        )
+
+    # -- settling --------------------------------------------------------------------------
+
+    def _settle(self, delivery: Delivery, what: str, call: Callable[[], None]) -> None:
+        message = delivery.handle[0]
+        with self._cv:
+            self._inflight.pop(id(message), None)
+        try:
+            call()
+        except Exception as exc:
+            if getattr(exc, "code", None) == Code.INVALID_RECEIPT_HANDLE:
+                log.warning(
+                    "%s of message %s on %r came after its invisible time ran out; it may be "
+                    "delivered again (raise visibility_timeout for slow handlers)",
+                    what,
+                    delivery.id,
+                    delivery.topic,
+                )
+                return
+            raise self._backend.error(exc, f"{what} of message {delivery.id}") from None
+
+    def ack(self, delivery: Delivery) -> None:
+        message = delivery.handle[0]
+        self._settle(delivery, "ack", lambda: self._client.ack(message))
+
+    def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
+        message = delivery.handle[0]
+        if not requeue:
+            self._settle(delivery, "nack", lambda: self._client.ack(message))
+            return
+        later: list[Any] = []
+        if message.message_group:
+            # Buffered successors of the same key hold its message group: give them back so
+            # the nacked message comes first again.
+            with self._cv:
+                keep: deque[Delivery] = deque()
+                for d in self._buffer:
+                    m = d.handle[0]
+                    if m.message_group == message.message_group and m.topic == message.topic:
+                        later.append(m)
+                    else:
+                        keep.append(d)
+                self._buffer = keep
+        seconds = max(0, math.ceil(delay))
+        self._settle(
+            delivery,
+            "nack",
+            lambda: self._client.change_invisible_duration(message, seconds),
+        )
+        for m in later:
+            self._release(m)
+
+    def _release(self, message: Any) -> None:
+        try:
+            self._client.change_invisible_duration(message, 0)
+        except Exception as exc:  # it comes back when its invisible time runs out instead
+            log.info("could not give back message %s: %s", message.message_id, exc)
+
+    def close(self) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            give_back = [d.handle[0] for d in self._buffer] + list(self._inflight.values())
+            self._buffer.clear()
+            self._inflight.clear()
+            self._cv.notify_all()
+        for message in give_back:
+            self._release(message)
+        # Shutting the client down closes its channel, which cancels a long poll still out:
+        # the server hands it nothing more.
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self._client.shutdown()
+        except Exception as exc:
+            log.warning("RocketMQ consumer shutdown: %s", exc)
+
+
+def open_backend(url: BrokerURL, options: Mapping[str, Any]) -> V5Backend:
+    return V5Backend(url, options)

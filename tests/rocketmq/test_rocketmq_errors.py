@@ -1,0 +1,209 @@
+"""Failures give clear mqkit errors in bounded time: unreachable or silent endpoints, bad
+credentials, unknown topics, wrong topic types, missing or mismatched client libraries.
+
+Each test talks to its own RocketMQ *test server* (``rocketmq_test_server.py``, not a broker)
+through the unmodified official client, or to plain sockets on loopback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mqkit
+from mqkit import BrokerUnavailable, ConfigError
+from tests.rocketmq.rocketmq_helpers import running_server, url_or_server
+
+BOUND = 10.0  # seconds: the promise for every one of these errors
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_unreachable_endpoint_is_broker_unavailable_naming_the_host() -> None:
+    port = _closed_port()
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}"):
+        mqkit.connect(f"rocketmq://127.0.0.1:{port}")
+    assert time.monotonic() - started < BOUND
+
+
+def test_silent_endpoint_times_out_within_the_bound(silent_port: int) -> None:
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="cannot reach"):
+        mqkit.connect(f"rocketmq://127.0.0.1:{silent_port}?connect_timeout=2")
+    assert time.monotonic() - started < BOUND
+
+
+def test_bad_credentials_are_refused_clearly(tmp_path: Path, topic: str, group: str) -> None:
+    with running_server(tmp_path, "--auto-create-topics", "--acl", "mqkit:s3cret") as server:
+        host = f"127.0.0.1:{server.port}"
+        for creds in ("mqkit:wrong@", "nobody:s3cret@", ""):
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailable, match="refused the credentials"):
+                mqkit.connect(f"rocketmq://{creds}{host}")
+            assert time.monotonic() - started < BOUND
+        with mqkit.connect(f"rocketmq://mqkit:s3cret@{host}") as broker:
+            consumer = broker.consumer(topic, group=group)
+            with broker.producer() as producer:
+                sent = producer.send(topic, "signed")
+            message = consumer.receive(timeout=10)
+            assert message is not None and message.id == sent
+            message.ack()
+
+
+def test_unknown_topic_is_a_config_error_saying_how_to_create_it(tmp_path: Path) -> None:
+    with (
+        running_server(tmp_path, "--topic", "known:MIXED") as server,
+        mqkit.connect(server.url) as broker,
+    ):
+        producer = broker.producer()
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=r"does not exist.*mqadmin updateTopic"):
+            producer.send("orders.unknown", 1)
+        assert time.monotonic() - started < BOUND
+        with pytest.raises(ConfigError, match="'orders_unknown'"):
+            broker.consumer("orders.unknown", group="billing")
+        producer.send("known", "fine")  # the producer is still usable
+        producer.close()
+
+
+def test_topic_that_refuses_fifo_messages_says_to_make_it_mixed(tmp_path: Path) -> None:
+    with (
+        running_server(tmp_path, "--topic", "plain:NORMAL") as server,
+        mqkit.connect(server.url) as broker,
+        broker.producer() as producer,
+    ):
+        producer.send("plain", "no key is fine")
+        with pytest.raises(ConfigError, match="MIXED"):
+            producer.send("plain", "a key makes it FIFO", key="k")
+
+
+def test_too_long_names_are_config_errors(url_or_server: str) -> None:
+    with mqkit.connect(url_or_server) as broker, pytest.raises(ConfigError, match="at most 127"):
+        broker.producer().send("t" * 150, 1)
+
+
+def test_bad_options_are_config_errors(url_or_server: str) -> None:
+    with pytest.raises(ConfigError, match="visibilty_timeout"):
+        mqkit.connect(url_or_server + "&visibilty_timeout=3")
+    with pytest.raises(ConfigError, match="prefetch"):
+        mqkit.connect(url_or_server + "&prefetch=100")
+
+
+# -- client libraries -------------------------------------------------------------------------
+
+
+def _connect_in(path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """Connect in a child whose ``rocketmq`` package comes from ``path`` (a pip --target dir)."""
+    code = (
+        "import sys, time, mqkit\n"
+        "t = time.monotonic()\n"
+        "try:\n"
+        f"    b = mqkit.connect({url!r})\n"
+        "    p = b.producer()\n"
+        "    p.send('t.x', 1)\n"
+        "    print('OK')\n"
+        "except mqkit.MqkitError as e:\n"
+        "    print(type(e).__name__, round(time.monotonic() - t, 1), e)\n"
+    )
+    env = {"PYTHONPATH": str(path), "PATH": "/usr/bin:/bin", "HOME": str(path)}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def _pip_target(root: Path, requirement: str) -> Path:
+    target = root / requirement.replace("==", "-")
+    if not target.exists():
+        subprocess.run(
+            [
+                sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                "--no-deps", "--no-build-isolation", "--target", str(target), requirement,
+            ],
+            check=True,
+            timeout=300,
+        )
+    return target
+
+
+def test_remoting_without_its_client_says_what_to_install() -> None:
+    drivers = importlib.import_module("mqkit_rocketmq._drivers")
+    assert "rocketmq-python-client" in drivers.installed_drivers()
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        mqkit.connect("rocketmq+remoting://127.0.0.1:9876")
+    assert time.monotonic() - started < BOUND
+    text = str(info.value)
+    assert "pip install 'mqkit-rocketmq[remoting]'" in text
+    assert "rocketmq-python-client" in text and "separate virtualenv" in text
+
+
+def test_missing_native_library_names_how_to_install_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # The real Apache binding, installed where the child finds it first; no librocketmq here.
+    target = _pip_target(tmp_path_factory.mktemp("pip"), "rocketmq-client-python==2.0.0")
+    done = _connect_in(target, "rocketmq+remoting://127.0.0.1:9876")
+    assert done.stdout.startswith("ConfigError"), done.stdout + done.stderr
+    seconds = float(done.stdout.split()[1])
+    assert seconds < BOUND
+    assert "librocketmq" in done.stdout and "rocketmq-client-cpp 2.0.0" in done.stdout
+    assert "mqkit-rocketmq[remoting-bundled]" in done.stdout
+
+
+def test_bundled_native_library_loads_and_fails_cleanly_on_connection_errors(
+    tmp_path_factory: pytest.TempPathFactory, silent_port: int
+) -> None:
+    # The 4.x driver as far as it can be verified without a RocketMQ 4 name server: the wheel's
+    # librocketmq loads, and unreachable or silent name servers are clear errors in bounds.
+    target = _pip_target(tmp_path_factory.mktemp("pip"), "rocketmq==0.4.4")
+    for port, cause in ((_closed_port(), "refused"), (silent_port, "did not answer")):
+        done = _connect_in(target, f"rocketmq+remoting://127.0.0.1:{port}?connect_timeout=3")
+        assert done.stdout.startswith("BrokerUnavailable"), done.stdout + done.stderr
+        assert float(done.stdout.split()[1]) < BOUND
+        assert cause in done.stdout and f"127.0.0.1:{port}" in done.stdout
+
+
+__all__ = ["url_or_server"]  # the fixture, imported for pytest
