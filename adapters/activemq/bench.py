@@ -9,6 +9,10 @@ each ack confirmed by a receipt before the next message (mqkit's default, ``conf
 and a third with acks sent without waiting (``confirm_acks=false``). Raw confirmed acks are
 measured on a plain stomp.py socket and on one with the TCP_QUICKACK/TCP_NODELAY tuning mqkit
 applies (see ``mqkit_activemq.link``). A benchmark prints numbers; it asserts nothing.
+
+The standard mqkit-versus-raw comparison (throughput, latency, several topics) is
+``mqkit bench --url stomp://…``, whose raw side is ``mqkit_activemq.rawbench``; this script
+adds the ack modes and the plain-socket row that ``mqkit bench`` does not measure.
 """
 
 from __future__ import annotations
