@@ -104,6 +104,10 @@ class V5Backend:
             raise ConfigError(f"{url}: the path is the namespace and cannot contain '/'")
         self.request_timeout = opts.int("request_timeout", 3, minimum=1)
         self.connect_timeout = opts.float("connect_timeout", 5.0, minimum=0.1)
+        # The proxy already answered the connect probe; confirming a subscription is the
+        # settings round trip on the client's telemetry stream, which a busy proxy (or a
+        # loaded machine) can take well over connect_timeout to answer.
+        self.subscribe_timeout = opts.float("subscribe_timeout", 30.0, minimum=0.1)
         self.tls = opts.bool("tls", False)
         self.visibility = opts.int("visibility_timeout", 30, minimum=1)
         self.prefetch = opts.int("prefetch", 16, minimum=1)
@@ -476,11 +480,11 @@ class V5Consumer:
             raise backend.error(exc, f"starting consumer group {group!r}") from None
         # The subscription exists once the proxy has answered the client's settings.
         event = getattr(self._client, "_init_settings_event", None)
-        if event is not None and not event.wait(backend.connect_timeout):
+        if event is not None and not event.wait(backend.subscribe_timeout):
             self._client.shutdown()
             raise BrokerUnavailable(
                 f"the {backend.where} did not confirm the subscription of group {group!r} "
-                f"within {backend.connect_timeout} s"
+                f"within {backend.subscribe_timeout} s (option subscribe_timeout)"
             )
 
     # -- receiving -------------------------------------------------------------------------
