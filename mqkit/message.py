@@ -37,9 +37,13 @@ class _IdSource:
 new_message_id = _IdSource()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutgoingMessage:
-    """An encoded message on its way to a backend. Adapters translate it, nothing more."""
+    """An encoded message on its way to a backend. Adapters translate it, nothing more.
+
+    Read-only by convention, not frozen: one is built for every ``send``, and a frozen
+    dataclass takes twice as long to build.
+    """
 
     topic: str
     body: bytes
