@@ -357,7 +357,8 @@ def bench(
     for r in report.ratios(results):
         console.print(
             f"{r['backend']} {r['test']} k={r['topics']}: mqkit {r['mqkit_rate']:,.0f}/s vs raw "
-            f"{r['raw_rate']:,.0f}/s = {r['ratio']:.2f}"
+            f"{r['raw_rate']:,.0f}/s = {r['ratio']:.2f}",
+            soft_wrap=True,
         )
     if as_json:
         click.echo(json.dumps(report.document(work, results), indent=2))
