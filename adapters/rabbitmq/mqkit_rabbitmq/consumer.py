@@ -60,6 +60,10 @@ BlockingChannel = pika.adapters.blocking_connection.BlockingChannel
 #: How long one ``process_data_events`` slice lasts; bounds the latency of close and polls.
 #: Also how long the application's thread keeps the connection after its last call.
 SLICE = 0.1
+#: Topics whose membership one periodic rebalance checks (round robin), so a consumer of
+#: hundreds of topics does not spend its time in ``queue_declare`` round trips; signalled
+#: topics are checked at once whatever their number.
+CHECKS_PER_TICK = 8
 
 
 def _noop() -> None:
@@ -165,7 +169,10 @@ class RabbitConsumer:
         self._data: BlockingChannel | None = None
         self._lockch: BlockingChannel | None = None
         self._tags: dict[str, tuple[_Topic, str, bool]] = {}
-        self._rebalance_now = False
+        self._signalled: set[str] = set()  # bases of topics a control signal named
+        self._sweep = 0  # where the periodic rebalance continues
+        self._by_base = {st.base: st for st in self._topics}
+        self._member = new_message_id().encode()  # tells this member's signals from others'
         self._ready = threading.Event()
         self._first_error: MqkitError | None = None
         self._thread = threading.Thread(
@@ -465,9 +472,9 @@ class RabbitConsumer:
             for st in self._topics:
                 tag = data.basic_consume(st.shared, self._on_message)
                 self._tags[tag] = (st, st.shared, False)
-            self._rebalance()
+            self._rebalance(self._topics)
             for st in self._topics:
-                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"joined")
+                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"joined " + self._member)
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise ConfigError(
                 f"{self._s.where(self._host)} refused to set up group {self._group!r} of "
@@ -498,6 +505,7 @@ class RabbitConsumer:
             self._order.clear()
             self._cmds.clear()
             self._cv.notify_all()
+            self._signalled.clear()
             conn = self._conn
             live = self._live
             self._conn = self._live = None
@@ -548,9 +556,20 @@ class RabbitConsumer:
         partition hand-overs."""
         self._run_cmds()
         now = time.monotonic()
-        if self._rebalance_now or now >= self._next_tick:
-            self._rebalance_now = False
-            self._rebalance()
+        if self._signalled:
+            named = [self._by_base[b] for b in self._signalled if b in self._by_base]
+            self._signalled.clear()
+            self._rebalance(named)
+        if now >= self._next_tick:
+            count = len(self._topics)
+            if count <= CHECKS_PER_TICK:
+                self._rebalance(self._topics)
+            else:
+                start = self._sweep % count
+                self._sweep = start + CHECKS_PER_TICK
+                self._rebalance(
+                    [self._topics[(start + i) % count] for i in range(CHECKS_PER_TICK)]
+                )
             self._next_tick = now + self._s.rebalance_interval
         self._finish_drains()
 
@@ -571,8 +590,11 @@ class RabbitConsumer:
             else:
                 data.basic_nack(tag, requeue=False)
 
-    def _on_signal(self, *_: Any) -> None:
-        self._rebalance_now = True
+    def _on_signal(
+        self, _channel: Any, method: pika.spec.Basic.Deliver, _props: Any, body: bytes
+    ) -> None:
+        if not body.endswith(b" " + self._member):  # this member's own signals change nothing
+            self._signalled.add(method.routing_key or "")
 
     def _on_broker_cancel(self, frame: Any) -> None:
         # The broker cancelled a consumer (its queue was deleted): set everything up again.
@@ -639,10 +661,10 @@ class RabbitConsumer:
 
     # -- partitions ------------------------------------------------------------------------------
 
-    def _rebalance(self) -> None:
+    def _rebalance(self, topics: Sequence[_Topic]) -> None:
         ctl, data = self._ctl, self._data
         assert ctl is not None and data is not None
-        for st in self._topics:
+        for st in topics:
             members = ctl.queue_declare(st.shared, passive=True).method.consumer_count or 1
             target = math.ceil(self._p / members)
             held = len(st.owned) + len(st.draining)
@@ -686,7 +708,7 @@ class RabbitConsumer:
     def _finish_drains(self) -> None:
         ctl = self._ctl
         assert ctl is not None
-        for st in self._topics:
+        for st in self._topics if self._draining_queues else ():
             for j in sorted(st.draining):
                 queue = st.partitions[j]
                 with self._cv:
@@ -704,4 +726,4 @@ class RabbitConsumer:
                         del self._order[spot_id]
                 ctl.queue_delete(st.locks[j])
                 st.draining.discard(j)
-                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"released")
+                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"released " + self._member)
