@@ -33,6 +33,7 @@ from typing import Any
 
 import pika
 import pika.adapters.blocking_connection
+import pika.channel
 import pika.exceptions
 import pika.spec
 from pika.exchange_type import ExchangeType
@@ -179,7 +180,12 @@ class RabbitConsumer:
             target=self._run, name="mqkit-rabbitmq-consumer", daemon=True
         )
         self._thread.start()
-        budget = (settings.connect_timeout + 1.0) * len(settings.hosts) + 30.0
+        # Setting up takes a few round trips per queue: allow for consumers of many topics.
+        budget = (
+            (settings.connect_timeout + 1.0) * len(settings.hosts)
+            + 30.0
+            + 0.1 * len(topics) * (1 + partitions)
+        )
         if not self._ready.wait(budget):
             self.close()
             raise BrokerUnavailable(
@@ -454,15 +460,15 @@ class RabbitConsumer:
             )
             signals = ctl.queue_declare("", exclusive=True, auto_delete=True).method.queue
             assert signals is not None
-            for st in self._topics:
-                ctl.exchange_declare(st.topic, exchange_type=ExchangeType("topic"), durable=True)
-                ctl.queue_declare(st.shared, durable=True, arguments=args)
-                ctl.queue_bind(st.shared, st.topic, routing_key=UNKEYED)
-                for j, name in enumerate(st.partitions):
-                    ctl.queue_declare(name, durable=True, arguments=args)
-                    for slot in range(j, SLOTS, self._p):
-                        ctl.queue_bind(name, st.topic, routing_key=f"k.{slot}")
-                ctl.queue_bind(signals, CONTROL_EXCHANGE, routing_key=st.base)
+            # A topic takes 2 + P declarations and 2 + 64 bindings. They go out without waiting
+            # for each answer (AMQP no-wait, on pika's underlying channel: the blocking one
+            # always waits); the channel runs them in order, and a final declaration that does
+            # wait reports the first refusal (the broker closes the channel on it). One round
+            # trip per topic instead of ~70 is what makes hundreds of topics practical.
+            # Each topic's queues are consumed right after they are declared, so none of them
+            # reaches queue_expires while later topics are still being set up.
+            nowait: pika.channel.Channel = ctl._impl  # type: ignore[attr-defined]
+            topic_type = ExchangeType("topic")
             ctl.basic_consume(signals, self._on_signal, auto_ack=True)
             data = conn.channel()
             data.basic_qos(prefetch_count=self._prefetch)
@@ -470,15 +476,23 @@ class RabbitConsumer:
             self._data = data
             self._lockch = conn.channel()
             for st in self._topics:
+                nowait.exchange_declare(st.topic, exchange_type=topic_type, durable=True)
+                nowait.queue_declare(st.shared, durable=True, arguments=args)
+                nowait.queue_bind(st.shared, st.topic, routing_key=UNKEYED)
+                for j, name in enumerate(st.partitions):
+                    nowait.queue_declare(name, durable=True, arguments=args)
+                    for slot in range(j, SLOTS, self._p):
+                        nowait.queue_bind(name, st.topic, routing_key=f"k.{slot}")
+                nowait.queue_bind(signals, CONTROL_EXCHANGE, routing_key=st.base)
+                ctl.queue_declare(st.shared, durable=True, arguments=args)
                 tag = data.basic_consume(st.shared, self._on_message)
                 self._tags[tag] = (st, st.shared, False)
-            self._rebalance(self._topics)
-            for st in self._topics:
+                self._rebalance([st])
                 ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"joined " + self._member)
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise ConfigError(
                 f"{self._s.where(self._host)} refused to set up group {self._group!r} of "
-                f"{', '.join(t.topic for t in self._topics)}: {exc.reply_code} {exc.reply_text} "
+                f"{self._topic_list()}: {exc.reply_code} {exc.reply_text} "
                 "(an exchange or queue of that name exists with other settings, or the user "
                 "may not configure it)"
             ) from exc
@@ -493,6 +507,11 @@ class RabbitConsumer:
             self._down_since = None
             self._live = conn  # from now on any thread may drive it (holding _io)
             self._cv.notify_all()
+
+    def _topic_list(self) -> str:
+        names = [t.topic for t in self._topics]
+        more = f" and {len(names) - 5} more topics" if len(names) > 5 else ""
+        return ", ".join(names[:5]) + more
 
     def _teardown(self) -> None:
         with self._cv:
