@@ -251,11 +251,17 @@ def routing_key(key: str | None) -> str:
 # -- wire format --------------------------------------------------------------------------------
 
 
+def check_headers(message: OutgoingMessage) -> None:
+    """Reject header names the adapter uses itself (before anything is queued)."""
+    if message.headers:
+        for name in RESERVED_HEADERS:
+            if name in message.headers:
+                raise ConfigError(f"header {name!r} is reserved by the RabbitMQ adapter")
+
+
 def properties(message: OutgoingMessage) -> pika.BasicProperties:
+    check_headers(message)
     headers: dict[str, Any] = dict(message.headers)
-    for name in RESERVED_HEADERS:
-        if name in headers:
-            raise ConfigError(f"header {name!r} is reserved by the RabbitMQ adapter")
     if message.key is not None:
         headers[KEY_HEADER] = message.key
     headers[TS_HEADER] = int(message.timestamp * 1000)

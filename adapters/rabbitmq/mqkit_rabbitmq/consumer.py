@@ -11,8 +11,13 @@ member that dies vanish with its connection, and its unacked messages return to 
 the quorum queues (a delivery limit is set, see ``DELIVERY_LIMIT``), so the next owner
 continues in order.
 
-The I/O thread owns the ``BlockingConnection``; the user's threads only touch the buffer under
-a lock and hand acks/nacks over through a command list plus ``add_callback_threadsafe``.
+pika is not thread-safe, so one thread at a time *drives* the ``BlockingConnection`` (holds
+``_io``). While the application is busy receiving and acking, that is the application's own
+thread: ``receive()`` on an empty buffer polls the connection itself and ``ack()`` writes the ack
+itself, like a plain pika loop, with no hand-over to another thread per message. When the
+application has not touched the consumer for ``SLICE``, the I/O thread drives instead
+(heartbeats, prefetching, rebalancing), and it alone connects and reconnects. A thread that needs
+the connection while another drives it wakes that one with ``add_callback_threadsafe``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 import pika
 import pika.adapters.blocking_connection
+import pika.channel
 import pika.exceptions
 import pika.spec
 from pika.exchange_type import ExchangeType
@@ -53,7 +59,16 @@ from ._common import (
 BlockingChannel = pika.adapters.blocking_connection.BlockingChannel
 
 #: How long one ``process_data_events`` slice lasts; bounds the latency of close and polls.
+#: Also how long the application's thread keeps the connection after its last call.
 SLICE = 0.1
+#: Topics whose membership one periodic rebalance checks (round robin), so a consumer of
+#: hundreds of topics does not spend its time in ``queue_declare`` round trips; signalled
+#: topics are checked at once whatever their number.
+CHECKS_PER_TICK = 8
+
+
+def _noop() -> None:
+    """Wakes whoever is polling the connection (``add_callback_threadsafe``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,29 +149,43 @@ class RabbitConsumer:
         self._order: dict[tuple[str, str], int] = {}
         self._arrivals = 0
         self._cmds: list[tuple[str, int]] = []
-        self._cmd_seq = 0  # commands queued so far
-        self._cmd_done = 0  # commands written to the socket so far
         self._epoch = 0
         self._closed = False
         self._error: MqkitError | None = None
         self._down_since: float | None = None
         self._cause = ""
-        self._wake_pending = False
+        #: the connection once set up, for every thread; None while (re)connecting
+        self._live: pika.BlockingConnection | None = None
+        #: an error a thread other than the I/O thread got from the live connection
+        self._broken: BaseException | None = None
+        # whoever holds _io may use pika: the connection, its channels, the state below
+        self._io = threading.Lock()
+        self._last_user = 0.0  # when an application thread last released _io
+        self._waiting_users = 0  # application threads waiting for _io
+        self._kick = threading.Event()  # wakes the I/O thread from its idle wait
+        self._next_tick = 0.0
         self._conn: pika.BlockingConnection | None = None
-        # I/O thread only
         self._host = 0
         self._ctl: BlockingChannel | None = None
         self._data: BlockingChannel | None = None
         self._lockch: BlockingChannel | None = None
         self._tags: dict[str, tuple[_Topic, str, bool]] = {}
-        self._rebalance_now = False
+        self._signalled: set[str] = set()  # bases of topics a control signal named
+        self._sweep = 0  # where the periodic rebalance continues
+        self._by_base = {st.base: st for st in self._topics}
+        self._member = new_message_id().encode()  # tells this member's signals from others'
         self._ready = threading.Event()
         self._first_error: MqkitError | None = None
         self._thread = threading.Thread(
             target=self._run, name="mqkit-rabbitmq-consumer", daemon=True
         )
         self._thread.start()
-        budget = (settings.connect_timeout + 1.0) * len(settings.hosts) + 30.0
+        # Setting up takes a few round trips per queue: allow for consumers of many topics.
+        budget = (
+            (settings.connect_timeout + 1.0) * len(settings.hosts)
+            + 30.0
+            + 0.1 * len(topics) * (1 + partitions)
+        )
         if not self._ready.wait(budget):
             self.close()
             raise BrokerUnavailable(
@@ -174,8 +203,8 @@ class RabbitConsumer:
 
     def receive(self, timeout: float | None) -> Delivery | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cv:
-            while True:
+        while True:
+            with self._cv:
                 if self._closed:
                     return None
                 if self._buffer:
@@ -196,7 +225,12 @@ class RabbitConsumer:
                     if remaining <= 0:
                         return None
                     wait = min(wait, remaining)
-                self._cv.wait(wait)
+                conn, epoch = self._live, self._epoch
+                if conn is None or self._broken is not None:
+                    self._cv.wait(wait)  # (re)connecting: the I/O thread notifies
+                    continue
+            # Nothing buffered: poll the connection on this thread (no hand-over).
+            self._drive(conn, epoch, min(wait, SLICE))
 
     def _take(self) -> Delivery:
         """Next buffered delivery; partitions being handed over go first, to finish quickly."""
@@ -250,7 +284,8 @@ class RabbitConsumer:
             self._cmds.append(("ack", handle.tag))
             if spot is not None:
                 self._flush_withheld(spot)
-            self._wait_written()
+            conn, epoch = self._live, self._epoch
+        self._write(conn, epoch)
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
         # delay: RabbitMQ has no per-message delay without plugins (delayed_redelivery=False);
@@ -277,7 +312,8 @@ class RabbitConsumer:
                     self._buffer = keep
             if spot is not None:
                 self._flush_withheld(spot)
-            self._wait_written()
+            conn, epoch = self._live, self._epoch
+        self._write(conn, epoch)
 
     def _current(self, delivery: Delivery) -> bool:
         """With the lock held: is the delivery from the live connection? Else the broker has
@@ -292,24 +328,62 @@ class RabbitConsumer:
         )
         return False
 
-    def _wait_written(self) -> None:
-        """With the lock held: wake the I/O thread and wait until it wrote the command to the
-        socket, so an ack that returned is not lost if this process dies right after."""
-        self._cmd_seq += 1
-        mine, epoch = self._cmd_seq, self._epoch
-        self._wake()
-        self._cv.wait_for(
-            lambda: self._cmd_done >= mine or self._epoch != epoch or self._closed, 5.0
-        )
-
-    def _wake(self) -> None:
-        if self._wake_pending or self._conn is None:
+    def _write(self, conn: pika.BlockingConnection | None, epoch: int) -> None:
+        """Write the queued acks/nacks to the socket on this thread before returning, so an
+        ack that returned is not lost if this process dies right after. Commands queued for a
+        connection that is gone are moot: the broker delivers those messages again."""
+        if conn is None:
             return
-        self._wake_pending = True
+        self._acquire_io(conn)
         try:
-            self._conn.add_callback_threadsafe(self._run_cmds)
-        except Exception:  # closing or reconnecting: the I/O loop runs commands anyway
-            self._wake_pending = False
+            if self._live is not conn or self._epoch != epoch or self._broken is not None:
+                return
+            self._run_cmds()
+        except Exception as exc:  # anything from pika: the I/O thread reconnects
+            self._fail(conn, exc)
+        finally:
+            self._release_io()
+
+    def _drive(self, conn: pika.BlockingConnection, epoch: int, seconds: float) -> None:
+        """Poll the connection on the calling application thread for up to ``seconds``."""
+        self._acquire_io(conn)
+        try:
+            if self._live is not conn or self._epoch != epoch or self._broken is not None:
+                return
+            conn.process_data_events(time_limit=seconds)  # type: ignore[arg-type]
+            self._service()
+        except Exception as exc:  # anything from pika: the I/O thread reconnects
+            self._fail(conn, exc)
+        finally:
+            self._release_io()
+
+    def _acquire_io(self, conn: pika.BlockingConnection) -> None:
+        """Take the connection from whoever drives it, waking it if it is polling."""
+        if self._io.acquire(blocking=False):
+            return
+        with self._cv:
+            self._waiting_users += 1
+        try:
+            try:
+                conn.add_callback_threadsafe(_noop)
+            except Exception:  # closing: the holder lets go by itself
+                log.debug("consumer wake-up dropped")
+            self._io.acquire()
+        finally:
+            with self._cv:
+                self._waiting_users -= 1
+
+    def _release_io(self) -> None:
+        self._last_user = time.monotonic()
+        self._io.release()
+
+    def _fail(self, conn: pika.BlockingConnection, exc: BaseException) -> None:
+        """With ``_io`` held, on an application thread: hand a broken connection to the I/O
+        thread, which reconnects."""
+        with self._cv:
+            if self._live is conn and self._broken is None:
+                self._broken = exc
+        self._kick.set()
 
     def close(self) -> None:
         with self._cv:
@@ -318,9 +392,10 @@ class RabbitConsumer:
             self._closed = True
             self._cv.notify_all()
             conn = self._conn
+        self._kick.set()
         if conn is not None:
             try:
-                conn.add_callback_threadsafe(lambda: None)
+                conn.add_callback_threadsafe(_noop)
             except Exception:  # already closing: the I/O loop notices _closed anyway
                 log.debug("consumer wake-up on close dropped")
         if threading.current_thread() is not self._thread:
@@ -385,15 +460,15 @@ class RabbitConsumer:
             )
             signals = ctl.queue_declare("", exclusive=True, auto_delete=True).method.queue
             assert signals is not None
-            for st in self._topics:
-                ctl.exchange_declare(st.topic, exchange_type=ExchangeType("topic"), durable=True)
-                ctl.queue_declare(st.shared, durable=True, arguments=args)
-                ctl.queue_bind(st.shared, st.topic, routing_key=UNKEYED)
-                for j, name in enumerate(st.partitions):
-                    ctl.queue_declare(name, durable=True, arguments=args)
-                    for slot in range(j, SLOTS, self._p):
-                        ctl.queue_bind(name, st.topic, routing_key=f"k.{slot}")
-                ctl.queue_bind(signals, CONTROL_EXCHANGE, routing_key=st.base)
+            # A topic takes 2 + P declarations and 2 + 64 bindings. They go out without waiting
+            # for each answer (AMQP no-wait, on pika's underlying channel: the blocking one
+            # always waits); the channel runs them in order, and a final declaration that does
+            # wait reports the first refusal (the broker closes the channel on it). One round
+            # trip per topic instead of ~70 is what makes hundreds of topics practical.
+            # Each topic's queues are consumed right after they are declared, so none of them
+            # reaches queue_expires while later topics are still being set up.
+            nowait: pika.channel.Channel = ctl._impl  # type: ignore[attr-defined]
+            topic_type = ExchangeType("topic")
             ctl.basic_consume(signals, self._on_signal, auto_ack=True)
             data = conn.channel()
             data.basic_qos(prefetch_count=self._prefetch)
@@ -401,15 +476,23 @@ class RabbitConsumer:
             self._data = data
             self._lockch = conn.channel()
             for st in self._topics:
+                nowait.exchange_declare(st.topic, exchange_type=topic_type, durable=True)
+                nowait.queue_declare(st.shared, durable=True, arguments=args)
+                nowait.queue_bind(st.shared, st.topic, routing_key=UNKEYED)
+                for j, name in enumerate(st.partitions):
+                    nowait.queue_declare(name, durable=True, arguments=args)
+                    for slot in range(j, SLOTS, self._p):
+                        nowait.queue_bind(name, st.topic, routing_key=f"k.{slot}")
+                nowait.queue_bind(signals, CONTROL_EXCHANGE, routing_key=st.base)
+                ctl.queue_declare(st.shared, durable=True, arguments=args)
                 tag = data.basic_consume(st.shared, self._on_message)
                 self._tags[tag] = (st, st.shared, False)
-            self._rebalance()
-            for st in self._topics:
-                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"joined")
+                self._rebalance([st])
+                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"joined " + self._member)
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise ConfigError(
                 f"{self._s.where(self._host)} refused to set up group {self._group!r} of "
-                f"{', '.join(t.topic for t in self._topics)}: {exc.reply_code} {exc.reply_text} "
+                f"{self._topic_list()}: {exc.reply_code} {exc.reply_text} "
                 "(an exchange or queue of that name exists with other settings, or the user "
                 "may not configure it)"
             ) from exc
@@ -419,8 +502,16 @@ class RabbitConsumer:
             raise BrokerUnavailable(
                 f"{self._s.where(self._host)} is unavailable: {describe(exc)}"
             ) from exc
+        self._next_tick = time.monotonic() + self._s.rebalance_interval
         with self._cv:
             self._down_since = None
+            self._live = conn  # from now on any thread may drive it (holding _io)
+            self._cv.notify_all()
+
+    def _topic_list(self) -> str:
+        names = [t.topic for t in self._topics]
+        more = f" and {len(names) - 5} more topics" if len(names) > 5 else ""
+        return ", ".join(names[:5]) + more
 
     def _teardown(self) -> None:
         with self._cv:
@@ -432,13 +523,17 @@ class RabbitConsumer:
             self._uncount.clear()
             self._order.clear()
             self._cmds.clear()
-            self._cmd_done = self._cmd_seq
-            self._wake_pending = False
             self._cv.notify_all()
+            self._signalled.clear()
             conn = self._conn
-            self._conn = None
+            live = self._live
+            self._conn = self._live = None
+            self._broken = None
             if not self._closed and self._down_since is None:
                 self._down_since = time.monotonic()
+        if live is not None:  # wait for an application thread polling it to let go
+            self._acquire_io(live)
+            self._io.release()
         for st in self._topics:
             st.owned.clear()
             st.draining.clear()
@@ -452,24 +547,57 @@ class RabbitConsumer:
                 log.debug("closing the consumer connection failed", exc_info=True)
 
     def _loop(self) -> None:
+        """Drive the connection while no application thread does; return when it breaks
+        (raising the error) or the consumer is closed."""
         conn = self._conn
         assert conn is not None
-        next_tick = time.monotonic() + self._s.rebalance_interval
         while not self._closed:
-            conn.process_data_events(time_limit=SLICE)  # type: ignore[arg-type]
-            self._run_cmds()
-            now = time.monotonic()
-            if self._rebalance_now or now >= next_tick:
-                self._rebalance_now = False
-                self._rebalance()
-                next_tick = now + self._s.rebalance_interval
-            self._finish_drains()
+            if self._broken is not None:
+                raise self._broken
+            idle = time.monotonic() - self._last_user
+            if self._waiting_users or idle < SLICE:
+                # An application thread is driving: stay out of its way until it goes quiet.
+                self._kick.wait(max(SLICE - idle, 0.005))
+                self._kick.clear()
+                continue
+            if not self._io.acquire(timeout=SLICE):
+                continue
+            try:
+                if self._broken is not None:
+                    raise self._broken
+                conn.process_data_events(time_limit=SLICE)  # type: ignore[arg-type]
+                self._service()
+            finally:
+                self._io.release()
+
+    def _service(self) -> None:
+        """With ``_io`` held, after polling: write queued commands, rebalance when due, finish
+        partition hand-overs."""
+        self._run_cmds()
+        now = time.monotonic()
+        if self._signalled:
+            named = [self._by_base[b] for b in self._signalled if b in self._by_base]
+            self._signalled.clear()
+            self._rebalance(named)
+        if now >= self._next_tick:
+            count = len(self._topics)
+            if count <= CHECKS_PER_TICK:
+                self._rebalance(self._topics)
+            else:
+                start = self._sweep % count
+                self._sweep = start + CHECKS_PER_TICK
+                self._rebalance(
+                    [self._topics[(start + i) % count] for i in range(CHECKS_PER_TICK)]
+                )
+            self._next_tick = now + self._s.rebalance_interval
+        self._finish_drains()
 
     def _run_cmds(self) -> None:
+        """With ``_io`` held: write the queued acks/nacks."""
         with self._cv:
+            if not self._cmds:
+                return
             cmds, self._cmds = self._cmds, []
-            upto = self._cmd_seq
-            self._wake_pending = False
         data = self._data
         if data is None:
             return
@@ -480,13 +608,12 @@ class RabbitConsumer:
                 data.basic_nack(tag, requeue=True)
             else:
                 data.basic_nack(tag, requeue=False)
-        with self._cv:
-            if upto > self._cmd_done:
-                self._cmd_done = upto
-                self._cv.notify_all()
 
-    def _on_signal(self, *_: Any) -> None:
-        self._rebalance_now = True
+    def _on_signal(
+        self, _channel: Any, method: pika.spec.Basic.Deliver, _props: Any, body: bytes
+    ) -> None:
+        if not body.endswith(b" " + self._member):  # this member's own signals change nothing
+            self._signalled.add(method.routing_key or "")
 
     def _on_broker_cancel(self, frame: Any) -> None:
         # The broker cancelled a consumer (its queue was deleted): set everything up again.
@@ -553,10 +680,10 @@ class RabbitConsumer:
 
     # -- partitions ------------------------------------------------------------------------------
 
-    def _rebalance(self) -> None:
+    def _rebalance(self, topics: Sequence[_Topic]) -> None:
         ctl, data = self._ctl, self._data
         assert ctl is not None and data is not None
-        for st in self._topics:
+        for st in topics:
             members = ctl.queue_declare(st.shared, passive=True).method.consumer_count or 1
             target = math.ceil(self._p / members)
             held = len(st.owned) + len(st.draining)
@@ -600,7 +727,7 @@ class RabbitConsumer:
     def _finish_drains(self) -> None:
         ctl = self._ctl
         assert ctl is not None
-        for st in self._topics:
+        for st in self._topics if self._draining_queues else ():
             for j in sorted(st.draining):
                 queue = st.partitions[j]
                 with self._cv:
@@ -618,4 +745,4 @@ class RabbitConsumer:
                         del self._order[spot_id]
                 ctl.queue_delete(st.locks[j])
                 st.draining.discard(j)
-                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"released")
+                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"released " + self._member)

@@ -26,7 +26,15 @@ from pika.exchange_type import ExchangeType
 from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, DeliveryTimeout, MqkitError
 from mqkit.message import OutgoingMessage
 
-from ._common import Settings, check_topic, describe, log, properties, routing_key
+from ._common import (
+    Settings,
+    check_headers,
+    check_topic,
+    describe,
+    log,
+    properties,
+    routing_key,
+)
 
 
 class RabbitProducer:
@@ -79,7 +87,7 @@ class RabbitProducer:
 
     def send(self, message: OutgoingMessage) -> None:
         check_topic(message.topic)
-        properties(message)  # rejects reserved header names before anything is queued
+        check_headers(message)
         with self._cv:
             while True:
                 self._check_usable()
