@@ -27,6 +27,8 @@ def test_bench_runs_and_loses_nothing(url: str, tmp_path: Path) -> None:
             "200",
             "--latency-seconds",
             "0.5",
+            "--repeat",
+            "2",
             "--json",
             "--report",
             str(tmp_path),
@@ -43,7 +45,7 @@ def test_bench_runs_and_loses_nothing(url: str, tmp_path: Path) -> None:
         ("mqkit", "produce", 3),
         ("mqkit", "consume", 3),
     } <= tests
-    assert all(m["received"] == m["sent"] for m in doc["results"])
+    assert all(m["received"] == m["sent"] and m["runs"] == 2 for m in doc["results"])
     if url.startswith("sqlite"):
         assert {r["test"] for r in doc["ratios"]} == {"produce", "consume"}
     assert (tmp_path / "report.md").read_text().startswith("# mqkit bench report")
