@@ -6,7 +6,7 @@ import base64
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -14,7 +14,14 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from mqkit import registry
@@ -256,6 +263,10 @@ def demo(url: str | None, orders: int, capacities: tuple[str, ...], timeout: flo
         sys.exit(1)
 
 
+def _advance(bars: Progress, tasks: dict[int, TaskID], bench: object) -> None:
+    bars.advance(tasks[id(bench)], 1)
+
+
 @main.command()
 @click.option("--url", "urls", multiple=True, help="Backend URL; repeat to compare backends.")
 @click.option("--messages", type=int, default=10_000, show_default=True)
@@ -271,6 +282,13 @@ def demo(url: str | None, orders: int, capacities: tuple[str, ...], timeout: flo
     help="Offered rate (msg/s) for the latency test.",
 )
 @click.option("--latency-seconds", type=float, default=3.0, show_default=True)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Runs per workload, raw and mqkit taking turns; the median is shown.",
+)
 @click.option("--no-raw", is_flag=True, help="Skip the raw-client baseline.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option(
@@ -289,6 +307,7 @@ def bench(
     consumers: int,
     rate: float,
     latency_seconds: float,
+    repeat: int,
     no_raw: bool,
     as_json: bool,
     report_dir: Path | None,
@@ -296,7 +315,7 @@ def bench(
     """Measure throughput, latency, topic-count effect and mqkit's overhead per backend."""
     from mqkit.benchmark import report
     from mqkit.benchmark.clients import MqkitClient, raw_factory
-    from mqkit.benchmark.runner import BackendBench, Measurement, Workload
+    from mqkit.benchmark.runner import BackendBench, Measurement, Workload, compare
 
     if size < 16:
         raise click.BadParameter("at least 16 bytes", param_hint="--size")
@@ -306,34 +325,32 @@ def bench(
         raise click.BadParameter(
             f"{topics!r} is not a list of numbers", param_hint="--topics"
         ) from None
-    work = Workload(messages, size, producers, consumers, counts, rate, latency_seconds)
+    work = Workload(
+        messages, size, producers, consumers, counts, rate, latency_seconds, repeat=repeat
+    )
     targets = list(urls) or [resolve(None).url, *os.environ.get("MQKIT_BENCH_URLS", "").split()]
     results: list[Measurement] = []
     with _progress() as bars:
         for url in targets:
             name = parse_url(url).redacted()
-            sides: list[tuple[str, Callable[[], Any]]] = [("mqkit", partial(MqkitClient, url))]
+            benches = [BackendBench(name, "mqkit", partial(MqkitClient, url), work)]
             try:
                 raw = None if no_raw else raw_factory(url)
             except MqkitError as exc:
                 raise click.ClickException(str(exc)) from None
             if raw is not None:
-                sides.insert(0, ("raw", raw))
+                benches.insert(0, BackendBench(name, "raw", raw, work))
             elif not no_raw:
                 console.print(f"[yellow]{name}: no raw-client baseline registered[/]")
-            steps = 2 + sum(1 for k in counts if k > 1)
-            for client, factory in sides:
-                task = bars.add_task(f"{parse_url(url).scheme} {client}", total=steps)
-                runner = BackendBench(name, client, factory, work)
-
-                def step(what: str, task: Any = task) -> None:
-                    bars.advance(task, 1) if what != "throughput" else None
-
-                try:
-                    results += runner.run_all(step)
-                except MqkitError as exc:
-                    raise click.ClickException(f"{name}: {exc}") from None
-                bars.update(task, completed=steps)
+            total = len(benches[0].plan()) * repeat
+            tasks = {
+                id(b): bars.add_task(f"{parse_url(url).scheme} {b.client}", total=total)
+                for b in benches
+            }
+            try:
+                results += compare(benches, partial(_advance, bars, tasks))
+            except MqkitError as exc:
+                raise click.ClickException(f"{name}: {exc}") from None
     if not as_json:  # wide enough for every column, also when piped
         out = Console()
         Console(width=max(out.width, 150)).print(report.table(results))

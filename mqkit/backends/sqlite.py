@@ -68,7 +68,7 @@ CREATE TRIGGER IF NOT EXISTS fanout AFTER INSERT ON messages BEGIN
 END;
 """
 
-_LEASE = """
+LEASE = """
 SELECT q.seq FROM queue q
 WHERE q.grp = ? AND q.topic IN ({topics}) AND q.visible_at <= ?
   AND (q.key IS NULL OR NOT EXISTS (
@@ -80,6 +80,19 @@ ORDER BY q.seq LIMIT ?
 
 #: Acks between two sweeps of messages that no group needs any more.
 GC_EVERY = 2000
+
+
+def collect(conn: sqlite3.Connection) -> None:
+    """Delete messages that no group's queue refers to any more."""
+    groups = [row[0] for row in conn.execute("SELECT DISTINCT grp FROM subscriptions")]
+    oldest = [
+        conn.execute("SELECT MIN(seq) FROM queue WHERE grp = ?", (g,)).fetchone()[0] for g in groups
+    ]
+    pending = [seq for seq in oldest if seq is not None]
+    if pending:
+        conn.execute("DELETE FROM messages WHERE seq < ?", (min(pending),))
+    else:
+        conn.execute("DELETE FROM messages")
 
 
 class Store:
@@ -181,7 +194,7 @@ class Store:
         self, group: str, topics: Sequence[str], token: str, visibility: float, limit: int
     ) -> list[Delivery]:
         now = time.time()
-        sql = _LEASE.format(topics=",".join("?" * len(topics)))
+        sql = LEASE.format(topics=",".join("?" * len(topics)))
         with self.transaction() as conn:
             seqs = [row[0] for row in conn.execute(sql, (group, *topics, now, token, now, limit))]
             if not seqs:
@@ -220,7 +233,7 @@ class Store:
             ).rowcount
             self._acks += 1
             if self._acks % GC_EVERY == 0:
-                self._collect(conn)
+                collect(conn)
         return done == 1
 
     def release(
@@ -254,19 +267,6 @@ class Store:
                 f"UPDATE queue SET visible_at = ? WHERE grp = ? AND lease = ? AND seq IN ({marks})",
                 (until, group, token, *seqs),
             )
-
-    def _collect(self, conn: sqlite3.Connection) -> None:
-        """Delete messages that no group's queue refers to any more."""
-        groups = [row[0] for row in conn.execute("SELECT DISTINCT grp FROM subscriptions")]
-        oldest = [
-            conn.execute("SELECT MIN(seq) FROM queue WHERE grp = ?", (g,)).fetchone()[0]
-            for g in groups
-        ]
-        pending = [seq for seq in oldest if seq is not None]
-        if pending:
-            conn.execute("DELETE FROM messages WHERE seq < ?", (min(pending),))
-        else:
-            conn.execute("DELETE FROM messages")
 
     def wait_for_change(self, seen: int, timeout: float) -> None:
         """Wait until an in-process change after ``seen``, or ``timeout`` (other processes)."""

@@ -11,8 +11,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -31,6 +31,7 @@ class Workload:
     latency_rate: float = 500.0
     latency_seconds: float = 3.0
     timeout: float = 300.0
+    repeat: int = 3  # runs per workload and client; the median is reported
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Measurement:
     rate: float  # messages per second
     mb_per_s: float
     latency_ms: dict[str, float] = field(default_factory=dict)
+    runs: int = 1  # repetitions behind this row: rate is their median, counts their sum
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,14 +230,50 @@ class BackendBench:
         result.latency_ms = {k: round(v, 3) for k, v in _percentiles(tally.latencies).items()}
         return result
 
-    def run_all(self, step: Callable[[str], None]) -> list[Measurement]:
-        results: list[Measurement] = []
-        step("throughput")
-        results += self.throughput(1)
-        step("latency")
-        results.append(self.latency())
+    def plan(self) -> list[tuple[str, Callable[[], list[Measurement]]]]:
+        """The workloads in order, each as (name, run once)."""
+        steps: list[tuple[str, Callable[[], list[Measurement]]]] = [
+            ("throughput", partial(self.throughput, 1)),
+            ("latency", lambda: [self.latency()]),
+        ]
         for k in self.work.topic_counts:
             if k > 1:
-                step(f"{k} topics")
-                results += self.throughput(k)
-        return results
+                steps.append((f"{k} topics", partial(self.throughput, k)))
+        return steps
+
+
+def compare(
+    benches: Sequence[BackendBench], step: Callable[[BackendBench], None]
+) -> list[Measurement]:
+    """Run each workload on every client in turn, ``work.repeat`` times; keep the median.
+
+    The clients take turns workload by workload, in alternating order, so a machine whose load
+    drifts during the run favours neither side of a ratio. ``step(bench)`` follows each run.
+    """
+    plans = [bench.plan() for bench in benches]
+    results: list[Measurement] = []
+    for index in range(len(plans[0]) if plans else 0):
+        runs: dict[tuple[str, str, int], list[Measurement]] = {}
+        for turn in range(benches[0].work.repeat):
+            order = list(zip(benches, plans, strict=True))
+            for bench, plan in order if turn % 2 == 0 else reversed(order):
+                for m in plan[index][1]():
+                    runs.setdefault((m.client, m.test, m.topics), []).append(m)
+                step(bench)
+        results += [median(ms) for ms in runs.values()]
+    return results
+
+
+def median(runs: list[Measurement]) -> Measurement:
+    """The run with the median rate (latency: median p50), with every run's integrity counts."""
+    if runs[0].test == "latency":
+        ranked = sorted(runs, key=lambda m: m.latency_ms.get("p50", 0.0))
+    else:
+        ranked = sorted(runs, key=lambda m: m.rate)
+    middle = replace(ranked[(len(ranked) - 1) // 2])
+    middle.runs = len(runs)
+    middle.sent = sum(m.sent for m in runs)
+    middle.received = sum(m.received for m in runs)
+    middle.lost = sum(m.lost for m in runs)
+    middle.duplicated = sum(m.duplicated for m in runs)
+    return middle

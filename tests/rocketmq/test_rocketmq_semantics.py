@@ -8,6 +8,7 @@ the application that keep ``attempt`` exact.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -315,3 +316,41 @@ def test_buffered_messages_are_renewed_before_they_are_handed_out(tmp_path: Path
         assert sorted(m.id for m in got) == sorted(ids)
         assert [m.attempt for m in got] == [1] * 10
         assert_quiet(consumer, wait=3.0)
+
+
+def test_subscription_is_confirmed_when_the_route_answer_beats_the_callback(
+    url_or_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client makes a consumer's telemetry stream (which confirms its subscription) in the
+    callback of its first route lookup. When the lookup finishes before the callback is added
+    (a busy machine), that callback runs in the thread calling ``startup()``, and gRPC's asyncio
+    layer needs an event loop there: a fresh thread has none, the stream is never made and the
+    subscription never confirmed. Forcing that order must still give working consumers.
+    """
+    from rocketmq.v5.client.connection.rpc_client import (  # type: ignore[import-untyped,unused-ignore]
+        RpcClient,
+    )
+
+    lookup = RpcClient.query_topic_route_async
+
+    def finished_lookup(self: Any, *args: Any, **kwargs: Any) -> Any:
+        future = lookup(self, *args, **kwargs)
+        future.exception(timeout=10)  # done before the client adds its callback
+        return future
+
+    monkeypatch.setattr(RpcClient, "query_topic_route_async", finished_lookup)
+    topic = f"fresh-threads-{uuid.uuid4().hex[:8]}"
+    errors: list[BaseException] = []
+
+    def subscribe(broker: mqkit.Broker, index: int) -> None:
+        try:
+            broker.consumer(topic, group=f"g{index}-{uuid.uuid4().hex[:6]}").close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with mqkit.connect(url_or_server, subscribe_timeout=5) as broker:
+        for index in range(3):
+            thread = threading.Thread(target=subscribe, args=(broker, index))
+            thread.start()
+            thread.join()
+    assert errors == []

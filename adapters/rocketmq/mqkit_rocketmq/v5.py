@@ -11,6 +11,7 @@ order holds in consumer groups that are FIFO on the cluster.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import math
@@ -47,6 +48,7 @@ _model: Any = importlib.import_module("rocketmq.v5.model")
 _exc: Any = importlib.import_module("rocketmq.v5.exception")
 _util: Any = importlib.import_module("rocketmq.v5.util")
 _proto: Any = importlib.import_module("rocketmq.grpc_protocol")
+_rpc: Any = importlib.import_module("rocketmq.v5.client.connection.rpc_client")
 
 DEFAULT_PORT = 8081
 
@@ -62,6 +64,32 @@ _UNREACHABLE = {
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INTERNAL,
 }
+
+
+def _start(client: Any) -> None:
+    """``client.startup()`` in a short-lived thread whose event loop is the client's I/O loop.
+
+    The client makes a consumer's telemetry stream (the subscription) in the callback of its
+    first route lookup. When the lookup is answered before that callback is added (a busy
+    machine), the callback runs in the thread calling ``startup()``, where gRPC's asyncio layer
+    needs a current event loop; in a thread without one the stream is never made and the
+    subscription never confirmed. Starting from a thread of our own gives the client the loop
+    it expects without setting one in the caller's thread.
+    """
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.set_event_loop(_rpc.RpcClient.get_channel_io_loop())
+            client.startup()
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="mqkit-rocketmq-startup", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 class _SimpleConsumer(_simple.SimpleConsumer):  # type: ignore[misc]
@@ -308,7 +336,7 @@ class V5Producer:
         self._max_in_flight = max_in_flight
         self._client = _producer.Producer(backend.config, tls_enable=backend.tls)
         try:
-            self._client.startup()
+            _start(self._client)
         except Exception as exc:
             raise backend.error(exc, "starting a producer") from None
         self._cv = threading.Condition()
@@ -523,7 +551,7 @@ class V5Consumer:
                 await_duration=long_polling,
                 tls_enable=backend.tls,
             )
-            self._client.startup()
+            _start(self._client)
         except MqkitError:
             raise
         except Exception as exc:
