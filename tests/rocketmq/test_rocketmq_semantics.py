@@ -1,7 +1,8 @@
 """RocketMQ semantics through the adapter and the unmodified official client, against the
 RocketMQ 5 *test server* (``rocketmq_test_server.py``, not a broker): interoperability with
 plain RocketMQ clients, invisible-time expiry, FIFO message groups, dead-lettering after the
-retry limit, and a restart of the server in the middle of a stream.
+retry limit, a restart of the server in the middle of a stream, and batches polled ahead of
+the application that keep ``attempt`` exact.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rocketmq import (  # type: ignore[import-untyped,unused-ignore]
 )
 
 import mqkit
+from tests.conformance.util import assert_quiet, collect
 from tests.rocketmq.rocketmq_helpers import running_server, start_server, url_or_server
 
 __all__ = ["url_or_server"]  # the fixture, imported for pytest
@@ -248,6 +250,72 @@ def test_mqkit_dead_letters_keep_their_multiline_headers(url_or_server: str) -> 
         assert "second line" in dead.headers[TRACEBACK] and "\n" in dead.headers[TRACEBACK]
         dead.ack()
 
+
+# -- batches: a consumer polls up to `prefetch` messages and keeps `attempt` exact ---------------
+
+
+def _buffered(consumer: mqkit.Consumer) -> int:
+    """Messages polled but not yet handed to the application (the adapter's local buffer)."""
+    return len(consumer._driver._buffer)  # type: ignore[attr-defined]
+
+
+def test_batch_messages_given_back_unseen_keep_their_attempt(url_or_server: str) -> None:
+    topic, group = _name("batch"), _name("g")
+    with mqkit.connect(url_or_server) as broker:
+        first = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            ids = [producer.send(topic, i) for i in range(20)]
+        seen = collect(first, 8)  # polls of 1, 2, 4 and 8 messages
+        assert len(seen) == 8 and _buffered(first) > 0
+        first.close()  # gives the buffered messages back: RocketMQ counts that delivery
+        second = broker.consumer(topic, group=group)
+        rest = collect(second, 12)
+        assert sorted(m.id for m in seen + rest) == sorted(ids)
+        assert [m.attempt for m in rest] == [1] * 12  # as the application saw them
+        assert any(m.delivery.handle.message.delivery_attempt == 2 for m in rest)
+        assert_quiet(second)
+
+
+def test_nack_gives_back_buffered_successors_of_its_key_unseen(url_or_server: str) -> None:
+    topic, group = _name("batch"), _name("g")
+    with mqkit.connect(url_or_server) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            for i in range(12):
+                producer.send(topic, i, key="same")
+        order: list[tuple[int, int]] = []
+        for message in collect(consumer, 3):  # polls of 1 and 2 messages
+            order.append((message.value, message.attempt))
+        [third] = collect(consumer, 1, ack=False)  # a poll of 4: three more of "same" buffered
+        assert _buffered(consumer) > 0
+        order.append((third.value, third.attempt))
+        third.nack()
+        for message in collect(consumer, 9):
+            order.append((message.value, message.attempt))
+        assert order == [(0, 1), (1, 1), (2, 1), (3, 1), (3, 2)] + [(i, 1) for i in range(4, 12)]
+        assert_quiet(consumer)
+
+
+def test_buffered_messages_are_renewed_before_they_are_handed_out(tmp_path: Path) -> None:
+    with running_server(
+        tmp_path, "--auto-create-topics", "--fifo-groups", "--min-invisible-time", "1"
+    ) as server, mqkit.connect(server.url + "?visibility_timeout=2") as broker:
+        consumer = broker.consumer("slow", group="workers")
+        with broker.producer() as producer:
+            ids = [producer.send("slow", i) for i in range(10)]
+        seen = collect(consumer, 4)  # polls of 1, 2 and 4 messages
+        assert _buffered(consumer) > 0
+        time.sleep(1.2)  # more than half of the buffered messages' invisible time is gone
+        late = consumer.receive(timeout=5)  # renewed for 2 s before it is handed out
+        assert late is not None
+        time.sleep(1.2)  # past its first invisible time: unrenewed, this ack would be too late
+        late.ack()
+        # The rest ran out in the buffer: given back unseen, they come again as attempt 1.
+        rest = collect(consumer, 5)
+        got = [*seen, late, *rest]
+        assert sorted(m.id for m in got) == sorted(ids)
+        assert [m.attempt for m in got] == [1] * 10
+        assert_quiet(consumer, wait=3.0)
 
 
 def test_subscription_is_confirmed_when_the_route_answer_beats_the_callback(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -55,8 +56,16 @@ SYSTEM_PROPERTIES = frozenset({
 })
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _control(text: str) -> bool:
-    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text)
+    """Control characters, which RocketMQ refuses in keys, message groups and properties.
+
+    A regular expression: a per-character generator here (run on every message id) was
+    mqkit's largest own cost per send.
+    """
+    return _CONTROL.search(text) is not None
 
 
 def rocketmq_name(kind: str, name: str) -> str:

@@ -1,7 +1,11 @@
 """The raw-client baseline for ``mqkit bench`` on ``rocketmq://``: Apache's official
-``rocketmq-python-client`` used directly, doing the same work as mqkit (asynchronous sends
-confirmed before ``produce`` returns; a SimpleConsumer receiving batches and acking each
-message). Registered in the ``mqkit.bench`` entry-point group.
+``rocketmq-python-client`` used directly, doing the same work as mqkit's defaults: asynchronous
+sends, at most ``max_in_flight`` (1024) unconfirmed, all confirmed before ``produce`` returns; a
+SimpleConsumer polling batches of ``prefetch`` (16) with the same invisible duration
+(``visibility_timeout``, 30 s) and long poll (``long_polling_timeout``, 5 s), acking each
+message synchronously before the next. The URL's options apply to both sides. (mqkit's polls
+start at one message and double up to ``prefetch``; see docs/rocketmq.md.) Registered in the
+``mqkit.bench`` entry-point group.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ class RawRocketMQClient:
         )
         self._batch = int(url.params.get("prefetch", "16"))
         self._invisible = int(url.params.get("visibility_timeout", "30"))
+        self._polling = int(url.params.get("long_polling_timeout", "5"))
+        self._in_flight = int(url.params.get("max_in_flight", "1024"))
         self._producer: Any = None
         self._consumer: Any = None
 
     def subscribe(self, topics: Sequence[str], group: str) -> None:
         filters = {t.replace(".", "_"): v5._model.FilterExpression() for t in topics}
         self._consumer = v5._simple.SimpleConsumer(
-            self._config, group.replace(".", "_"), filters, await_duration=5
+            self._config, group.replace(".", "_"), filters, await_duration=self._polling
         )
         self._consumer.startup()
         self._consumer._init_settings_event.wait(10)
@@ -45,7 +51,7 @@ class RawRocketMQClient:
             message.topic = name
             message.body = body
             futures.append(self._producer.send_async(message))
-            if len(futures) >= 1024:
+            if len(futures) >= self._in_flight:
                 wait(futures)
                 for f in futures:
                     f.result()

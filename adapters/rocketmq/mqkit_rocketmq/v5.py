@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -161,6 +161,7 @@ class V5Backend:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._known_topics: set[str] = set()
+        self.unseen = _Unseen()
         self._closed = False
         self._probe_id = f"mqkit-probe-{os.getpid()}-{id(self):x}"
         self.probe()
@@ -458,6 +459,49 @@ class V5Producer:
                 log.warning("RocketMQ producer shutdown: %s", exc)
 
 
+class _Unseen:
+    """Deliveries RocketMQ counted that the application never saw, per message.
+
+    RocketMQ counts every pop. A consumer that polls a batch and gives part of it back unseen
+    (on close, behind a nacked message of the same key, or because it could not keep a buffered
+    message invisible) would otherwise report ``attempt`` one too high when that message comes
+    back. Shared by the consumers of one connection; bounded, oldest entries forgotten first.
+    """
+
+    LIMIT = 50_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+
+    def add(self, key: tuple[str, str, str]) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.pop(key, 0) + 1
+            if len(self._counts) > self.LIMIT:
+                self._counts.popitem(last=False)
+
+    def get(self, key: tuple[str, str, str]) -> int:
+        if not self._counts:  # the usual case: nothing was ever given back
+            return 0
+        with self._lock:
+            return self._counts.get(key, 0)
+
+    def discard(self, key: tuple[str, str, str]) -> None:
+        if self._counts:
+            with self._lock:
+                self._counts.pop(key, None)
+
+
+class _Held:
+    """A received message and when its invisible time (last) started."""
+
+    __slots__ = ("message", "since")
+
+    def __init__(self, message: Any, since: float) -> None:
+        self.message = message
+        self.since = since
+
+
 class V5Consumer:
     """A SimpleConsumer of ``group``; pops batches and hands them out one by one."""
 
@@ -472,6 +516,7 @@ class V5Consumer:
         long_polling: int,
     ) -> None:
         self._backend = backend
+        self._unseen = backend.unseen
         self._group = _codec.rocketmq_name("group", group)
         self._mqkit_group = group
         self._names: dict[str, str] = {}
@@ -481,6 +526,11 @@ class V5Consumer:
             self._names[topic] = name
         self._visibility = visibility
         self._prefetch = prefetch
+        # Batch size of the next poll: starts at 1 and doubles up to ``prefetch`` while the
+        # application works through a batch in well under half the invisible duration.
+        self._batch = 1
+        self._landed_at = 0.0
+        self._landed = 0
         self._cv = threading.Condition()
         self._buffer: deque[Delivery] = deque()
         self._inflight: dict[int, Any] = {}
@@ -519,23 +569,42 @@ class V5Consumer:
 
     def receive(self, timeout: float | None) -> Delivery | None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            stale = self._next(deadline)
+            if stale is None or isinstance(stale, Delivery):
+                return stale
+            # A buffered message whose invisible time is half gone: renew it before handing
+            # it out, so the handler gets at least half the invisible duration (renewing does
+            # not count as a delivery; giving it back would).
+            delivery, held = stale
+            renewed = self._renew(held)
+            with self._cv:
+                if renewed and not self._closed:
+                    self._inflight[id(held.message)] = held.message
+                    return delivery
+            self._give_back([held.message])
+            if self._closed:
+                return None
+
+    def _next(self, deadline: float | None) -> Delivery | tuple[Delivery, _Held] | None:
+        """The next buffered delivery, or one that must be renewed first; polls as needed."""
         with self._cv:
             while True:
                 if self._closed:
                     return None
                 now = time.monotonic()
-                while self._buffer:
+                if self._buffer:
                     delivery = self._buffer.popleft()
-                    message, received_at = delivery.handle
-                    if now - received_at < self._visibility - 0.5:
-                        self._inflight[id(message)] = message
+                    held: _Held = delivery.handle
+                    if now - held.since < self._visibility / 2:
+                        self._inflight[id(held.message)] = held.message
                         return delivery
-                    # Its invisible time ran out while buffered: it is someone else's now.
+                    return delivery, held
                 if self._error is not None:
                     error, self._error = self._error, None
                     raise error
                 if self._pending is None and now >= self._retry_at:
-                    self._start_poll()
+                    self._start_poll(now)
                     continue
                 waits: list[float] = []
                 if deadline is not None:
@@ -546,13 +615,27 @@ class V5Consumer:
                     waits.append(self._retry_at - now)
                 self._cv.wait(min(waits) if waits else None)
 
-    def _start_poll(self) -> None:
-        """Start one long poll (with the lock held); its batch lands in the buffer."""
+    def _renew(self, held: _Held) -> bool:
         try:
-            # A consumer that settles each message before the next receive polls one message
-            # at a time, so RocketMQ's delivery count is exactly what it saw; one that holds
-            # k unsettled messages (a worker pool) polls up to k + 1, at most ``prefetch``.
-            batch = min(self._prefetch, 1 + len(self._inflight))
+            self._client.change_invisible_duration(held.message, self._visibility)
+        except Exception as exc:  # its invisible time ran out: it is someone else's now
+            log.info("could not renew buffered message %s: %s", held.message.message_id, exc)
+            return False
+        held.since = time.monotonic()
+        return True
+
+    def _start_poll(self, now: float) -> None:
+        """Start one long poll (with the lock held, buffer empty); its batch lands in the buffer."""
+        if self._landed:
+            # The application went through the last batch at this pace: grow the batch while
+            # it would still be handed out within half the invisible duration.
+            pace = (now - self._landed_at) / self._landed
+            fits = int(self._visibility / 2 / pace) if pace > 0 else self._prefetch
+            self._batch = max(1, min(self._prefetch, 2 * self._batch, fits))
+            self._landed = 0
+        # A consumer holding k unsettled messages (a worker pool) gets at least k + 1.
+        batch = max(self._batch, min(self._prefetch, 1 + len(self._inflight)))
+        try:
             future: Future[Any] = self._client.receive_async(batch, self._visibility)
         except Exception as exc:
             self._poll_failed(exc)
@@ -577,9 +660,10 @@ class V5Consumer:
                 now = time.monotonic()
                 for message in messages:
                     self._buffer.append(self._delivery(message, now))
+                if messages:
+                    self._landed_at, self._landed = now, len(messages)
             self._cv.notify_all()
-        for message in release:  # closed meanwhile: give them back
-            self._release(message)
+        self._give_back(release)  # closed meanwhile
 
     def _poll_failed(self, exc: BaseException) -> None:
         error = self._backend.error(
@@ -603,6 +687,9 @@ class V5Consumer:
             return topic, name
         return "", ""
 
+    def _key(self, message: Any) -> tuple[str, str, str]:
+        return (self._group, message.topic, message.message_id)
+
     def _delivery(self, message: Any, received_at: float) -> Delivery:
         decoded = _codec.decode(
             message.body,
@@ -625,6 +712,7 @@ class V5Consumer:
                 self._backend.where,
                 self._group,
             )
+        attempt = (message.delivery_attempt or 1) - self._unseen.get(self._key(message))
         return Delivery(
             topic=self._names.get(message.topic, message.topic),
             body=decoded.body,
@@ -632,14 +720,14 @@ class V5Consumer:
             headers=decoded.headers,
             id=decoded.id,
             timestamp=decoded.timestamp,
-            attempt=message.delivery_attempt or 1,
-            handle=(message, received_at),
+            attempt=max(1, attempt),
+            handle=_Held(message, received_at),
         )
 
     # -- settling --------------------------------------------------------------------------
 
     def _settle(self, delivery: Delivery, what: str, call: Callable[[], None]) -> None:
-        message = delivery.handle[0]
+        message = delivery.handle.message
         with self._cv:
             self._inflight.pop(id(message), None)
         try:
@@ -657,13 +745,15 @@ class V5Consumer:
             raise self._backend.error(exc, f"{what} of message {delivery.id}") from None
 
     def ack(self, delivery: Delivery) -> None:
-        message = delivery.handle[0]
+        message = delivery.handle.message
         self._settle(delivery, "ack", lambda: self._client.ack(message))
+        self._unseen.discard(self._key(message))
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
-        message = delivery.handle[0]
+        message = delivery.handle.message
         if not requeue:
             self._settle(delivery, "nack", lambda: self._client.ack(message))
+            self._unseen.discard(self._key(message))
             return
         later: list[Any] = []
         if message.message_group:
@@ -672,7 +762,7 @@ class V5Consumer:
             with self._cv:
                 keep: deque[Delivery] = deque()
                 for d in self._buffer:
-                    m = d.handle[0]
+                    m = d.handle.message
                     if m.message_group == message.message_group and m.topic == message.topic:
                         later.append(m)
                     else:
@@ -684,8 +774,13 @@ class V5Consumer:
             "nack",
             lambda: self._client.change_invisible_duration(message, seconds),
         )
-        for m in later:
-            self._release(m)
+        self._give_back(later)
+
+    def _give_back(self, messages: Sequence[Any]) -> None:
+        """Make messages the application never saw visible again (counting that delivery)."""
+        for message in messages:
+            self._unseen.add(self._key(message))
+            self._release(message)
 
     def _release(self, message: Any) -> None:
         try:
@@ -698,11 +793,13 @@ class V5Consumer:
             if self._closed:
                 return
             self._closed = True
-            give_back = [d.handle[0] for d in self._buffer] + list(self._inflight.values())
+            unseen = [d.handle.message for d in self._buffer]
+            seen = list(self._inflight.values())
             self._buffer.clear()
             self._inflight.clear()
             self._cv.notify_all()
-        for message in give_back:
+        self._give_back(unseen)
+        for message in seen:
             self._release(message)
         # Shutting the client down closes its channel, which cancels a long poll still out:
         # the server hands it nothing more.
