@@ -731,7 +731,7 @@ class V5Consumer:
         with self._cv:
             self._inflight.pop(id(message), None)
         try:
-            call()
+            self._call_reconnecting(call)
         except Exception as exc:
             if getattr(exc, "code", None) == Code.INVALID_RECEIPT_HANDLE:
                 log.warning(
@@ -743,6 +743,26 @@ class V5Consumer:
                 )
                 return
             raise self._backend.error(exc, f"{what} of message {delivery.id}") from None
+
+    def _call_reconnecting(self, call: Callable[[], None]) -> None:
+        """``call()``, retried for ``connect_timeout`` while the proxy cannot be connected to.
+
+        A message handed out from the buffer is settled without a poll before it, so after the
+        proxy restarts the settling call can be the first to meet the client's channel still
+        reconnecting. "Cannot connect" means the request never reached the proxy: safe to
+        repeat.
+        """
+        give_up = time.monotonic() + self._backend.connect_timeout
+        while True:
+            try:
+                call()
+                return
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= give_up:
+                    raise
+                log.info("RocketMQ proxy unavailable, retrying: %s", exc)
+                time.sleep(0.2)
 
     def ack(self, delivery: Delivery) -> None:
         message = delivery.handle.message
