@@ -2,9 +2,19 @@
 
 The same durable work as the adapter, written the way a kafka-python user would: topics created
 with the adapter's partition count, a producer with ``acks=all`` and idempotence that flushes at
-the end, and a group consumer that commits once per poll batch. What it leaves out is what mqkit
-adds: per-message acks committed only up to the first unacked offset, the poller thread and its
-buffer, nack rewinds, attempt counting and the wait for the group to settle.
+the end, and a group consumer with manual commits that gives the guarantee of the URL's
+``ack_commit`` mode (the adapter's option, default ``sync``):
+
+- ``sync``: after processing a record the loop commits its offset + 1 with the blocking
+  ``commit()``, as a kafka-python user must for "processed = never delivered again", which is what
+  mqkit's ``ack()`` promises in this mode (it returns once the commit is confirmed).
+- ``async``: after processing a poll batch the loop calls ``commit_async()`` (at-least-once with
+  background commits: a crash may redeliver the last batch), and ``close()`` commits
+  synchronously, as mqkit does in this mode.
+
+What it leaves out is what mqkit adds: per-message acks committed only up to the first unacked
+offset, the poller thread and its buffer, nack rewinds, attempt counting and the wait for the
+group to settle.
 """
 
 from __future__ import annotations
@@ -13,7 +23,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer  # type: ignore[import-untyped]
+from kafka import (  # type: ignore[import-untyped]
+    KafkaConsumer,
+    KafkaProducer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
 
 from mqkit.config import BrokerURL
 from mqkit_kafka.backend import KafkaBackend, parse_settings
@@ -71,18 +86,24 @@ class RawKafkaClient:
 
     def consume(self, on_body: OnBody, until: Callable[[], bool], deadline: float) -> None:
         assert self._consumer is not None, "subscribe first"
+        consumer = self._consumer
+        per_record = self._settings.ack_commit == "sync"
         while not until() and time.monotonic() < deadline:
-            batch: dict[Any, list[Any]] = self._consumer.poll(timeout_ms=200)
-            for records in batch.values():
+            batch: dict[TopicPartition, list[Any]] = consumer.poll(timeout_ms=200)
+            for tp, records in batch.items():
                 for record in records:
                     on_body(record.value)
-            if batch:
-                self._consumer.commit()
+                    if per_record:
+                        consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
+            if batch and not per_record:
+                consumer.commit_async()
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close()
         if self._consumer is not None:
+            if self._settings.ack_commit == "async":
+                self._consumer.commit()  # what the background commits have not covered yet
             self._consumer.close()
 
 
