@@ -237,22 +237,25 @@ class KafkaConsumerDriver:
     def _run(self) -> None:
         consumer = self._consumer
         interval = int(self._settings.poll_interval * 1000)
+        prefetch = self._settings.prefetch
+        most = min(500, prefetch)  # kafka-python's max_poll_records
         failures = 0
         while not self._closing:
             try:
-                full = self._apply_seeks_and_pauses()
-                # A full buffer pauses every partition; poll(0) then only does the group's
-                # work (rebalances) and the thread waits for the application to drain.
-                records = consumer.poll(timeout_ms=0 if full else interval)
+                # A full buffer: wait (up to poll_interval) for the application to take half of
+                # it. Only if it does not (it is busy) are all partitions paused, so that
+                # poll(0) does just the group's work (rebalances) without fetching more.
+                # Pausing at every fill would make kafka-python park and restore the fetched
+                # records each time, costing a few hundred microseconds per fill.
+                stalled = len(self._buffer) >= prefetch and not self._wait_for_space()
+                self._apply_seeks_and_pauses(stalled)
+                space = prefetch - len(self._buffer)
+                records = consumer.poll(
+                    timeout_ms=0 if stalled else interval,
+                    max_records=min(most, space) if space > 0 else most,
+                )
                 self._position_new_partitions(records)
                 self._take(records)
-                if full:
-                    with self._lock:
-                        self._space.wait_for(
-                            lambda: self._closing
-                            or len(self._buffer) <= self._settings.prefetch // 2,
-                            self._settings.poll_interval,
-                        )
                 if not self._sync_acks:
                     now = time.monotonic()
                     if now - self._last_commit >= self._settings.poll_interval:
@@ -276,19 +279,26 @@ class KafkaConsumerDriver:
     def _stopping(self) -> bool:
         return self._closing
 
-    def _apply_seeks_and_pauses(self) -> bool:
-        """Seek nacked partitions back and pause what must not be fetched; True if full."""
+    def _wait_for_space(self) -> bool:
+        """Wait up to poll_interval until the buffer is at most half full; False if it is not."""
+        half = self._half
+        with self._lock:
+            return self._space.wait_for(
+                lambda: self._closing or len(self._buffer) <= half, self._settings.poll_interval
+            )
+
+    def _apply_seeks_and_pauses(self, stalled: bool) -> None:
+        """Seek nacked partitions back; pause delayed partitions, or all of them if stalled."""
         consumer = self._consumer
         now = time.monotonic()
         with self._lock:
             seeks, self._seeks = self._seeks, {}
-            full = len(self._buffer) >= self._settings.prefetch
             for tp, until in list(self._delayed.items()):
                 if until <= now:
                     del self._delayed[tp]
-            want = set(self._parts) if full else set(self._delayed)
+            want = set(self._parts) if stalled else set(self._delayed)
             if not (seeks or want or self._check_pauses):
-                return False  # nothing to seek, nothing paused nor to pause: the usual case
+                return  # nothing to seek, nothing paused nor to pause: the usual case
             self._check_pauses = bool(want)
         for tp, offset in seeks.items():
             # ValueError: revoked meanwhile; the new owner starts from the commit
@@ -303,7 +313,6 @@ class KafkaConsumerDriver:
         for tp in paused - want:
             with contextlib.suppress(KeyError):
                 consumer.resume(tp)
-        return full
 
     def _position_new_partitions(self, records: dict[TopicPartition, list[Any]]) -> None:
         """Note where newly assigned partitions start (records of this poll count as unread)."""

@@ -1,21 +1,26 @@
 """The raw kafka-python baseline for ``mqkit bench`` (entry point ``mqkit.bench``: ``kafka``).
 
-The same durable work as the adapter, written the way a kafka-python user would: topics created
-with the adapter's partition count, a producer with ``acks=all`` and idempotence that flushes at
-the end and, with the adapter's default ``keyless=sticky``, sends all of a topic's (keyless)
-bodies to one partition chosen at random, as the adapter does to keep one producer's keyless
-messages in order (kafka-python's own partitioner spreads them over all partitions, which loses
-that order and lets a consumer fetch from several partitions per request: about three times the
-consume rate on Tansu with 3 partitions; ``?keyless=spread`` measures both sides that way). The group
-consumer commits manually with the guarantee of the URL's ``ack_commit`` mode (the adapter's
-option, default ``sync``):
+The same durable work with the same guarantees as the adapter, written the way a kafka-python
+user would, reading the adapter's options from the URL:
 
-- ``sync``: after processing a record the loop commits its offset + 1 with the blocking
-  ``commit()``, as a kafka-python user must for "processed = never delivered again", which is what
-  mqkit's ``ack()`` promises in this mode (it returns once the commit is confirmed).
-- ``async``: after processing a poll batch the loop calls ``commit_async()`` (at-least-once with
-  background commits: a crash may redeliver the last batch), and ``close()`` commits
-  synchronously, as mqkit does in this mode.
+- topics created with the adapter's partition count;
+- a producer with ``acks=all`` and idempotence that flushes at the end. With the adapter's
+  default ``keyless=sticky`` it sends a topic's keyless bodies to one partition chosen at random,
+  as the adapter does so that one producer's keyless messages stay in order (kafka-python's own
+  partitioner spreads them over the partitions and loses that order; ``?keyless=spread``
+  measures both sides that way);
+- a group consumer with the adapter's fetch wait (``poll_interval``, at most 500 ms). On Tansu a
+  fetch that includes partitions without new data is answered late, after up to that wait, so
+  kafka-python's default of 500 ms would measure the wait rather than the client;
+- manual commits that give the guarantee of the URL's ``ack_commit`` mode:
+
+  - ``sync`` (the adapter's default): after processing a record the loop commits its offset + 1
+    with the blocking ``commit()``, which is what a kafka-python user needs for "processed =
+    never delivered again", the promise of mqkit's ``ack()`` in this mode (it returns once the
+    commit is confirmed);
+  - ``async``: after processing a poll batch the loop calls ``commit_async()`` (at-least-once
+    with background commits: a crash may redeliver the last batch), and ``close()`` commits
+    synchronously, as mqkit does in this mode.
 
 What it leaves out is what mqkit adds: per-message acks committed only up to the first unacked
 offset, the poller thread and its buffer, nack rewinds, attempt counting and the wait for the
