@@ -136,6 +136,13 @@ def markdown(work: Workload, results: Sequence[Measurement]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short(backend: str) -> str:
+    """The scheme plus the URL's options: tells apart two URLs of one backend in the chart."""
+    scheme = backend.split(":", 1)[0]
+    options = backend.split("?", 1)[1] if "?" in backend else ""
+    return f"{scheme}?{options}" if options else scheme
+
+
 def chart(results: Sequence[Measurement], path: Path) -> None:
     """A bar chart of throughput per backend and test (needs ``pip install mqkit[bench]``)."""
     try:
@@ -153,9 +160,7 @@ def chart(results: Sequence[Measurement], path: Path) -> None:
         xs = [i + offset for i, g in enumerate(groups) if (*g, client) in rate]
         ys = [rate[(*g, client)] for g in groups if (*g, client) in rate]
         ax.bar(xs, ys, width=0.4, color=color, label=client)
-    labels = [
-        f"{backend.split(':', 1)[0]} {test}\n{topics} topic(s)" for backend, test, topics in groups
-    ]
+    labels = [f"{_short(backend)} {test}\n{topics} topic(s)" for backend, test, topics in groups]
     ax.set_xticks(range(len(groups)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("messages / s (log scale)")

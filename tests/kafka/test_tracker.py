@@ -77,3 +77,29 @@ def test_offsets_below_the_commit_point_are_ignored() -> None:
     t = PartitionTracker(epoch=1, position=10)
     assert not t.fetched(9)
     assert t.fetched(10)
+
+
+def test_attempts_count_every_redelivery_across_rewinds() -> None:
+    t = PartitionTracker(epoch=1, position=0)
+    fetched(t, 0, 1)
+    assert t.rewind(0) == []  # nack 0: fetched and delivered again
+    assert t.fetched(0)
+    assert t.deliver(0) == 2
+    assert t.rewind(0) == []
+    assert t.fetched(0)
+    assert not t.fetched(1)  # the re-fetch skips 1, still in flight
+    assert t.deliver(0) == 3
+    assert t.done(0) and t.done(1)
+    assert t.needs_commit() == 2
+
+
+def test_a_redelivered_offset_dropped_while_buffered_keeps_its_count() -> None:
+    t = PartitionTracker(epoch=1, position=5)
+    fetched(t, 5, 6)
+    t.rewind(6)  # nack 6
+    assert t.fetched(6)  # fetched again, buffered
+    assert t.rewind(5) == [6]  # nack 5 drops the buffered 6
+    assert t.fetched(5) and t.fetched(6)
+    assert t.deliver(5) == 2
+    assert t.deliver(6) == 2
+    assert t.deliver(6) is None  # already in flight

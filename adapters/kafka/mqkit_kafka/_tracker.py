@@ -4,6 +4,10 @@ group may commit.
 Kafka stores one number per (group, partition): the next offset to read. Acks arrive in any
 order, so the committable offset is the first offset this consumer fetched that is not yet
 settled; an ack beyond a gap is remembered but never committed past the gap.
+
+Every message passes through ``fetched``, ``deliver`` and ``done`` once, so these are kept to a
+dictionary look-up and store each: an offset's state is a small int in one dict, and the
+attempt counter is only kept for offsets delivered more than once (after a rewind).
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ class State(Enum):
     DONE = 3  # acked, or nacked without requeue
 
 
+# The hot paths compare plain ints; State is what ``state()`` reports.
+_BUFFERED, _INFLIGHT, _DONE = 1, 2, 3
+_STATES = {1: State.BUFFERED, 2: State.INFLIGHT, 3: State.DONE}
+
+
 class PartitionTracker:
     """Offsets of one assigned partition, from its last commit point onwards.
 
@@ -25,7 +34,7 @@ class PartitionTracker:
     delivered under an older assignment are recognised and ignored.
     """
 
-    __slots__ = ("_order", "_state", "attempts", "committed", "epoch", "next_offset")
+    __slots__ = ("_order", "_state", "_tries", "attempts", "committed", "epoch", "next_offset")
 
     def __init__(self, epoch: int, position: int | None) -> None:
         self.epoch = epoch
@@ -34,53 +43,57 @@ class PartitionTracker:
         #: The last offset this consumer committed (or found committed) for the partition.
         self.committed = position
         self._order: deque[int] = deque()  # tracked offsets, ascending
-        self._state: dict[int, State] = {}
-        #: Deliveries so far per offset, while this consumer owns the partition.
+        self._state: dict[int, int] = {}
+        #: Deliveries so far of offsets delivered more than once or rewound, while this
+        #: consumer owns the partition (an offset missing here was delivered at most once).
         self.attempts: dict[int, int] = {}
+        self._tries: dict[int, int] = {}  # attempts of rewound offsets until fetched again
 
     def __len__(self) -> int:
         return len(self._state)
 
     def state(self, offset: int) -> State | None:
-        return self._state.get(offset)
+        value = self._state.get(offset)
+        return None if value is None else _STATES[value]
 
     def fetched(self, offset: int) -> bool:
         """Record a fetched offset; False if it is already tracked (a re-fetch after a seek)."""
-        if offset in self._state:
-            self._advance(offset + 1)
+        state = self._state
+        if offset in state:
+            if self.next_offset is None or offset >= self.next_offset:
+                self.next_offset = offset + 1
             return False
         if self.committed is not None and offset < self.committed:
             return False
-        if self._order and offset < self._order[-1]:
-            self._insert_sorted(offset)
+        order = self._order
+        if order and offset < order[-1]:
+            self._order = deque(sorted([*order, offset]))
         else:
-            self._order.append(offset)
-        self._state[offset] = State.BUFFERED
-        self._advance(offset + 1)
+            order.append(offset)
+        state[offset] = _BUFFERED
+        if self.next_offset is None or offset >= self.next_offset:
+            self.next_offset = offset + 1
         return True
-
-    def _advance(self, after: int) -> None:
-        if self.next_offset is None or after > self.next_offset:
-            self.next_offset = after
-
-    def _insert_sorted(self, offset: int) -> None:
-        items = sorted([*self._order, offset])
-        self._order = deque(items)
 
     def deliver(self, offset: int) -> int | None:
         """Mark a buffered offset as handed out; returns its attempt number, or None if stale."""
-        if self._state.get(offset) is not State.BUFFERED:
+        state = self._state
+        if state.get(offset) != _BUFFERED:
             return None
-        self._state[offset] = State.INFLIGHT
-        attempt = self.attempts.get(offset, 0) + 1
-        self.attempts[offset] = attempt
+        state[offset] = _INFLIGHT
+        if not self._tries:
+            return 1  # first delivery: nothing to count
+        attempt = self._tries.pop(offset, 0) + 1
+        if attempt > 1:
+            self.attempts[offset] = attempt
         return attempt
 
     def done(self, offset: int) -> bool:
         """Settle an in-flight offset for good (ack or drop); False if it was not in flight."""
-        if self._state.get(offset) is not State.INFLIGHT:
+        state = self._state
+        if state.get(offset) != _INFLIGHT:
             return False
-        self._state[offset] = State.DONE
+        state[offset] = _DONE
         return True
 
     def rewind(self, offset: int) -> list[int]:
@@ -89,11 +102,14 @@ class PartitionTracker:
         Returns the buffered offsets that were dropped. In-flight and done offsets after
         ``offset`` stay tracked, so the re-fetch skips them instead of delivering them twice.
         """
-        dropped = [o for o in self._order if o > offset and self._state[o] is State.BUFFERED]
+        state = self._state
+        dropped = [o for o in self._order if o > offset and state[o] == _BUFFERED]
         forget = {offset, *dropped}
         self._order = deque(o for o in self._order if o not in forget)
         for o in forget:
-            self._state.pop(o, None)
+            previous = state.pop(o, None)
+            if previous == _INFLIGHT:  # the nacked offset: remember how often it went out
+                self._tries[o] = self.attempts.pop(o, 1)
         if self.next_offset is None or offset < self.next_offset:
             self.next_offset = offset
         return dropped
@@ -106,13 +122,15 @@ class PartitionTracker:
         below the commit point are forgotten; those above it stay, so a re-fetch skips them.
         """
         frontier = self.next_offset
-        while self._order and self._state[self._order[0]] is State.DONE:
-            if frontier is not None and self._order[0] >= frontier:
+        order, state, attempts = self._order, self._state, self.attempts
+        while order and state[order[0]] == _DONE:
+            if frontier is not None and order[0] >= frontier:
                 break
-            offset = self._order.popleft()
-            del self._state[offset]
-            self.attempts.pop(offset, None)
-        first = next((o for o in self._order if self._state[o] is not State.DONE), None)
+            offset = order.popleft()
+            del state[offset]
+            if attempts:
+                attempts.pop(offset, None)
+        first = next((o for o in order if state[o] != _DONE), None)
         if first is None:
             return frontier
         return first if frontier is None else min(first, frontier)

@@ -45,16 +45,12 @@ log = logging.getLogger("mqkit_kafka.consumer")
 Handle = tuple[TopicPartition, int, int]  # (partition, offset, assignment epoch)
 
 
-def _decode_key(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    return raw.decode("utf-8", errors="surrogateescape")
-
-
 def _decode_headers(raw: Any) -> tuple[dict[str, str], str | None]:
+    if len(raw) == 1 and raw[0][0] == ID_HEADER and raw[0][1] is not None:
+        return {}, raw[0][1].decode("utf-8", errors="replace")  # mqkit's own: the usual case
     headers: dict[str, str] = {}
     message_id = None
-    for name, value in raw or ():
+    for name, value in raw:
         text = "" if value is None else value.decode("utf-8", errors="replace")
         if name == ID_HEADER:
             message_id = text
@@ -113,6 +109,12 @@ class KafkaConsumerDriver:
         # one commit in flight at a time; acks wait for a commit that covers them
         self._commit_cv = threading.Condition()
         self._committing = False
+        self._sync_acks = settings.ack_commit == "sync"
+        self._half = settings.prefetch // 2
+        self._last_commit = 0.0  # monotonic time the poller last started a background commit
+        # True while kafka-python may hold a paused flag: a pause of ours, or a rebalance
+        # (kafka-python keeps the flag of a partition assigned back); see _apply_seeks_and_pauses
+        self._check_pauses = False
         kwargs: dict[str, Any] = dict(settings.client_kwargs)
         kwargs.update(
             group_id=group,
@@ -186,6 +188,7 @@ class KafkaConsumerDriver:
                 self._parts[tp] = part
                 self._seeks[tp] = point
             self._resume.clear()
+            self._check_pauses = True
             if not self._new_parts:
                 self._joined = True  # no partitions to position: ready already
                 self._ready.notify_all()
@@ -234,24 +237,30 @@ class KafkaConsumerDriver:
     def _run(self) -> None:
         consumer = self._consumer
         interval = int(self._settings.poll_interval * 1000)
+        prefetch = self._settings.prefetch
+        most = min(500, prefetch)  # kafka-python's max_poll_records
         failures = 0
         while not self._closing:
             try:
-                full = self._apply_seeks_and_pauses()
-                # A full buffer pauses every partition; poll(0) then only does the group's
-                # work (rebalances) and the thread waits for the application to drain.
-                records = consumer.poll(timeout_ms=0 if full else interval)
+                # A full buffer: wait (up to poll_interval) for the application to take half of
+                # it. Only if it does not (it is busy) are all partitions paused, so that
+                # poll(0) does just the group's work (rebalances) without fetching more.
+                # (Pausing at every fill made kafka-python park and restore its fetched records
+                # each time: about one pause/resume per 400 records at full speed.)
+                stalled = len(self._buffer) >= prefetch and not self._wait_for_space()
+                self._apply_seeks_and_pauses(stalled)
+                space = prefetch - len(self._buffer)
+                records = consumer.poll(
+                    timeout_ms=0 if stalled else interval,
+                    max_records=min(most, space) if space > 0 else most,
+                )
                 self._position_new_partitions(records)
                 self._take(records)
-                if full:
-                    with self._lock:
-                        self._space.wait_for(
-                            lambda: self._closing
-                            or len(self._buffer) <= self._settings.prefetch // 2,
-                            self._settings.poll_interval,
-                        )
-                if self._settings.ack_commit == "async":
-                    self._commit(wait=False)
+                if not self._sync_acks:
+                    now = time.monotonic()
+                    if now - self._last_commit >= self._settings.poll_interval:
+                        self._last_commit = now
+                        self._commit(wait=False)
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -270,17 +279,27 @@ class KafkaConsumerDriver:
     def _stopping(self) -> bool:
         return self._closing
 
-    def _apply_seeks_and_pauses(self) -> bool:
-        """Seek nacked partitions back and pause what must not be fetched; True if full."""
+    def _wait_for_space(self) -> bool:
+        """Wait up to poll_interval until the buffer is at most half full; False if it is not."""
+        half = self._half
+        with self._lock:
+            return self._space.wait_for(
+                lambda: self._closing or len(self._buffer) <= half, self._settings.poll_interval
+            )
+
+    def _apply_seeks_and_pauses(self, stalled: bool) -> None:
+        """Seek nacked partitions back; pause delayed partitions, or all of them if stalled."""
         consumer = self._consumer
         now = time.monotonic()
         with self._lock:
             seeks, self._seeks = self._seeks, {}
-            full = len(self._buffer) >= self._settings.prefetch
             for tp, until in list(self._delayed.items()):
                 if until <= now:
                     del self._delayed[tp]
-            want = set(self._parts) if full else set(self._delayed)
+            want = set(self._parts) if stalled else set(self._delayed)
+            if not (seeks or want or self._check_pauses):
+                return  # nothing to seek, nothing paused nor to pause: the usual case
+            self._check_pauses = bool(want)
         for tp, offset in seeks.items():
             # ValueError: revoked meanwhile; the new owner starts from the commit
             with contextlib.suppress(ValueError):
@@ -294,10 +313,11 @@ class KafkaConsumerDriver:
         for tp in paused - want:
             with contextlib.suppress(KeyError):
                 consumer.resume(tp)
-        return full
 
     def _position_new_partitions(self, records: dict[TopicPartition, list[Any]]) -> None:
         """Note where newly assigned partitions start (records of this poll count as unread)."""
+        if not self._new_parts:  # only the IO thread adds to it, in a rebalance: seen next time
+            return
         with self._lock:
             new = set(self._new_parts)
         if not new:
@@ -330,13 +350,15 @@ class KafkaConsumerDriver:
             return
         with self._lock:
             added = False
+            append = self._buffer.append
             for tp, batch in records.items():
                 part = self._parts.get(tp)
                 if part is None or tp in self._seeks:
                     continue  # revoked, or a nack asked for a seek: these come again
+                fetched, epoch = part.fetched, part.epoch
                 for record in batch:
-                    if part.fetched(record.offset):
-                        self._buffer.append((tp, part.epoch, record))
+                    if fetched(record.offset):
+                        append((tp, epoch, record))
                         added = True
             if added:
                 self._ready.notify_all()
@@ -428,40 +450,51 @@ class KafkaConsumerDriver:
 
     def receive(self, timeout: float | None) -> Delivery | None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        parts = self._parts
         with self._lock:
             while True:
                 if self._closing or self._closed:
                     return None
                 if self._error is not None:
                     raise self._error
-                while self._buffer:
-                    tp, epoch, record = self._buffer.popleft()
-                    if len(self._buffer) == self._settings.prefetch // 2:
+                buffer = self._buffer  # a nack or a revocation may have replaced it
+                while buffer:
+                    tp, epoch, record = buffer.popleft()
+                    if len(buffer) == self._half:
                         self._space.notify()
-                    part = self._parts.get(tp)
+                    part = parts.get(tp)
                     if part is None or part.epoch != epoch:
                         continue
                     attempt = part.deliver(record.offset)
-                    if attempt is None:
-                        continue
-                    return self._delivery(tp, epoch, record, attempt)
-                if deadline is None:
-                    self._ready.wait(1.0)
+                    if attempt is not None:
+                        break
                 else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return None
-                    self._ready.wait(remaining)
+                    if deadline is None:
+                        self._ready.wait(1.0)
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return None
+                        self._ready.wait(remaining)
+                    continue
+                break
+        # built outside the lock: the record is ours now (in flight), the poller need not wait
+        return self._delivery(tp, epoch, record, attempt)
 
-    def _delivery(self, tp: TopicPartition, epoch: int, record: Any, attempt: int) -> Delivery:
-        headers, message_id = _decode_headers(record.headers)
+    @staticmethod
+    def _delivery(tp: TopicPartition, epoch: int, record: Any, attempt: int) -> Delivery:
+        raw_headers, key, value, stamp = record.headers, record.key, record.value, record.timestamp
+        if raw_headers:
+            headers, message_id = _decode_headers(raw_headers)
+        else:
+            headers, message_id = {}, None
         return Delivery(
             topic=tp.topic,
-            body=b"" if record.value is None else bytes(record.value),
-            key=_decode_key(record.key),
+            body=b"" if value is None else value,  # bytes: the adapter sets no deserializer
+            key=None if key is None else key.decode("utf-8", errors="surrogateescape"),
             headers=headers,
             id=message_id or f"{tp.topic}-{tp.partition}-{record.offset}",
-            timestamp=record.timestamp / 1000.0 if record.timestamp >= 0 else time.time(),
+            timestamp=stamp / 1000.0 if stamp >= 0 else time.time(),
             attempt=attempt,
             handle=(tp, record.offset, epoch),
         )
@@ -470,21 +503,31 @@ class KafkaConsumerDriver:
         tp, offset, epoch = delivery.handle
         part = self._parts.get(tp)
         if part is None or part.epoch != epoch or part.state(offset) is not State.INFLIGHT:
-            log.info(
-                "message %s on %s[%d] was settled after its partition moved to another member; "
-                "it will be delivered again there", delivery.id, tp.topic, tp.partition,
-            )
+            self._stale(delivery)
             return None
         return part
 
+    @staticmethod
+    def _stale(delivery: Delivery) -> None:
+        tp = delivery.handle[0]
+        log.info(
+            "message %s on %s[%d] was settled after its partition moved to another member; "
+            "it will be delivered again there", delivery.id, tp.topic, tp.partition,
+        )
+
     def ack(self, delivery: Delivery) -> None:
+        tp, offset, epoch = delivery.handle
         with self._lock:
-            part = self._settle(delivery)
-            if part is None:
-                return
-            part.done(delivery.handle[1])
-            advances = part.needs_commit() is not None
-        if advances and self._settings.ack_commit == "sync":
+            part = self._parts.get(tp)
+            if part is None or part.epoch != epoch or not part.done(offset):
+                part = None
+            elif not self._sync_acks:
+                return  # the poller commits in the background
+            else:
+                advances = part.needs_commit() is not None
+        if part is None:
+            self._stale(delivery)
+        elif advances:
             self._commit_for_ack(delivery)
 
     def _commit_for_ack(self, delivery: Delivery) -> None:

@@ -1,19 +1,45 @@
 """The raw kafka-python baseline for ``mqkit bench`` (entry point ``mqkit.bench``: ``kafka``).
 
-The same durable work as the adapter, written the way a kafka-python user would: topics created
-with the adapter's partition count, a producer with ``acks=all`` and idempotence that flushes at
-the end, and a group consumer that commits once per poll batch. What it leaves out is what mqkit
-adds: per-message acks committed only up to the first unacked offset, the poller thread and its
-buffer, nack rewinds, attempt counting and the wait for the group to settle.
+The same durable work with the same guarantees as the adapter, written the way a kafka-python
+user would, reading the adapter's options from the URL:
+
+- topics created with the adapter's partition count;
+- a producer with ``acks=all`` and idempotence that flushes at the end. With the adapter's
+  default ``keyless=sticky`` it sends a topic's keyless bodies to one partition chosen at random,
+  as the adapter does so that one producer's keyless messages stay in order (kafka-python's own
+  partitioner spreads them over the partitions and loses that order; ``?keyless=spread``
+  measures both sides that way);
+- a group consumer with the adapter's fetch wait (``poll_interval``, at most 500 ms). On Tansu a
+  fetch that includes partitions without new data is answered late, after up to that wait, so
+  kafka-python's default of 500 ms would measure the wait rather than the client;
+- manual commits that give the guarantee of the URL's ``ack_commit`` mode:
+
+  - ``sync`` (the adapter's default): after processing a record the loop commits its offset + 1
+    with the blocking ``commit()``, which is what a kafka-python user needs for "processed =
+    never delivered again", the promise of mqkit's ``ack()`` in this mode (it returns once the
+    commit is confirmed);
+  - ``async``: after processing a poll batch the loop calls ``commit_async()`` (at-least-once
+    with background commits: a crash may redeliver the last batch), and ``close()`` commits
+    synchronously, as mqkit does in this mode.
+
+What it leaves out is what mqkit adds: per-message acks committed only up to the first unacked
+offset, the poller thread and its buffer, nack rewinds, attempt counting and the wait for the
+group to settle.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer  # type: ignore[import-untyped]
+from kafka import (  # type: ignore[import-untyped]
+    KafkaConsumer,
+    KafkaProducer,
+    OffsetAndMetadata,
+    TopicPartition,
+)
 
 from mqkit.config import BrokerURL
 from mqkit_kafka.backend import KafkaBackend, parse_settings
@@ -44,6 +70,7 @@ class RawKafkaClient:
             session_timeout_ms=int(s.session_timeout * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval * 1000),
             max_poll_records=s.prefetch,
+            fetch_max_wait_ms=min(500, int(s.poll_interval * 1000)),  # as the adapter's
         )
         self._consumer.subscribe(list(topics))
         deadline = time.monotonic() + s.join_timeout
@@ -64,25 +91,34 @@ class RawKafkaClient:
                 **s.client_kwargs, acks="all", enable_idempotence=s.idempotence,
                 linger_ms=s.linger_ms, max_request_size=s.max_message_bytes,
             )
+        partition = None
+        if self._settings.keyless == "sticky":
+            partition = random.choice(sorted(self._producer.partitions_for(topic)))
         send = self._producer.send
         for body in bodies:
-            send(topic, value=body)
+            send(topic, value=body, partition=partition)
         self._producer.flush()
 
     def consume(self, on_body: OnBody, until: Callable[[], bool], deadline: float) -> None:
         assert self._consumer is not None, "subscribe first"
+        consumer = self._consumer
+        per_record = self._settings.ack_commit == "sync"
         while not until() and time.monotonic() < deadline:
-            batch: dict[Any, list[Any]] = self._consumer.poll(timeout_ms=200)
-            for records in batch.values():
+            batch: dict[TopicPartition, list[Any]] = consumer.poll(timeout_ms=200)
+            for tp, records in batch.items():
                 for record in records:
                     on_body(record.value)
-            if batch:
-                self._consumer.commit()
+                    if per_record:
+                        consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
+            if batch and not per_record:
+                consumer.commit_async()
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close()
         if self._consumer is not None:
+            if self._settings.ack_commit == "async":
+                self._consumer.commit()  # what the background commits have not covered yet
             self._consumer.close()
 
 
