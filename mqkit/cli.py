@@ -344,7 +344,7 @@ def bench(
                 console.print(f"[yellow]{name}: no raw-client baseline registered[/]")
             total = len(benches[0].plan()) * repeat
             tasks = {
-                id(b): bars.add_task(f"{parse_url(url).scheme} {b.client}", total=total)
+                id(b): bars.add_task(f"{name} {b.client}", total=total)
                 for b in benches
             }
             try:

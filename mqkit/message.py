@@ -53,12 +53,13 @@ class OutgoingMessage:
     timestamp: float = field(default_factory=time.time)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
     """A message as a backend received it.
 
     ``attempt`` is the delivery count (1 on first delivery). ``handle`` is the adapter's own
     token for acking (a delivery tag, an offset, a receipt handle); the core never looks inside.
+    Read-only by convention, not frozen: one is built for every message received.
     """
 
     topic: str
