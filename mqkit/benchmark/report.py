@@ -105,8 +105,9 @@ def markdown(work: Workload, results: Sequence[Measurement]) -> str:
         "",
         "Workload: " + ", ".join(f"{k}={v}" for k, v in doc["workload"].items()),
         "",
-        f"Each row is the median of {work.repeat} run(s), raw and mqkit taking turns workload by "
-        "workload; sent, received, lost and duplicated are summed over all of them.",
+        f"Each row is the median of {work.repeat} run(s) (of an even number, the slower middle "
+        "one), raw and mqkit taking turns workload by workload; sent, received, lost and "
+        "duplicated are summed over all of them.",
         "",
         "| backend | client | test | topics | msg/s | MB/s | p50 ms | p95 ms | p99 ms | max ms "
         "| sent | received | lost | duplicated |",

@@ -265,7 +265,8 @@ def compare(
 
 
 def median(runs: list[Measurement]) -> Measurement:
-    """The run with the median rate (latency: median p50), with every run's integrity counts."""
+    """The run with the median rate (latency: median p50; of an even number of runs, the slower
+    middle one), with every run's integrity counts summed."""
     if runs[0].test == "latency":
         ranked = sorted(runs, key=lambda m: m.latency_ms.get("p50", 0.0))
     else:
