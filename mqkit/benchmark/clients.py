@@ -7,7 +7,6 @@ scheme (``factory(url) -> BenchClient``); the SQLite baseline is built in.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import sqlite3
 import time
@@ -20,6 +19,7 @@ from mqkit.backends.sqlite import GC_EVERY, LEASE, SCHEMA, collect
 from mqkit.client import Broker, Consumer, Producer, connect
 from mqkit.config import BrokerURL, parse_url
 from mqkit.errors import ConfigError
+from mqkit.message import new_message_id
 
 GROUP = "mqkit.bench"
 
@@ -95,9 +95,6 @@ class RawSqliteClient:
     consuming deletes the message rows no group needs every ``GC_EVERY`` acks, as mqkit does.
     """
 
-    _ids = itertools.count(int.from_bytes(secrets.token_bytes(4)) << 16)
-    _prefix = secrets.token_hex(8)
-
     def __init__(self, path: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
@@ -120,13 +117,12 @@ class RawSqliteClient:
         self._conn.execute("COMMIT")
 
     def produce(self, topic: str, bodies: Iterable[bytes]) -> None:
-        prefix, ids = self._prefix, self._ids
         batch: list[tuple[str, str, None, str, bytes, float]] = []
         started = time.monotonic()
         for body in bodies:
             if not batch:
                 started = time.monotonic()
-            batch.append((topic, f"{prefix}{next(ids):016x}", None, "", body, time.time()))
+            batch.append((topic, new_message_id(), None, "", body, time.time()))
             if len(batch) >= 1000 or time.monotonic() - started > 0.001:
                 self._insert(batch)
                 batch = []
