@@ -16,7 +16,7 @@ says exactly what to install or remove.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from mqkit.config import BrokerURL
@@ -24,7 +24,7 @@ from mqkit.errors import ConfigError
 from mqkit.spi import Backend
 from mqkit_rocketmq._drivers import installed_drivers
 
-__all__ = ["installed_drivers", "open_backend", "set_provisioner"]
+__all__ = ["installed_drivers", "open_backend"]
 
 SCHEMES = ("rocketmq", "rocketmq+remoting")
 
@@ -44,16 +44,3 @@ def open_backend(url: BrokerURL, options: Mapping[str, Any]) -> Backend:
         f"not {url.scheme}://"
     )
 
-
-def set_provisioner(provision: Callable[[str, str], None] | None) -> None:
-    """Let ``rocketmq://`` create what RocketMQ 5 will not create by itself.
-
-    A RocketMQ 5 proxy never creates topics for its clients. With a provisioner set, a missing
-    topic calls ``provision("topic", name)`` once (then is looked up again), and every new
-    consumer calls ``provision("group", name)`` first — e.g. to run ``mqadmin updateTopic … -a
-    +message.type=MIXED`` and ``mqadmin updateSubGroup … -o true`` (FIFO, for per-key order).
-    ``None`` turns it off. Names are the RocketMQ names (``.`` already mapped to ``_``).
-    """
-    from mqkit_rocketmq import v5
-
-    v5.provisioner = provision

@@ -36,7 +36,7 @@ from mqkit.errors import (
 from mqkit.message import Delivery, OutgoingMessage
 from mqkit.options import Options
 from mqkit.spi import Features
-from mqkit_rocketmq import _codec
+from mqkit_rocketmq import _codec, admin
 from mqkit_rocketmq._drivers import load_v5
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,6 @@ _rpc: Any = importlib.import_module("rocketmq.v5.client.connection.rpc_client")
 
 DEFAULT_PORT = 8081
 
-#: ``provision(kind, name)`` creates a missing topic (``kind="topic"``) or prepares a consumer
-#: group (``kind="group"``) on the cluster, e.g. by running ``mqadmin``; see
-#: :func:`mqkit_rocketmq.set_provisioner`. ``None``: missing topics are an error.
-provisioner: Callable[[str, str], None] | None = None
 Code: Any = _proto.Code
 _UNREACHABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -141,7 +137,16 @@ class V5Backend:
         self.prefetch = opts.int("prefetch", 16, minimum=1)
         self.long_polling = opts.int("long_polling_timeout", 5, minimum=1)
         self.max_in_flight = opts.int("max_in_flight", 1024, minimum=1)
+        # auto_create: create missing topics (MIXED) and consumer groups (FIFO) through the
+        # name server's brokers, for development and test clusters (see mqkit_rocketmq.admin).
+        self.namesrv = opts.str("namesrv", "") or None
+        self.auto_create = opts.bool("auto_create", False)
         opts.done()
+        if self.auto_create and self.namesrv is None:
+            raise ConfigError(
+                f"{url}: auto_create creates topics through a name server: add "
+                "namesrv=HOST:9876 (a RocketMQ 5 proxy cannot create topics itself)"
+            )
         if self.prefetch > 32:
             raise ConfigError(f"{url}: prefetch={self.prefetch}: RocketMQ pops at most 32")
         self.config = _client.ClientConfiguration(
@@ -209,10 +214,28 @@ class V5Backend:
                 "secret key in the URL (rocketmq://ACCESS_KEY:SECRET_KEY@host:port)"
             )
 
-    def check_topic(self, topic: str, mqkit_name: str, *, _provisioned: bool = False) -> None:
+    def provision(self, kind: str, name: str) -> None:
+        """With ``auto_create``, create the topic or consumer group ``name`` if it is missing.
+
+        Done before the proxy is first asked about it: a proxy caches a missing topic's route
+        for a while, so creating it after a failed lookup would not help at once.
+        """
+        if not self.auto_create or self.namesrv is None:
+            return
+        ensure = admin.ensure_topic if kind == "topic" else admin.ensure_group
+        try:
+            ensure(self.namesrv, name, timeout=self.connect_timeout)
+        except (OSError, admin.AdminError) as exc:
+            raise BrokerUnavailable(
+                f"auto_create: cannot create {kind} {name!r} through the name server at "
+                f"{self.namesrv}: {exc}"
+            ) from None
+
+    def check_topic(self, topic: str, mqkit_name: str) -> None:
         """Raise a clear mqkit error unless ``topic`` exists on the cluster."""
         if topic in self._known_topics:
             return
+        self.provision("topic", topic)
         request = _proto.QueryRouteRequest()
         request.topic.name = topic
         request.topic.resource_namespace = self.namespace
@@ -226,9 +249,6 @@ class V5Backend:
         status = response.status
         self._check_auth(status)
         if status.code == Code.TOPIC_NOT_FOUND:
-            if provisioner is not None and not _provisioned:
-                provisioner("topic", topic)
-                return self.check_topic(topic, mqkit_name, _provisioned=True)
             raise ConfigError(self.missing_topic(topic, mqkit_name, status.message))
         if status.code in (Code.ILLEGAL_TOPIC, Code.BAD_REQUEST):
             raise ConfigError(
@@ -540,8 +560,7 @@ class V5Consumer:
         self._retry_at = 0.0
         self._closed = False
         self._warned_fifo = False
-        if provisioner is not None:
-            provisioner("group", self._group)
+        backend.provision("group", self._group)
         filters = {topic: _model.FilterExpression() for topic in self._names}
         try:
             self._client = _SimpleConsumer(

@@ -1,0 +1,262 @@
+"""Create RocketMQ topics and consumer groups through the name server and the brokers' remoting
+admin requests — what ``mqadmin updateTopic`` / ``updateSubGroup`` do — with the standard library
+only, so that it also runs as a script before anything is installed::
+
+    python admin.py ready NAMESRV_HOST:PORT [TIMEOUT]   # a topic can be created and written
+    python admin.py topic NAMESRV_HOST:PORT NAME        # create a MIXED topic if missing
+    python admin.py group NAMESRV_HOST:PORT NAME        # create a FIFO consumer group if missing
+
+A RocketMQ 5 proxy creates no topics for its clients, and a consumer group created on first use
+is not FIFO, so the adapter's ``auto_create`` option calls :func:`ensure_topic` and
+:func:`ensure_group` for development and test clusters. Both leave existing topics and groups
+as they are. Production clusters create them with their own tools.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import socket
+import sys
+import time
+from typing import Any
+
+# Request and response codes (org.apache.rocketmq.remoting.protocol.RequestCode/ResponseCode).
+SEND_MESSAGE = 10
+UPDATE_AND_CREATE_TOPIC = 17
+GET_ROUTEINFO_BY_TOPIC = 105
+GET_BROKER_CLUSTER_INFO = 106
+UPDATE_AND_CREATE_SUBSCRIPTIONGROUP = 200
+GET_SUBSCRIPTIONGROUP_CONFIG = 352
+SUCCESS = 0
+TOPIC_NOT_EXIST = 17
+SUBSCRIPTION_GROUP_NOT_EXIST = 26
+
+MASTER_ID = "0"
+_RESPONSE_FLAG = 1
+_opaque = itertools.count(1)
+# fastjson writes maps with number keys unquoted ({0:"127.0.0.1:10911"}), which is not JSON.
+_BARE_NUMBER_KEY = re.compile(r'([{,])(-?\d+):')
+
+
+class AdminError(Exception):
+    """A remoting request failed: no answer, or an answer with an error code."""
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise AdminError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def call(
+    address: str,
+    code: int,
+    fields: dict[str, str] | None = None,
+    body: bytes = b"",
+    *,
+    timeout: float = 5.0,
+) -> tuple[dict[str, Any], bytes]:
+    """One request on its own connection; returns the response header and body."""
+    header = json.dumps({
+        "code": code,
+        "extFields": fields or {},
+        "flag": 0,
+        "language": "PYTHON",
+        "opaque": next(_opaque),
+        "serializeTypeCurrentRPC": "JSON",
+        "version": 0,
+    }).encode()
+    frame = (
+        (4 + len(header) + len(body)).to_bytes(4, "big")
+        + len(header).to_bytes(4, "big")
+        + header
+        + body
+    )
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(_address(address), timeout=timeout) as sock:
+        sock.sendall(frame)
+
+        def read(count: int) -> bytes:
+            data = b""
+            while len(data) < count:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    chunk = sock.recv(count - len(data))
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"{address} accepted the connection but did not answer within {timeout} s"
+                    ) from None
+                if not chunk:
+                    raise ConnectionError(f"{address} closed the connection without answering")
+                data += chunk
+            return data
+
+        length = int.from_bytes(read(4), "big")
+        if not 4 <= length <= 64 << 20:
+            raise AdminError(f"{address} answered a frame of {length} bytes: not RocketMQ")
+        frame = read(length)
+    header_length = int.from_bytes(frame[:4], "big") & 0xFFFFFF
+    try:
+        reply = json.loads(frame[4 : 4 + header_length])
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict) or "code" not in reply or not reply.get("flag", 0) & 1:
+        raise AdminError(f"{address} answered something that is not a RocketMQ response")
+    return reply, frame[4 + header_length :]
+
+
+def _json(body: bytes) -> Any:
+    return json.loads(_BARE_NUMBER_KEY.sub(r'\1"\2":', body.decode()))
+
+
+def _failed(reply: dict[str, Any], doing: str) -> AdminError:
+    return AdminError(f"{doing}: code {reply.get('code')}: {reply.get('remark') or 'no remark'}")
+
+
+def master_brokers(namesrv: str, *, timeout: float = 5.0) -> dict[str, str]:
+    """Broker name → address of its master, as the name server knows them."""
+    reply, body = call(namesrv, GET_BROKER_CLUSTER_INFO, timeout=timeout)
+    if reply["code"] != SUCCESS:
+        raise _failed(reply, f"asking {namesrv} for its brokers")
+    table = _json(body).get("brokerAddrTable", {}) if body else {}
+    return {
+        name: data["brokerAddrs"][MASTER_ID]
+        for name, data in table.items()
+        if MASTER_ID in data.get("brokerAddrs", {})
+    }
+
+
+def topic_exists(namesrv: str, topic: str, *, timeout: float = 5.0) -> bool:
+    reply, _ = call(namesrv, GET_ROUTEINFO_BY_TOPIC, {"topic": topic}, timeout=timeout)
+    if reply["code"] == TOPIC_NOT_EXIST:
+        return False
+    if reply["code"] != SUCCESS:
+        raise _failed(reply, f"looking up topic {topic!r} on {namesrv}")
+    return True
+
+
+def ensure_topic(
+    namesrv: str, topic: str, *, queues: int = 4, timeout: float = 5.0
+) -> bool:
+    """Create ``topic`` as a MIXED topic on every master broker unless the name server knows it.
+
+    MIXED: mqkit sends keyed messages as FIFO messages and the others as NORMAL ones, and a
+    RocketMQ 5 topic takes only the message types it declares. Returns whether it created it.
+    """
+    if topic_exists(namesrv, topic, timeout=timeout):
+        return False
+    brokers = master_brokers(namesrv, timeout=timeout)
+    if not brokers:
+        raise AdminError(f"the name server {namesrv} knows no broker to create {topic!r} on")
+    fields = {
+        "topic": topic,
+        "defaultTopic": "TBW102",
+        "readQueueNums": str(queues),
+        "writeQueueNums": str(queues),
+        "perm": "6",  # read and write
+        "topicFilterType": "SINGLE_TAG",
+        "topicSysFlag": "0",
+        "order": "false",
+        "attributes": "+message.type=MIXED",
+    }
+    for name, address in brokers.items():
+        reply, _ = call(address, UPDATE_AND_CREATE_TOPIC, fields, timeout=timeout)
+        if reply["code"] != SUCCESS:
+            raise _failed(reply, f"creating topic {topic!r} on broker {name} ({address})")
+    # The brokers register the new topic with the name server; wait until it answers for it.
+    deadline = time.monotonic() + timeout
+    while not topic_exists(namesrv, topic, timeout=timeout):
+        if time.monotonic() > deadline:
+            raise AdminError(f"{namesrv} did not learn of the new topic {topic!r} in {timeout} s")
+        time.sleep(0.05)
+    return True
+
+
+def ensure_group(namesrv: str, group: str, *, timeout: float = 5.0) -> bool:
+    """Create ``group`` as a FIFO consumer group (``consumeMessageOrderly``) on every master
+    broker that does not have it yet: RocketMQ keeps message-group order only for FIFO groups.
+    Returns whether it created it anywhere."""
+    config = json.dumps({
+        "groupName": group,
+        "consumeEnable": True,
+        "consumeFromMinEnable": True,
+        "consumeBroadcastEnable": True,
+        "consumeMessageOrderly": True,
+        "retryQueueNums": 1,
+        "retryMaxTimes": 16,
+        "brokerId": 0,
+        "whichBrokerWhenConsumeSlowly": 1,
+        "notifyConsumerIdsChangedEnable": True,
+    }).encode()
+    created = False
+    for name, address in master_brokers(namesrv, timeout=timeout).items():
+        reply, _ = call(address, GET_SUBSCRIPTIONGROUP_CONFIG, {"group": group}, timeout=timeout)
+        if reply["code"] == SUCCESS:
+            continue
+        if reply["code"] != SUBSCRIPTION_GROUP_NOT_EXIST:
+            raise _failed(reply, f"looking up group {group!r} on broker {name} ({address})")
+        reply, _ = call(address, UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, body=config, timeout=timeout)
+        if reply["code"] != SUCCESS:
+            raise _failed(reply, f"creating group {group!r} on broker {name} ({address})")
+        created = True
+    return created
+
+
+def send_probe(namesrv: str, topic: str, *, timeout: float = 5.0) -> None:
+    """Write one message to ``topic`` on every master broker (a start script's readiness check)."""
+    for name, address in master_brokers(namesrv, timeout=timeout).items():
+        fields = {
+            "producerGroup": "mqkit_ci_probe",
+            "topic": topic,
+            "defaultTopic": "TBW102",
+            "defaultTopicQueueNums": "4",
+            "queueId": "0",
+            "sysFlag": "0",
+            "bornTimestamp": str(int(time.time() * 1000)),
+            "flag": "0",
+            "properties": "",
+            "reconsumeTimes": "0",
+            "unitMode": "false",
+            "batch": "false",
+        }
+        reply, _ = call(address, SEND_MESSAGE, fields, b"ready?", timeout=timeout)
+        if reply["code"] != SUCCESS:
+            raise _failed(reply, f"sending to {topic!r} on broker {name} ({address})")
+
+
+def main(argv: list[str]) -> int:
+    usage = "usage: admin.py ready|topic|group NAMESRV_HOST:PORT [NAME|TIMEOUT]"
+    if len(argv) < 2 or argv[0] not in {"ready", "topic", "group"}:
+        print(usage, file=sys.stderr)
+        return 2
+    action, namesrv = argv[0], argv[1]
+    try:
+        if action == "topic" and len(argv) == 3:
+            ensure_topic(namesrv, argv[2])
+        elif action == "group" and len(argv) == 3:
+            ensure_group(namesrv, argv[2])
+        elif action == "ready":
+            deadline = time.monotonic() + (float(argv[2]) if len(argv) > 2 else 0.0)
+            while True:
+                try:
+                    ensure_topic(namesrv, "mqkit_ready")
+                    send_probe(namesrv, "mqkit_ready")
+                    return 0
+                except (OSError, AdminError):
+                    if time.monotonic() >= deadline:
+                        raise
+                time.sleep(0.5)
+        else:
+            print(usage, file=sys.stderr)
+            return 2
+    except (OSError, AdminError) as exc:
+        print(f"rocketmq admin: {action} on {namesrv}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
