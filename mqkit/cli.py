@@ -289,6 +289,14 @@ def _advance(bars: Progress, tasks: dict[int, TaskID], bench: object) -> None:
     show_default=True,
     help="Runs per workload, raw and mqkit taking turns; the median is shown.",
 )
+@click.option(
+    "--confirm-each",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also send this many messages one at a time, each confirmed before the next "
+    "(the 'produce-each' rows); 0: off.",
+)
 @click.option("--no-raw", is_flag=True, help="Skip the raw-client baseline.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.option(
@@ -308,6 +316,7 @@ def bench(
     rate: float,
     latency_seconds: float,
     repeat: int,
+    confirm_each: int,
     no_raw: bool,
     as_json: bool,
     report_dir: Path | None,
@@ -326,7 +335,15 @@ def bench(
             f"{topics!r} is not a list of numbers", param_hint="--topics"
         ) from None
     work = Workload(
-        messages, size, producers, consumers, counts, rate, latency_seconds, repeat=repeat
+        messages,
+        size,
+        producers,
+        consumers,
+        counts,
+        rate,
+        latency_seconds,
+        repeat=repeat,
+        confirm_each=confirm_each,
     )
     targets = list(urls) or [resolve(None).url, *os.environ.get("MQKIT_BENCH_URLS", "").split()]
     results: list[Measurement] = []

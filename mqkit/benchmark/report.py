@@ -153,7 +153,7 @@ def chart(results: Sequence[Measurement], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise RuntimeError("the PNG chart needs matplotlib: pip install 'mqkit[bench]'") from exc
-    rows = [m for m in results if m.test in ("produce", "consume")]
+    rows = [m for m in results if m.test in ("produce", "consume", "produce-each")]
     groups = list(dict.fromkeys((m.backend, m.test, m.topics) for m in rows))
     rate = {(m.backend, m.test, m.topics, m.client): m.rate for m in rows}
     fig, ax = plt.subplots(figsize=(max(6, len(groups) * 0.6), 5))

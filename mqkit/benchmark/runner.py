@@ -32,6 +32,8 @@ class Workload:
     latency_seconds: float = 3.0
     timeout: float = 300.0
     repeat: int = 3  # runs per workload and client; the median is reported
+    # Messages for the "produce-each" workload (each send confirmed before the next); 0: off.
+    confirm_each: int = 0
 
 
 @dataclass
@@ -192,6 +194,26 @@ class BackendBench:
             self._measure("consume", topic_count, consumed, tally, len(tally.seen)),
         ]
 
+    def produce_each(self) -> list[Measurement]:
+        """Send ``confirm_each`` messages one at a time, each confirmed by the broker before the
+        next is sent (``produce`` of one body flushes), then consume them to check integrity."""
+        work = self.work
+        run = uuid.uuid4().hex[:8]
+        topic, group = f"bench.{run}.each", f"bench.{run}"
+        consumer, producer = self.factory(), self.factory()
+        try:
+            consumer.subscribe([topic], group)
+            tally = _Tally(work.confirm_each)
+            started = time.perf_counter()
+            for seq in range(work.confirm_each):
+                producer.produce(topic, (body(seq, work.size),))
+            produced = time.perf_counter() - started
+            consumer.consume(tally.on_body, tally.complete, time.monotonic() + work.timeout)
+        finally:
+            consumer.close()
+            producer.close()
+        return [self._measure("produce-each", 1, produced, tally, work.confirm_each)]
+
     def latency(self) -> Measurement:
         """End-to-end latency at a fixed offered rate below saturation."""
         work = self.work
@@ -236,6 +258,8 @@ class BackendBench:
             ("throughput", partial(self.throughput, 1)),
             ("latency", lambda: [self.latency()]),
         ]
+        if self.work.confirm_each:
+            steps.append(("produce-each", self.produce_each))
         for k in self.work.topic_counts:
             if k > 1:
                 steps.append((f"{k} topics", partial(self.throughput, k)))

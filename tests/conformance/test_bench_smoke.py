@@ -29,6 +29,8 @@ def test_bench_runs_and_loses_nothing(url: str, tmp_path: Path) -> None:
             "0.5",
             "--repeat",
             "2",
+            "--confirm-each",
+            "20",
             "--json",
             "--report",
             str(tmp_path),
@@ -44,9 +46,10 @@ def test_bench_runs_and_loses_nothing(url: str, tmp_path: Path) -> None:
         ("mqkit", "latency", 1),
         ("mqkit", "produce", 3),
         ("mqkit", "consume", 3),
+        ("mqkit", "produce-each", 1),
     } <= tests
     assert all(m["received"] == m["sent"] and m["runs"] == 2 for m in doc["results"])
     if url.startswith("sqlite"):
-        assert {r["test"] for r in doc["ratios"]} == {"produce", "consume"}
+        assert {r["test"] for r in doc["ratios"]} == {"produce", "consume", "produce-each"}
     assert (tmp_path / "report.md").read_text().startswith("# mqkit bench report")
     assert (tmp_path / "throughput.png").stat().st_size > 1000
