@@ -1,5 +1,5 @@
-"""Broker restart mid-stream, on a Tansu whose storage survives restarts (s3:// on a local S3
-server): clients recover and nothing that was confirmed is lost."""
+"""Broker restart mid-stream, on a second Apache Kafka of the tests' own (its data survives a
+restart, and it comes back on the same port): clients recover and nothing confirmed is lost."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 
 import mqkit
 from mqkit import BrokerUnavailable, DeliveryTimeout
-from tests.kafka.conftest import DurableTansu
+from tests.kafka.conftest import RestartableKafka
 
 
 def test_broker_restart_mid_stream_loses_nothing_confirmed(
-    durable_tansu: DurableTansu, topic: str, group: str
+    restartable_kafka: RestartableKafka, topic: str, group: str
 ) -> None:
-    url = durable_tansu.url + "?partitions=2"
+    url = restartable_kafka.url + "?partitions=2"
     sent: set[str] = set()
     seen: list[str] = []
     acked: set[str] = set()
@@ -49,9 +49,9 @@ def test_broker_restart_mid_stream_loses_nothing_confirmed(
 
             with lock:
                 acked_before = set(acked)
-            durable_tansu.stop()
+            restartable_kafka.stop()
             time.sleep(1.0)
-            durable_tansu.start()
+            restartable_kafka.start()
 
             for i in range(50, 100):
                 sent.add(producer.send(topic, i, key=f"k{i % 4}"))
@@ -76,13 +76,13 @@ def test_broker_restart_mid_stream_loses_nothing_confirmed(
 
 
 def test_broker_down_fails_flush_and_connect_in_bounded_time(
-    durable_tansu: DurableTansu, topic: str
+    restartable_kafka: RestartableKafka, topic: str
 ) -> None:
-    with mqkit.connect(durable_tansu.url, delivery_timeout=30) as broker:
+    with mqkit.connect(restartable_kafka.url, delivery_timeout=30) as broker:
         producer = broker.producer()
         producer.send(topic, "before")
         producer.flush(timeout=30)
-        durable_tansu.stop()
+        restartable_kafka.stop()
         started = time.monotonic()
         producer.send(topic, "while down")
         with pytest.raises((DeliveryTimeout, BrokerUnavailable)):
@@ -90,8 +90,8 @@ def test_broker_down_fails_flush_and_connect_in_bounded_time(
         assert time.monotonic() - started < 10
         started = time.monotonic()
         with pytest.raises(BrokerUnavailable):
-            mqkit.connect(durable_tansu.url, connect_timeout=3)
+            mqkit.connect(restartable_kafka.url, connect_timeout=3)
         assert time.monotonic() - started < 10
-        durable_tansu.start()
+        restartable_kafka.start()
         producer.flush(timeout=30)  # retried after the restart, not lost
         producer.close()
