@@ -22,6 +22,19 @@ def test_topics_are_created_with_the_configured_partition_count(
     assert len(described["partitions"]) == 5
 
 
+def test_consumer_returns_owning_every_partition_of_a_new_topic(
+    kafka_url: str, group: str
+) -> None:
+    """Apache Kafka confirms CreateTopics before its metadata shows the topic; a consumer that
+    subscribed in between would get an empty first assignment (and rebalance later)."""
+    with mqkit.connect(kafka_url, partitions=3) as broker:
+        for i in range(5):
+            consumer = broker.consumer(f"{group}-t{i}", group=f"{group}-{i}")
+            owned = sorted(tp.partition for tp in consumer._driver._parts)  # type: ignore[attr-defined]
+            assert owned == [0, 1, 2]
+            consumer.close()
+
+
 def test_rebalance_commits_acked_work_and_loses_no_unacked_message(
     kafka_url: str, admin: Any, topic: str, group: str
 ) -> None:
@@ -126,3 +139,4 @@ def test_two_groups_and_two_members_on_several_partitions(
                     message.ack()
         assert sorted(m.value for m in got_b) == list(range(40))
         assert sorted(got_a) == list(range(40))
+

@@ -136,6 +136,7 @@ class KafkaConsumerDriver:
         except Exception as exc:
             self._consumer.close(autocommit=False)
             raise translate(exc, f"{self._where}: subscribing", settings.hosts) from None
+        self._load_metadata(topics)
         self._thread = threading.Thread(
             target=self._run, name=f"mqkit-kafka-poller-{group}", daemon=True
         )
@@ -143,6 +144,24 @@ class KafkaConsumerDriver:
         self._wait_joined()
 
     # -- joining ---------------------------------------------------------------------------
+
+    def _load_metadata(self, topics: tuple[str, ...]) -> None:
+        """Have the topics' partitions in kafka-python's metadata before the first JoinGroup.
+
+        kafka-python requests that metadata when subscribing but joins without waiting for it.
+        As group leader it then assigns only the partitions it knows: with Apache Kafka, which
+        completes the first join of a new group at once (``group.initial.rebalance.delay.ms``
+        is 0 in CI), that was nothing, and ``consumer()`` returned owning no partition; the
+        partitions came with a second rebalance once the metadata arrived. (Tansu held the
+        first join for half the session timeout, long enough for the metadata.) Runs before
+        the poller thread starts, so no join is under way yet.
+        """
+        for topic in topics:
+            try:
+                self._consumer.partitions_for_topic(topic)
+            except Exception as exc:  # the group join reports a broker that is gone
+                log.debug("%s: metadata of %r not loaded: %s", self._where, topic, exc)
+                return
 
     def _wait_joined(self) -> None:
         """Return once the group has given this member its partitions (possibly none)."""
