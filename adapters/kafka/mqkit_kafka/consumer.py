@@ -268,6 +268,7 @@ class KafkaConsumerDriver:
                 # each time: about one pause/resume per 400 records at full speed.)
                 stalled = len(self._buffer) >= prefetch and not self._wait_for_space()
                 self._apply_seeks_and_pauses(stalled)
+                self._finish_pending_join()
                 space = prefetch - len(self._buffer)
                 records = consumer.poll(
                     timeout_ms=0 if stalled else interval,
@@ -294,6 +295,28 @@ class KafkaConsumerDriver:
                     break
                 time.sleep(min(2.0, 0.1 * failures))
         self._shutdown()
+
+    def _finish_pending_join(self) -> None:
+        """Make the next poll complete a join that kafka-python 3.0.12 would leave unfinished.
+
+        A poll whose timeout expires during a rebalance leaves the JoinGroup/SyncGroup task in
+        flight, and the next poll awaits it only if the coordinator still wants to rejoin. When
+        the rebalance was started by a metadata change (a subscribed topic appearing, partitions
+        added), that wish is derived from the metadata snapshot, which the group leader updates
+        while assigning: once the poll gave up after the assignment, no later poll awaits the
+        task, the assignment is never applied and the member owns nothing while the group
+        believes it owns everything (seen on Apache Kafka when a consumer joined before the
+        broker's metadata showed a just-created topic). Asking for a rejoin while such a task
+        is pending makes the next poll finish the rebalance (with one more JoinGroup round if
+        the task had already completed). Runs on the poller thread between polls, when no poll
+        is touching the task.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None or getattr(coordinator, "_join_task", None) is None:
+            return
+        if not coordinator.rejoin_needed:
+            log.debug("%s: a rebalance is pending; making the next poll finish it", self._where)
+            coordinator.request_rejoin()
 
     def _stopping(self) -> bool:
         return self._closing
