@@ -33,7 +33,7 @@ from kafka import (  # type: ignore[import-untyped]
     TopicPartition,
 )
 
-from mqkit.errors import BrokerUnavailable, ClosedError, MqkitError
+from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, MqkitError
 from mqkit.message import Delivery
 from mqkit_kafka._errors import translate
 from mqkit_kafka._tracker import PartitionTracker, State
@@ -288,7 +288,7 @@ class KafkaConsumerDriver:
                     break
                 error = translate(exc, f"{self._where}: polling", self._settings.hosts)
                 log.warning("%s (attempt %d; retrying)", error, failures)
-                if not self._joined and failures >= 3:
+                if not self._joined and (failures >= 3 or isinstance(error, ConfigError)):
                     with self._lock:
                         self._error = error
                         self._ready.notify_all()
