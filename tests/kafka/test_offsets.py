@@ -122,8 +122,8 @@ def test_offset_reset_latest_starts_a_new_group_at_the_end(
     kafka_url: str, topic: str, group: str
 ) -> None:
     """A new group with ``offset_reset=latest`` skips the retained records, however they were
-    batched. (Tansu answered ListOffsets(latest) with the last batch's base offset + 1, which
-    put such a group inside the old records.)"""
+    batched. (A broker that answers ListOffsets(latest) with the last batch's base offset + 1,
+    as Tansu did, puts such a group inside the old records: docs/kafka.md.)"""
     with mqkit.connect(kafka_url, partitions=1) as broker:
         with broker.producer() as producer:
             for i in range(10):  # sent together: a few records per batch

@@ -124,6 +124,9 @@ class KafkaConsumerDriver:
             heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
             max_poll_interval_ms=int(settings.rebalance_timeout * 1000),
             max_poll_records=min(500, settings.prefetch),
+            # How long the broker may hold a fetch of partitions without new records. It also
+            # bounds one busy partition next to idle ones: kafka-python leaves the busy one out
+            # of the fetch in flight while it hands out its records (docs/kafka.md).
             fetch_max_wait_ms=min(500, int(settings.poll_interval * 1000)),
             allow_auto_create_topics=False,
         )
@@ -152,9 +155,8 @@ class KafkaConsumerDriver:
         As group leader it then assigns only the partitions it knows: with Apache Kafka, which
         completes the first join of a new group at once (``group.initial.rebalance.delay.ms``
         is 0 in CI), that was nothing, and ``consumer()`` returned owning no partition; the
-        partitions came with a second rebalance once the metadata arrived. (Tansu held the
-        first join for half the session timeout, long enough for the metadata.) Runs before
-        the poller thread starts, so no join is under way yet.
+        partitions came with a second rebalance once the metadata arrived. Runs before the
+        poller thread starts, so no join is under way yet.
         """
         for topic in topics:
             try:
