@@ -165,7 +165,11 @@ def test_a_rebalance_for_new_partitions_completes_when_the_poll_gives_up_during_
 
         monkeypatch.setattr(ConsumerCoordinator, "_perform_assignment", slow_assignment)
         admin.create_partitions({topic: NewPartitions(2)})
-        admin.wait_for_topics([topic])
+        deadline = time.monotonic() + 30
+        while len(admin.describe_topics([topic])[0]["partitions"]) < 2:
+            assert time.monotonic() < deadline, "the broker's metadata never showed partition 1"
+            time.sleep(0.05)
+        admin.wait_for_topics([topic])  # and a leader for it
         # The leader notices new partitions at its next metadata refresh (every 5 minutes by
         # default); ask for it now.
         consumer._driver.kafka_consumer._cluster.request_update()  # type: ignore[attr-defined]
