@@ -1,12 +1,10 @@
-"""Fixtures for the Kafka adapter's own tests: the CI broker, and a restartable durable one."""
+"""Fixtures for the Kafka adapter's own tests: the CI broker, and a second one to restart."""
 
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,6 @@ from tests.brokers.kafka import ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER_SCRIPT = ROOT / "adapters" / "kafka" / "ci" / "broker"
-PROBE = ROOT / "adapters" / "kafka" / "ci" / "probe.py"
 
 
 @pytest.fixture(scope="session")
@@ -56,97 +53,58 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _tool(what: str) -> str:
-    out = subprocess.run(
-        ["bash", str(BROKER_SCRIPT), what], check=True, capture_output=True, text=True
-    )
-    return out.stdout.strip().splitlines()[-1]
+class RestartableKafka:
+    """A second Apache Kafka of the tests' own, to stop and start: ``adapters/kafka/ci/broker`` with
+    a state directory and first port of its own. Its data (topics, records, committed offsets)
+    survives ``stop``; ``start`` brings it back on the same port, so clients keep their URL."""
 
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self._env = {
+            **os.environ,
+            "MQKIT_KAFKA_STATE": str(state),
+            "MQKIT_KAFKA_PORT": str(free_port()),
+        }
+        self.url = ""
 
-class DurableTansu:
-    """A second Tansu whose storage (s3:// on a local moto S3 server) survives its restarts."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.tansu = _tool("bin")
-        self.moto = _tool("s3bin")
-        self.s3_port = free_port()
-        self.port = free_port()
-        self.url = f"kafka://127.0.0.1:{self.port}"
-        self._s3: subprocess.Popen[bytes] | None = None
-        self._broker: subprocess.Popen[bytes] | None = None
-
-    def start_s3(self) -> None:
-        log = (self.workdir / "moto.log").open("ab")
-        self._s3 = subprocess.Popen(
-            [self.moto, "-H", "127.0.0.1", "-p", str(self.s3_port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    def _script(self, action: str) -> str:
+        # The script's progress goes to stderr (captured by pytest, shown on failure).
+        done = subprocess.run(
+            ["bash", str(BROKER_SCRIPT), action],
+            env=self._env, check=True, stdout=subprocess.PIPE, text=True, timeout=180,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{self.s3_port}/tansu", method="PUT"
-                )
-                urllib.request.urlopen(request, timeout=2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the local S3 server did not start") from None
-                time.sleep(0.2)
+        return done.stdout
 
     def start(self) -> None:
-        env = {
-            **os.environ,
-            "AWS_ENDPOINT": f"http://127.0.0.1:{self.s3_port}",
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        listener = f"tcp://127.0.0.1:{self.port}"
-        log = (self.workdir / "tansu.log").open("ab")
-        self._broker = subprocess.Popen(
-            [
-                self.tansu,
-                "broker",
-                "--listener-url",
-                listener,
-                "--advertised-listener-url",
-                listener,
-                "--storage-engine",
-                "s3://tansu/",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        subprocess.run(["python3", str(PROBE), "127.0.0.1", str(self.port), "30"], check=True)
+        """Start it (or find it running) and wait until it answers Kafka requests."""
+        export = self._script("start").strip().splitlines()[-1]  # export MQKIT_TEST_KAFKA_URL=…
+        url = export.split("=", 1)[1]
+        if self.url and url != self.url:
+            raise AssertionError(f"the restarted broker is at {url}, no longer at {self.url}")
+        self.url = url
 
     def stop(self) -> None:
-        if self._broker is not None:
-            self._broker.terminate()
-            try:
-                self._broker.wait(10)
-            except subprocess.TimeoutExpired:
-                self._broker.kill()
-                self._broker.wait()
-            self._broker = None
+        """A clean shutdown (SIGTERM, as a broker restart); the data stays."""
+        self._script("stop")
 
     def close(self) -> None:
-        self.stop()
-        if self._s3 is not None:
-            self._s3.terminate()
-            self._s3.wait(10)
+        self._script("reset")  # stops it and deletes its data
 
 
-@pytest.fixture
-def durable_tansu(kafka_url: str, tmp_path: Path) -> Iterator[DurableTansu]:
-    broker = DurableTansu(tmp_path)
+@pytest.fixture(scope="module")
+def _restartable_kafka(
+    kafka_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RestartableKafka]:
+    broker = RestartableKafka(tmp_path_factory.mktemp("restartable-kafka"))
     try:
-        broker.start_s3()
         broker.start()
         yield broker
     finally:
         broker.close()
+
+
+@pytest.fixture
+def restartable_kafka(_restartable_kafka: RestartableKafka) -> RestartableKafka:
+    """One broker for the module (a JVM start is slow); running at the start of every test."""
+    _restartable_kafka.start()
+    return _restartable_kafka

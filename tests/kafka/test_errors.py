@@ -59,3 +59,16 @@ def test_bad_consumer_and_producer_options(kafka_url: str, topic: str, group: st
             broker.consumer(topic, group=group, prefetsh=3)
         with pytest.raises(ConfigError, match="lingr_ms"):
             broker.producer(lingr_ms=3)
+
+
+def test_a_session_timeout_the_broker_refuses_is_a_config_error(
+    kafka_url: str, topic: str, group: str
+) -> None:
+    """Apache Kafka refuses session timeouts below group.min.session.timeout.ms (6 s by default)
+    in the JoinGroup; the adapter accepts them (a broker may allow less) and reports the
+    refusal at once instead of retrying."""
+    with mqkit.connect(kafka_url) as broker:
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="session_timeout"):
+            broker.consumer(topic, group=group, session_timeout=2)
+        assert time.monotonic() - started < 10

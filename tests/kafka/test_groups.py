@@ -22,6 +22,19 @@ def test_topics_are_created_with_the_configured_partition_count(
     assert len(described["partitions"]) == 5
 
 
+def test_consumer_returns_owning_every_partition_of_a_new_topic(
+    kafka_url: str, group: str
+) -> None:
+    """Apache Kafka confirms CreateTopics before its metadata shows the topic; a consumer that
+    subscribed in between would get an empty first assignment (and rebalance later)."""
+    with mqkit.connect(kafka_url, partitions=3) as broker:
+        for i in range(5):
+            consumer = broker.consumer(f"{group}-t{i}", group=f"{group}-{i}")
+            owned = sorted(tp.partition for tp in consumer._driver._parts)  # type: ignore[attr-defined]
+            assert owned == [0, 1, 2]
+            consumer.close()
+
+
 def test_rebalance_commits_acked_work_and_loses_no_unacked_message(
     kafka_url: str, admin: Any, topic: str, group: str
 ) -> None:
@@ -126,3 +139,46 @@ def test_two_groups_and_two_members_on_several_partitions(
                     message.ack()
         assert sorted(m.value for m in got_b) == list(range(40))
         assert sorted(got_a) == list(range(40))
+
+
+def test_a_rebalance_for_new_partitions_completes_when_the_poll_gives_up_during_it(
+    kafka_url: str, admin: Any, bootstrap: str, topic: str, group: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The group leader rebalances when a subscribed topic gains partitions (or appears).
+    kafka-python 3.0.12 never finished that rebalance if the poll that started it timed out after
+    the leader's assignment: the member then owned nothing. Here the assignment is made slower
+    than ``poll_interval``, so the poll always times out there."""
+    from kafka import KafkaProducer  # type: ignore[import-untyped]
+    from kafka.admin import NewPartitions  # type: ignore[import-untyped]
+    from kafka.coordinator.consumer import ConsumerCoordinator  # type: ignore[import-untyped]
+
+    with mqkit.connect(kafka_url, partitions=1) as broker:
+        consumer = broker.consumer(topic, group=group)
+        assign = ConsumerCoordinator._perform_assignment
+
+        def slow_assignment(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return assign(self, *args, **kwargs)
+            finally:
+                time.sleep(0.5)  # on kafka-python's IO thread, after the leader's assignment
+
+        monkeypatch.setattr(ConsumerCoordinator, "_perform_assignment", slow_assignment)
+        admin.create_partitions({topic: NewPartitions(2)})
+        deadline = time.monotonic() + 30
+        while len(admin.describe_topics([topic])[0]["partitions"]) < 2:
+            assert time.monotonic() < deadline, "the broker's metadata never showed partition 1"
+            time.sleep(0.05)
+        admin.wait_for_topics([topic])  # and a leader for it
+        # The leader notices new partitions at its next metadata refresh (every 5 minutes by
+        # default); ask for it now.
+        consumer._driver.kafka_consumer._cluster.request_update()  # type: ignore[attr-defined]
+        raw = KafkaProducer(bootstrap_servers=bootstrap)
+        try:
+            raw.send(topic, b"on the new partition", partition=1).get(timeout=30)
+        finally:
+            raw.close()
+        got = collect(consumer, 1, deadline=30)
+        assert len(got) == 1, "the member never got the new partition"
+        assert (got[0].id, got[0].body) == (f"{topic}-1-0", b"on the new partition")
+        assert_quiet(consumer)

@@ -1,5 +1,5 @@
-"""Broker restart mid-stream, on a Tansu whose storage survives restarts (s3:// on a local S3
-server): clients recover and nothing that was confirmed is lost."""
+"""Broker restart mid-stream, on a second Apache Kafka of the tests' own (its data survives a
+restart, and it comes back on the same port): clients recover and nothing confirmed is lost."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import pytest
 
 import mqkit
 from mqkit import BrokerUnavailable, DeliveryTimeout
-from tests.kafka.conftest import DurableTansu
+from tests.conformance.util import assert_quiet, collect
+from tests.kafka.conftest import RestartableKafka
 
 
 def test_broker_restart_mid_stream_loses_nothing_confirmed(
-    durable_tansu: DurableTansu, topic: str, group: str
+    restartable_kafka: RestartableKafka, topic: str, group: str
 ) -> None:
-    url = durable_tansu.url + "?partitions=2"
+    url = restartable_kafka.url + "?partitions=2"
     sent: set[str] = set()
     seen: list[str] = []
     acked: set[str] = set()
@@ -49,9 +50,9 @@ def test_broker_restart_mid_stream_loses_nothing_confirmed(
 
             with lock:
                 acked_before = set(acked)
-            durable_tansu.stop()
+            restartable_kafka.stop()
             time.sleep(1.0)
-            durable_tansu.start()
+            restartable_kafka.start()
 
             for i in range(50, 100):
                 sent.add(producer.send(topic, i, key=f"k{i % 4}"))
@@ -76,13 +77,15 @@ def test_broker_restart_mid_stream_loses_nothing_confirmed(
 
 
 def test_broker_down_fails_flush_and_connect_in_bounded_time(
-    durable_tansu: DurableTansu, topic: str
+    restartable_kafka: RestartableKafka, topic: str, group: str
 ) -> None:
-    with mqkit.connect(durable_tansu.url, delivery_timeout=30) as broker:
+    # The record sent while the broker is down must outlive the restart: Apache Kafka takes
+    # 5-20 s to stop and start again on a loaded CI machine, so 30 s are not always enough.
+    with mqkit.connect(restartable_kafka.url, delivery_timeout=120) as broker:
         producer = broker.producer()
         producer.send(topic, "before")
         producer.flush(timeout=30)
-        durable_tansu.stop()
+        restartable_kafka.stop()
         started = time.monotonic()
         producer.send(topic, "while down")
         with pytest.raises((DeliveryTimeout, BrokerUnavailable)):
@@ -90,8 +93,11 @@ def test_broker_down_fails_flush_and_connect_in_bounded_time(
         assert time.monotonic() - started < 10
         started = time.monotonic()
         with pytest.raises(BrokerUnavailable):
-            mqkit.connect(durable_tansu.url, connect_timeout=3)
+            mqkit.connect(restartable_kafka.url, connect_timeout=3)
         assert time.monotonic() - started < 10
-        durable_tansu.start()
-        producer.flush(timeout=30)  # retried after the restart, not lost
+        restartable_kafka.start()
+        producer.flush(timeout=60)  # retried after the restart, not lost
         producer.close()
+        consumer = broker.consumer(topic, group=group)
+        assert [m.value for m in collect(consumer, 2)] == ["before", "while down"]
+        assert_quiet(consumer)

@@ -48,6 +48,12 @@ def translate(exc: BaseException, where: str, hosts: Sequence[tuple[str, int]]) 
         return BrokerUnavailable(f"{where}: not authorized ({exc})")
     if isinstance(exc, kerrors.KafkaConfigurationError):
         return ConfigError(f"{where}: {exc}")
+    if isinstance(exc, kerrors.InvalidSessionTimeoutError):
+        return ConfigError(
+            f"{where}: the broker refused session_timeout: it must lie within the broker's "
+            "group.min.session.timeout.ms and group.max.session.timeout.ms (Apache Kafka's "
+            "defaults: 6 s and 30 min)"
+        )
     if isinstance(
         exc,
         kerrors.KafkaTimeoutError

@@ -213,7 +213,22 @@ class KafkaBackend:
                         f"{self.settings.where}: creating topic {entry.get('name')!r} failed: "
                         f"{error.__name__} {entry.get('error_message') or ''}".rstrip()
                     )
+            self._wait_for_metadata(missing)
             self._known_topics.update(missing)
+
+    def _wait_for_metadata(self, topics: list[str]) -> None:
+        """Wait until the broker's metadata shows the topics with a leader for every partition.
+
+        Apache Kafka confirms CreateTopics once the controller has committed the topic; the
+        brokers learn of it a moment later. A consumer subscribing in between gets no partition
+        of it in its first assignment (``consumer()`` would return owning nothing) and the group
+        rebalances when the metadata catches up. Not fatal if it takes longer than
+        ``connect_timeout``: kafka-python picks the partitions up when they appear.
+        """
+        try:
+            self._admin.wait_for_topics(topics, timeout_ms=_ms(self.settings.connect_timeout))
+        except kerrors.KafkaTimeoutError as exc:
+            log.warning("%s: %s; continuing", self.settings.where, exc)
 
     @property
     def admin(self) -> Any:

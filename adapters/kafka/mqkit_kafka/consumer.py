@@ -33,7 +33,7 @@ from kafka import (  # type: ignore[import-untyped]
     TopicPartition,
 )
 
-from mqkit.errors import BrokerUnavailable, ClosedError, MqkitError
+from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, MqkitError
 from mqkit.message import Delivery
 from mqkit_kafka._errors import translate
 from mqkit_kafka._tracker import PartitionTracker, State
@@ -124,6 +124,9 @@ class KafkaConsumerDriver:
             heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
             max_poll_interval_ms=int(settings.rebalance_timeout * 1000),
             max_poll_records=min(500, settings.prefetch),
+            # How long the broker may hold a fetch of partitions without new records. It also
+            # bounds one busy partition next to idle ones: kafka-python leaves the busy one out
+            # of the fetch in flight while it hands out its records (docs/kafka.md).
             fetch_max_wait_ms=min(500, int(settings.poll_interval * 1000)),
             allow_auto_create_topics=False,
         )
@@ -136,6 +139,7 @@ class KafkaConsumerDriver:
         except Exception as exc:
             self._consumer.close(autocommit=False)
             raise translate(exc, f"{self._where}: subscribing", settings.hosts) from None
+        self._load_metadata(topics)
         self._thread = threading.Thread(
             target=self._run, name=f"mqkit-kafka-poller-{group}", daemon=True
         )
@@ -143,6 +147,23 @@ class KafkaConsumerDriver:
         self._wait_joined()
 
     # -- joining ---------------------------------------------------------------------------
+
+    def _load_metadata(self, topics: tuple[str, ...]) -> None:
+        """Have the topics' partitions in kafka-python's metadata before the first JoinGroup.
+
+        kafka-python requests that metadata when subscribing but joins without waiting for it.
+        As group leader it then assigns only the partitions it knows: with Apache Kafka, which
+        completes the first join of a new group at once (``group.initial.rebalance.delay.ms``
+        is 0 in CI), that was nothing, and ``consumer()`` returned owning no partition; the
+        partitions came with a second rebalance once the metadata arrived. Runs before the
+        poller thread starts, so no join is under way yet.
+        """
+        for topic in topics:
+            try:
+                self._consumer.partitions_for_topic(topic)
+            except Exception as exc:  # the group join reports a broker that is gone
+                log.debug("%s: metadata of %r not loaded: %s", self._where, topic, exc)
+                return
 
     def _wait_joined(self) -> None:
         """Return once the group has given this member its partitions (possibly none)."""
@@ -249,6 +270,7 @@ class KafkaConsumerDriver:
                 # each time: about one pause/resume per 400 records at full speed.)
                 stalled = len(self._buffer) >= prefetch and not self._wait_for_space()
                 self._apply_seeks_and_pauses(stalled)
+                self._finish_pending_join()
                 space = prefetch - len(self._buffer)
                 records = consumer.poll(
                     timeout_ms=0 if stalled else interval,
@@ -268,13 +290,35 @@ class KafkaConsumerDriver:
                     break
                 error = translate(exc, f"{self._where}: polling", self._settings.hosts)
                 log.warning("%s (attempt %d; retrying)", error, failures)
-                if not self._joined and failures >= 3:
+                if not self._joined and (failures >= 3 or isinstance(error, ConfigError)):
                     with self._lock:
                         self._error = error
                         self._ready.notify_all()
                     break
                 time.sleep(min(2.0, 0.1 * failures))
         self._shutdown()
+
+    def _finish_pending_join(self) -> None:
+        """Make the next poll complete a join that kafka-python 3.0.12 would leave unfinished.
+
+        A poll whose timeout expires during a rebalance leaves the JoinGroup/SyncGroup task in
+        flight, and the next poll awaits it only if the coordinator still wants to rejoin. When
+        the rebalance was started by a metadata change (a subscribed topic appearing, partitions
+        added), that wish is derived from the metadata snapshot, which the group leader updates
+        while assigning: once the poll gave up after the assignment, no later poll awaits the
+        task, the assignment is never applied and the member owns nothing while the group
+        believes it owns everything (seen on Apache Kafka when a consumer joined before the
+        broker's metadata showed a just-created topic). Asking for a rejoin while such a task
+        is pending makes the next poll finish the rebalance (with one more JoinGroup round if
+        the task had already completed). Runs on the poller thread between polls, when no poll
+        is touching the task.
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None or getattr(coordinator, "_join_task", None) is None:
+            return
+        if not coordinator.rejoin_needed:
+            log.debug("%s: a rebalance is pending; making the next poll finish it", self._where)
+            coordinator.request_rejoin()
 
     def _stopping(self) -> bool:
         return self._closing
