@@ -39,6 +39,18 @@ class Features:
     persistent: bool = True
     #: Largest body the backend accepts with its default settings, in bytes.
     max_body_size: int = 1 << 20
+    #: Messages of different keys are handed out regardless of each other's acks. False: the
+    #: backend keeps order per partition, which many keys (and the messages without a key)
+    #: share, and hands out a partition's next message only once the one before it was
+    #: settled; a consumer then holds at most one unsettled message per partition, and a
+    #: message waits for an unsettled one of another key on its partition (RocketMQ's
+    #: orderly consumer, a partition being a message queue).
+    independent_keys: bool = True
+    #: Seconds by which a consumer that died without closing can delay the redelivery of its
+    #: unsettled messages to the rest of the group, beyond the backend's usual redelivery
+    #: (RocketMQ's orderly consumer: the broker keeps the dead consumer's queue locks until
+    #: they expire, 60 s after their last renewal).
+    crash_hold: float = 0.0
 
 
 class ProducerDriver(Protocol):

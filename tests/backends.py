@@ -3,6 +3,13 @@
 Always the embedded ones; then, for each module in ``tests/brokers``, the URL in its ``ENV``
 variable, or a container it starts when Docker is there. In CI (``CI=true``) every adapter's
 variable must be set: a broker that is not configured fails the run instead of being skipped.
+
+Test runs: a broker module whose client library cannot share the project's virtualenv names
+the run it belongs to in ``RUN`` (e.g. ``"remoting"``: the 4.x RocketMQ client installs a
+package ``rocketmq``, as does the 5.x client of the main environment). ``scripts/test`` runs
+pytest once in ``.venv`` (the run ``main``) and once per such run in ``.venv-<run>`` with
+``MQKIT_TEST_RUN=<run>``. Each run keeps the tests of its own backends and deselects the
+others (``tests/conftest.py``), so every backend is tested in exactly one run.
 """
 
 from __future__ import annotations
@@ -19,12 +26,21 @@ from types import ModuleType
 
 import tests.brokers
 
+#: The run of the main virtualenv; other runs are named by the broker modules' ``RUN``.
+MAIN_RUN = "main"
+
+
+def current_run() -> str:
+    """The test run this pytest belongs to (``MQKIT_TEST_RUN``, ``main`` when unset)."""
+    return os.environ.get("MQKIT_TEST_RUN", "").strip() or MAIN_RUN
+
 
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
     env: str | None
     module: ModuleType | None
+    run: str = MAIN_RUN
 
 
 def broker_modules() -> list[ModuleType]:
@@ -37,7 +53,8 @@ def broker_modules() -> list[ModuleType]:
 def specs() -> list[BackendSpec]:
     out = [BackendSpec("memory", None, None), BackendSpec("sqlite", None, None)]
     for module in broker_modules():
-        out.append(BackendSpec(module.__name__.rsplit(".", 1)[1], module.ENV, module))
+        name = module.__name__.rsplit(".", 1)[1]
+        out.append(BackendSpec(name, module.ENV, module, getattr(module, "RUN", MAIN_RUN)))
     extra = os.environ.get("MQKIT_TEST_URLS", "").split()
     out.extend(BackendSpec(f"extra{i}", None, None) for i in range(len(extra)))
     return out

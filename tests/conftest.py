@@ -1,15 +1,80 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.backends import BackendSpec, backend_url, specs
+from tests.backends import MAIN_RUN, BackendSpec, backend_url, current_run, specs
 
 _SPECS = specs()
+_handed: dict[str, int] = {}
+_passed = 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "run(name): the test belongs to that test run, not the main one (tests/backends.py)",
+    )
+
+
+def _run_of(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("run")
+    if marker is not None:
+        return str(marker.args[0])
+    callspec = getattr(item, "callspec", None)
+    spec = callspec.params.get("url") if callspec is not None else None
+    return spec.run if isinstance(spec, BackendSpec) else MAIN_RUN
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the tests of this run; the others are deselected, each runs in its own run."""
+    run = current_run()
+    keep: list[pytest.Item] = []
+    others: list[pytest.Item] = []
+    for item in items:
+        belongs = _run_of(item)
+        if belongs == run:
+            keep.append(item)
+        else:
+            others.append(item)
+            _handed[belongs] = _handed.get(belongs, 0) + 1
+    if others:
+        config.hook.pytest_deselected(items=others)
+        items[:] = keep
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    global _passed
+    if report.when == "call" and report.passed:
+        _passed += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for run, count in sorted(_handed.items()):
+        terminalreporter.write_line(
+            f"{count} tests of the {run!r} run deselected here: "
+            + (
+                "scripts/test runs them in .venv (MQKIT_TEST_RUN unset)"
+                if run == MAIN_RUN
+                else f"scripts/test runs them in .venv-{run} with MQKIT_TEST_RUN={run}"
+            )
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI a separate run exists to test its backend: passing nothing is a failure."""
+    run = current_run()
+    if os.environ.get("CI") and run != MAIN_RUN and exitstatus == 0 and _passed == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_sep("=", f"CI: the {run!r} test run passed no test", red=True)
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,17 @@ from typing import Any
 
 # Request and response codes (org.apache.rocketmq.remoting.protocol.RequestCode/ResponseCode).
 SEND_MESSAGE = 10
+QUERY_CONSUMER_OFFSET = 14
+UPDATE_CONSUMER_OFFSET = 15
 UPDATE_AND_CREATE_TOPIC = 17
+GET_MAX_OFFSET = 30
 GET_ROUTEINFO_BY_TOPIC = 105
 GET_BROKER_CLUSTER_INFO = 106
 UPDATE_AND_CREATE_SUBSCRIPTIONGROUP = 200
 GET_SUBSCRIPTIONGROUP_CONFIG = 352
 SUCCESS = 0
 TOPIC_NOT_EXIST = 17
+QUERY_NOT_FOUND = 22
 SUBSCRIPTION_GROUP_NOT_EXIST = 26
 
 MASTER_ID = "0"
@@ -51,32 +55,46 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def call(
-    address: str,
-    code: int,
-    fields: dict[str, str] | None = None,
-    body: bytes = b"",
-    *,
-    timeout: float = 5.0,
-) -> tuple[dict[str, Any], bytes]:
-    """One request on its own connection; returns the response header and body."""
-    header = json.dumps({
-        "code": code,
-        "extFields": fields or {},
-        "flag": 0,
-        "language": "PYTHON",
-        "opaque": next(_opaque),
-        "serializeTypeCurrentRPC": "JSON",
-        "version": 0,
-    }).encode()
-    frame = (
-        (4 + len(header) + len(body)).to_bytes(4, "big")
-        + len(header).to_bytes(4, "big")
-        + header
-        + body
-    )
-    deadline = time.monotonic() + timeout
-    with socket.create_connection(_address(address), timeout=timeout) as sock:
+class Connection:
+    """A connection to one name server or broker for requests one after the other."""
+
+    def __init__(self, address: str, *, timeout: float = 5.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._sock = socket.create_connection(_address(address), timeout=timeout)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def request(
+        self, code: int, fields: dict[str, str] | None = None, body: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        """Send one request and wait for its response: ``(header, body)``."""
+        address, timeout, sock = self.address, self.timeout, self._sock
+        opaque = next(_opaque)
+        header = json.dumps({
+            "code": code,
+            "extFields": fields or {},
+            "flag": 0,
+            "language": "PYTHON",
+            "opaque": opaque,
+            "serializeTypeCurrentRPC": "JSON",
+            "version": 0,
+        }).encode()
+        frame = (
+            (4 + len(header) + len(body)).to_bytes(4, "big")
+            + len(header).to_bytes(4, "big")
+            + header
+            + body
+        )
+        deadline = time.monotonic() + timeout
+        sock.settimeout(timeout)
         sock.sendall(frame)
 
         def read(count: int) -> bytes:
@@ -98,14 +116,29 @@ def call(
         if not 4 <= length <= 64 << 20:
             raise AdminError(f"{address} answered a frame of {length} bytes: not RocketMQ")
         frame = read(length)
-    header_length = int.from_bytes(frame[:4], "big") & 0xFFFFFF
-    try:
-        reply = json.loads(frame[4 : 4 + header_length])
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict) or "code" not in reply or not reply.get("flag", 0) & 1:
-        raise AdminError(f"{address} answered something that is not a RocketMQ response")
-    return reply, frame[4 + header_length :]
+        header_length = int.from_bytes(frame[:4], "big") & 0xFFFFFF
+        try:
+            reply = json.loads(frame[4 : 4 + header_length])
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict) or "code" not in reply or not reply.get("flag", 0) & 1:
+            raise AdminError(f"{address} answered something that is not a RocketMQ response")
+        if reply.get("opaque") != opaque:
+            raise AdminError(f"{address} answered another request ({reply.get('opaque')})")
+        return reply, frame[4 + header_length :]
+
+
+def call(
+    address: str,
+    code: int,
+    fields: dict[str, str] | None = None,
+    body: bytes = b"",
+    *,
+    timeout: float = 5.0,
+) -> tuple[dict[str, Any], bytes]:
+    """One request on its own connection; returns the response header and body."""
+    with Connection(address, timeout=timeout) as connection:
+        return connection.request(code, fields, body)
 
 
 def _json(body: bytes) -> Any:
@@ -203,6 +236,64 @@ def ensure_group(namesrv: str, group: str, *, timeout: float = 5.0) -> bool:
             raise _failed(reply, f"creating group {group!r} on broker {name} ({address})")
         created = True
     return created
+
+
+def read_queues(namesrv: str, topic: str, *, timeout: float = 5.0) -> list[tuple[str, str, int]]:
+    """``(broker name, master address, queue id)`` of every queue consumers of ``topic`` read."""
+    reply, body = call(namesrv, GET_ROUTEINFO_BY_TOPIC, {"topic": topic}, timeout=timeout)
+    if reply["code"] != SUCCESS:
+        raise _failed(reply, f"looking up topic {topic!r} on {namesrv}")
+    route = _json(body)
+    masters = {
+        data["brokerName"]: data["brokerAddrs"][MASTER_ID]
+        for data in route.get("brokerDatas", [])
+        if MASTER_ID in data.get("brokerAddrs", {})
+    }
+    return [
+        (queues["brokerName"], masters[queues["brokerName"]], queue_id)
+        for queues in route.get("queueDatas", [])
+        if queues["brokerName"] in masters
+        for queue_id in range(int(queues["readQueueNums"]))
+    ]
+
+
+def start_group_at_end(namesrv: str, group: str, topic: str, *, timeout: float = 5.0) -> int:
+    """Give ``group`` a position at the current end of each queue of ``topic`` where it has
+    none yet (``QUERY_CONSUMER_OFFSET`` finds nothing): what a push consumer with
+    ``CONSUME_FROM_LAST_OFFSET`` would pick when its rebalance first assigns the queue, but
+    fixed now, so every message sent from here on is the group's. Queues the group already
+    has a position on keep it. Returns how many queues it positioned.
+
+    The group must exist on the brokers (``ensure_group``, or a broker that creates
+    subscription groups on first use): a broker keeps no offsets for unknown groups.
+    """
+    positioned = 0
+    for name, address, queue_id in read_queues(namesrv, topic, timeout=timeout):
+        where = f"{topic!r} queue {queue_id} on broker {name} ({address})"
+        fields = {"consumerGroup": group, "topic": topic, "queueId": str(queue_id)}
+        # setZeroIfNotFound=false: a RocketMQ 5 broker would otherwise answer 0 for a queue
+        # whose first message is still in memory, as if the group had consumed nothing of it.
+        reply, _ = call(
+            address, QUERY_CONSUMER_OFFSET, {**fields, "setZeroIfNotFound": "false"},
+            timeout=timeout,
+        )
+        if reply["code"] == SUCCESS:
+            continue
+        if reply["code"] != QUERY_NOT_FOUND:
+            raise _failed(reply, f"asking for the position of group {group!r} in {where}")
+        reply, _ = call(
+            address, GET_MAX_OFFSET, {"topic": topic, "queueId": str(queue_id)}, timeout=timeout
+        )
+        if reply["code"] != SUCCESS:
+            raise _failed(reply, f"asking for the end of {where}")
+        end = str(int(reply.get("extFields", {})["offset"]))
+        reply, _ = call(
+            address, UPDATE_CONSUMER_OFFSET, {**fields, "commitOffset": end}, timeout=timeout
+        )
+        if reply["code"] != SUCCESS:
+            raise _failed(reply, f"setting the position of group {group!r} in {where}")
+        positioned += 1
+    return positioned
 
 
 def send_probe(namesrv: str, topic: str, *, timeout: float = 5.0) -> None:
