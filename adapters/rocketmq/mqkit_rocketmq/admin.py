@@ -4,7 +4,8 @@ only, so that it also runs as a script before anything is installed::
 
     python admin.py ready NAMESRV_HOST:PORT [TIMEOUT]   # a topic can be created and written
     python admin.py topic NAMESRV_HOST:PORT NAME        # create a MIXED topic if missing
-    python admin.py group NAMESRV_HOST:PORT NAME        # create a FIFO consumer group if missing
+    python admin.py group NAMESRV_HOST:PORT NAME [RETRY_MAX_TIMES]
+                                                        # create a FIFO consumer group if missing
 
 A RocketMQ 5 proxy creates no topics for its clients, and a consumer group created on first use
 is not FIFO, so the adapter's ``auto_create`` option calls :func:`ensure_topic` and
@@ -28,10 +29,9 @@ UPDATE_AND_CREATE_TOPIC = 17
 GET_ROUTEINFO_BY_TOPIC = 105
 GET_BROKER_CLUSTER_INFO = 106
 UPDATE_AND_CREATE_SUBSCRIPTIONGROUP = 200
-GET_SUBSCRIPTIONGROUP_CONFIG = 352
+GET_ALL_SUBSCRIPTIONGROUP_CONFIG = 201
 SUCCESS = 0
 TOPIC_NOT_EXIST = 17
-SUBSCRIPTION_GROUP_NOT_EXIST = 26
 
 MASTER_ID = "0"
 _RESPONSE_FLAG = 1
@@ -175,10 +175,13 @@ def ensure_topic(
     return True
 
 
-def ensure_group(namesrv: str, group: str, *, timeout: float = 5.0) -> bool:
+def ensure_group(
+    namesrv: str, group: str, *, retry_max_times: int = 16, timeout: float = 5.0
+) -> bool:
     """Create ``group`` as a FIFO consumer group (``consumeMessageOrderly``) on every master
     broker that does not have it yet: RocketMQ keeps message-group order only for FIFO groups.
-    Returns whether it created it anywhere."""
+    ``retry_max_times``: deliveries after the first before RocketMQ moves a message to
+    ``%DLQ%<group>``. Returns whether it created it anywhere."""
     config = json.dumps({
         "groupName": group,
         "consumeEnable": True,
@@ -186,23 +189,34 @@ def ensure_group(namesrv: str, group: str, *, timeout: float = 5.0) -> bool:
         "consumeBroadcastEnable": True,
         "consumeMessageOrderly": True,
         "retryQueueNums": 1,
-        "retryMaxTimes": 16,
+        "retryMaxTimes": retry_max_times,
         "brokerId": 0,
         "whichBrokerWhenConsumeSlowly": 1,
         "notifyConsumerIdsChangedEnable": True,
     }).encode()
     created = False
     for name, address in master_brokers(namesrv, timeout=timeout).items():
-        reply, _ = call(address, GET_SUBSCRIPTIONGROUP_CONFIG, {"group": group}, timeout=timeout)
-        if reply["code"] == SUCCESS:
+        if group in groups(address, timeout=timeout):
             continue
-        if reply["code"] != SUBSCRIPTION_GROUP_NOT_EXIST:
-            raise _failed(reply, f"looking up group {group!r} on broker {name} ({address})")
         reply, _ = call(address, UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, body=config, timeout=timeout)
         if reply["code"] != SUCCESS:
             raise _failed(reply, f"creating group {group!r} on broker {name} ({address})")
         created = True
     return created
+
+
+def groups(broker: str, *, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+    """The consumer groups a broker has: name → configuration.
+
+    The whole table, because asking for one group (``GET_SUBSCRIPTIONGROUP_CONFIG``) creates it
+    with default settings (not FIFO) on a broker with ``autoCreateSubscriptionGroup=true``, the
+    default, and then answers that it exists.
+    """
+    reply, body = call(broker, GET_ALL_SUBSCRIPTIONGROUP_CONFIG, timeout=timeout)
+    if reply["code"] != SUCCESS:
+        raise _failed(reply, f"asking broker {broker} for its consumer groups")
+    table = _json(body).get("subscriptionGroupTable", {}) if body else {}
+    return dict(table)
 
 
 def send_probe(namesrv: str, topic: str, *, timeout: float = 5.0) -> None:
@@ -228,7 +242,7 @@ def send_probe(namesrv: str, topic: str, *, timeout: float = 5.0) -> None:
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: admin.py ready|topic|group NAMESRV_HOST:PORT [NAME|TIMEOUT]"
+    usage = "usage: admin.py ready|topic|group NAMESRV_HOST:PORT [NAME [RETRY_MAX_TIMES]|TIMEOUT]"
     if len(argv) < 2 or argv[0] not in {"ready", "topic", "group"}:
         print(usage, file=sys.stderr)
         return 2
@@ -236,8 +250,9 @@ def main(argv: list[str]) -> int:
     try:
         if action == "topic" and len(argv) == 3:
             ensure_topic(namesrv, argv[2])
-        elif action == "group" and len(argv) == 3:
-            ensure_group(namesrv, argv[2])
+        elif action == "group" and len(argv) in (3, 4):
+            retries = int(argv[3]) if len(argv) == 4 else 16
+            ensure_group(namesrv, argv[2], retry_max_times=retries)
         elif action == "ready":
             deadline = time.monotonic() + (float(argv[2]) if len(argv) > 2 else 0.0)
             while True:
