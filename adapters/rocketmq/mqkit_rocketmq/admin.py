@@ -1,6 +1,7 @@
 """Create RocketMQ topics and consumer groups through the name server and the brokers' remoting
-admin requests — what ``mqadmin updateTopic`` / ``updateSubGroup`` do — with the standard library
-only, so that it also runs as a script before anything is installed::
+admin requests — what ``mqadmin updateTopic`` / ``updateSubGroup`` do — and position new
+consumer groups, with the standard library only, so that it also runs as a script before
+anything is installed::
 
     python admin.py ready NAMESRV_HOST:PORT [TIMEOUT]   # a topic can be created and written
     python admin.py topic NAMESRV_HOST:PORT NAME        # create a MIXED topic if missing
@@ -11,6 +12,9 @@ A RocketMQ 5 proxy creates no topics for its clients, and a consumer group creat
 is not FIFO, so the adapter's ``auto_create`` option calls :func:`ensure_topic` and
 :func:`ensure_group` for development and test clusters. Both leave existing topics and groups
 as they are. Production clusters create them with their own tools.
+
+With a name server to ask, the adapter also calls :func:`start_group_at_end` for every new
+consumer, so that a new group starts where it subscribed (see its docstring).
 """
 
 from __future__ import annotations
@@ -25,13 +29,19 @@ from typing import Any
 
 # Request and response codes (org.apache.rocketmq.remoting.protocol.RequestCode/ResponseCode).
 SEND_MESSAGE = 10
+QUERY_CONSUMER_OFFSET = 14
+UPDATE_CONSUMER_OFFSET = 15
 UPDATE_AND_CREATE_TOPIC = 17
+GET_MAX_OFFSET = 30
 GET_ROUTEINFO_BY_TOPIC = 105
 GET_BROKER_CLUSTER_INFO = 106
 UPDATE_AND_CREATE_SUBSCRIPTIONGROUP = 200
 GET_ALL_SUBSCRIPTIONGROUP_CONFIG = 201
+GET_SUBSCRIPTIONGROUP_CONFIG = 352
 SUCCESS = 0
 TOPIC_NOT_EXIST = 17
+QUERY_NOT_FOUND = 22
+SUBSCRIPTION_GROUP_NOT_EXIST = 26
 
 MASTER_ID = "0"
 _RESPONSE_FLAG = 1
@@ -44,11 +54,83 @@ class AdminError(Exception):
     """A remoting request failed: no answer, or an answer with an error code."""
 
 
+class GroupMissing(AdminError):
+    """The consumer group does not exist on a broker that creates none on demand."""
+
+
 def _address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise AdminError(f"{text!r} is not HOST:PORT")
     return host, int(port)
+
+
+class Session:
+    """One connection to a name server or broker, for requests one after the other."""
+
+    def __init__(self, address: str, *, timeout: float = 5.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._sock = socket.create_connection(_address(address), timeout=timeout)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def call(
+        self, code: int, fields: dict[str, str] | None = None, body: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        """One request; returns the response header and body."""
+        header = json.dumps({
+            "code": code,
+            "extFields": fields or {},
+            "flag": 0,
+            "language": "PYTHON",
+            "opaque": next(_opaque),
+            "serializeTypeCurrentRPC": "JSON",
+            "version": 0,
+        }).encode()
+        self._sock.settimeout(self.timeout)
+        self._sock.sendall(
+            (4 + len(header) + len(body)).to_bytes(4, "big")
+            + len(header).to_bytes(4, "big")
+            + header
+            + body
+        )
+        deadline = time.monotonic() + self.timeout
+        length = int.from_bytes(self._read(4, deadline), "big")
+        if not 4 <= length <= 64 << 20:
+            raise AdminError(f"{self.address} answered a frame of {length} bytes: not RocketMQ")
+        frame = self._read(length, deadline)
+        header_length = int.from_bytes(frame[:4], "big") & 0xFFFFFF
+        try:
+            reply = json.loads(frame[4 : 4 + header_length])
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict) or "code" not in reply or not reply.get("flag", 0) & 1:
+            raise AdminError(f"{self.address} answered something that is not a RocketMQ response")
+        return reply, frame[4 + header_length :]
+
+    def _read(self, count: int, deadline: float) -> bytes:
+        data = b""
+        while len(data) < count:
+            self._sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self._sock.recv(count - len(data))
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{self.address} accepted the connection but did not answer within "
+                    f"{self.timeout} s"
+                ) from None
+            if not chunk:
+                raise ConnectionError(f"{self.address} closed the connection without answering")
+            data += chunk
+        return data
 
 
 def call(
@@ -60,52 +142,8 @@ def call(
     timeout: float = 5.0,
 ) -> tuple[dict[str, Any], bytes]:
     """One request on its own connection; returns the response header and body."""
-    header = json.dumps({
-        "code": code,
-        "extFields": fields or {},
-        "flag": 0,
-        "language": "PYTHON",
-        "opaque": next(_opaque),
-        "serializeTypeCurrentRPC": "JSON",
-        "version": 0,
-    }).encode()
-    frame = (
-        (4 + len(header) + len(body)).to_bytes(4, "big")
-        + len(header).to_bytes(4, "big")
-        + header
-        + body
-    )
-    deadline = time.monotonic() + timeout
-    with socket.create_connection(_address(address), timeout=timeout) as sock:
-        sock.sendall(frame)
-
-        def read(count: int) -> bytes:
-            data = b""
-            while len(data) < count:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                try:
-                    chunk = sock.recv(count - len(data))
-                except TimeoutError:
-                    raise TimeoutError(
-                        f"{address} accepted the connection but did not answer within {timeout} s"
-                    ) from None
-                if not chunk:
-                    raise ConnectionError(f"{address} closed the connection without answering")
-                data += chunk
-            return data
-
-        length = int.from_bytes(read(4), "big")
-        if not 4 <= length <= 64 << 20:
-            raise AdminError(f"{address} answered a frame of {length} bytes: not RocketMQ")
-        frame = read(length)
-    header_length = int.from_bytes(frame[:4], "big") & 0xFFFFFF
-    try:
-        reply = json.loads(frame[4 : 4 + header_length])
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict) or "code" not in reply or not reply.get("flag", 0) & 1:
-        raise AdminError(f"{address} answered something that is not a RocketMQ response")
-    return reply, frame[4 + header_length :]
+    with Session(address, timeout=timeout) as session:
+        return session.call(code, fields, body)
 
 
 def _json(body: bytes) -> Any:
@@ -217,6 +255,69 @@ def groups(broker: str, *, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
         raise _failed(reply, f"asking broker {broker} for its consumer groups")
     table = _json(body).get("subscriptionGroupTable", {}) if body else {}
     return dict(table)
+
+
+def topic_queues(namesrv: str, topic: str, *, timeout: float = 5.0) -> dict[str, list[int]]:
+    """Master broker address → the ids of ``topic``'s read queues on it."""
+    reply, body = call(namesrv, GET_ROUTEINFO_BY_TOPIC, {"topic": topic}, timeout=timeout)
+    if reply["code"] != SUCCESS:
+        raise _failed(reply, f"looking up topic {topic!r} on {namesrv}")
+    route = _json(body)
+    masters = {
+        data["brokerName"]: data["brokerAddrs"][MASTER_ID]
+        for data in route.get("brokerDatas", [])
+        if MASTER_ID in data.get("brokerAddrs", {})
+    }
+    return {
+        masters[queues["brokerName"]]: list(range(int(queues["readQueueNums"])))
+        for queues in route.get("queueDatas", [])
+        if queues["brokerName"] in masters and int(queues.get("perm", 6)) & 4  # readable
+    }
+
+
+def start_group_at_end(namesrv: str, group: str, topic: str, *, timeout: float = 5.0) -> int:
+    """Give ``group`` a position at the current end of each queue of ``topic`` where it has none.
+
+    A RocketMQ 5 broker positions a consumer group in a queue at the group's first poll of that
+    queue, not when it subscribes: at the queue's start while its first message is still in
+    memory, otherwise at the queue's *last* message. So a new group can get messages from before
+    it subscribed, and miss messages sent between subscribing and its first poll. Committing
+    the end of each queue as the group's position when it subscribes makes it get exactly the
+    messages sent after that. Queues where the group has a position are left alone. Returns
+    how many queues were positioned.
+    """
+    positioned = 0
+    for broker, queue_ids in topic_queues(namesrv, topic, timeout=timeout).items():
+        with Session(broker, timeout=timeout) as session:
+            for queue_id in queue_ids:
+                where = {"consumerGroup": group, "topic": topic, "queueId": str(queue_id)}
+                reply, _ = session.call(
+                    QUERY_CONSUMER_OFFSET, {**where, "setZeroIfNotFound": "false"}
+                )
+                if reply["code"] == SUCCESS:
+                    continue  # the group has a position in this queue already
+                if reply["code"] != QUERY_NOT_FOUND:
+                    raise _failed(reply, f"asking {broker} for the position of group {group!r}")
+                reply, _ = session.call(GET_MAX_OFFSET, {"topic": topic, "queueId": str(queue_id)})
+                if reply["code"] != SUCCESS:
+                    raise _failed(reply, f"asking {broker} for the end of {topic!r}:{queue_id}")
+                end = reply["extFields"]["offset"]
+                commit = {**where, "commitOffset": end}
+                reply, _ = session.call(UPDATE_CONSUMER_OFFSET, commit)
+                if reply["code"] == SUBSCRIPTION_GROUP_NOT_EXIST:
+                    # Not created yet: looking it up creates it with default settings if the
+                    # broker creates groups on demand (as it would at the group's first poll).
+                    found, _ = session.call(GET_SUBSCRIPTIONGROUP_CONFIG, {"group": group})
+                    if found["code"] != SUCCESS:
+                        raise GroupMissing(
+                            f"broker {broker} has no consumer group {group!r} and creates "
+                            "none on demand (autoCreateSubscriptionGroup=false)"
+                        )
+                    reply, _ = session.call(UPDATE_CONSUMER_OFFSET, commit)
+                if reply["code"] != SUCCESS:
+                    raise _failed(reply, f"positioning group {group!r} on {topic!r}:{queue_id}")
+                positioned += 1
+    return positioned
 
 
 def send_probe(namesrv: str, topic: str, *, timeout: float = 5.0) -> None:

@@ -166,6 +166,8 @@ class V5Backend:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._known_topics: set[str] = set()
+        self._known_groups: set[str] = set()
+        self._position_lock = threading.Lock()
         self.unseen = _Unseen()
         self._closed = False
         self._probe_id = f"mqkit-probe-{os.getpid()}-{id(self):x}"
@@ -222,6 +224,8 @@ class V5Backend:
         """
         if not self.auto_create or self.namesrv is None:
             return
+        if kind == "group" and name in self._known_groups:
+            return
         ensure = admin.ensure_topic if kind == "topic" else admin.ensure_group
         try:
             ensure(self.namesrv, name, timeout=self.connect_timeout)
@@ -230,6 +234,36 @@ class V5Backend:
                 f"auto_create: cannot create {kind} {name!r} through the name server at "
                 f"{self.namesrv}: {exc}"
             ) from None
+        if kind == "group":
+            self._known_groups.add(name)
+
+    def start_at_end(self, group: str, topics: Sequence[str], mqkit_group: str) -> None:
+        """With a name server to ask, position a group that is new in a topic at its end.
+
+        A RocketMQ 5 broker positions a group in a queue at the group's first poll, not when
+        it subscribes (see :func:`mqkit_rocketmq.admin.start_group_at_end`); mqkit promises
+        every message sent after ``consumer()`` returned, and nothing from before.
+        """
+        if self.namesrv is None:
+            return
+        with self._position_lock:  # members of one group subscribing at once: one positions it
+            for topic in topics:
+                try:
+                    admin.start_group_at_end(
+                        self.namesrv, group, topic, timeout=self.connect_timeout
+                    )
+                except admin.GroupMissing as exc:
+                    raise ConfigError(
+                        f"consumer group {mqkit_group!r} does not exist on the RocketMQ cluster "
+                        f"({exc}); create it, e.g. `mqadmin updateSubGroup -n NAMESRV:9876 -c "
+                        f"DefaultCluster -g {group} -o true` (-o: FIFO, for per-key order), or "
+                        "add auto_create=true for development clusters"
+                    ) from None
+                except (OSError, admin.AdminError) as exc:
+                    raise BrokerUnavailable(
+                        f"cannot position the new consumer group {mqkit_group!r} on topic "
+                        f"{topic!r} through the name server at {self.namesrv}: {exc}"
+                    ) from None
 
     def check_topic(self, topic: str, mqkit_name: str) -> None:
         """Raise a clear mqkit error unless ``topic`` exists on the cluster."""
@@ -583,6 +617,11 @@ class V5Consumer:
                 f"the {backend.where} did not confirm the subscription of group {group!r} "
                 f"within {backend.subscribe_timeout} s (option subscribe_timeout)"
             )
+        try:
+            backend.start_at_end(self._group, list(self._names), group)
+        except MqkitError:
+            self._client.shutdown()
+            raise
 
     # -- receiving -------------------------------------------------------------------------
 
