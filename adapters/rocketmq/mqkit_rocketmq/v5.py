@@ -168,7 +168,9 @@ class V5Backend:
         self._known_topics: set[str] = set()
         self._known_groups: set[str] = set()
         self._position_lock = threading.Lock()
-        self.unseen = _Unseen()
+        self.unseen = _PerMessage()
+        self.handed = _PerMessage()
+        self.acked = _PerMessage()
         self._closed = False
         self._probe_id = f"mqkit-probe-{os.getpid()}-{id(self):x}"
         self.probe()
@@ -513,13 +515,23 @@ class V5Producer:
                 log.warning("RocketMQ producer shutdown: %s", exc)
 
 
-class _Unseen:
-    """Deliveries RocketMQ counted that the application never saw, per message.
+class _PerMessage:
+    """A number per message (group, topic, message id), shared by the consumers of one
+    connection; bounded, oldest entries forgotten first. Three of them per connection:
 
-    RocketMQ counts every pop. A consumer that polls a batch and gives part of it back unseen
-    (on close, behind a nacked message of the same key, or because it could not keep a buffered
-    message invisible) would otherwise report ``attempt`` one too high when that message comes
-    back. Shared by the consumers of one connection; bounded, oldest entries forgotten first.
+    * ``unseen``: deliveries RocketMQ counted that the application never saw. RocketMQ counts
+      every pop. A consumer that polls a batch and gives part of it back unseen (on close,
+      behind a nacked message of the same key, or because it could not keep a buffered message
+      invisible) would otherwise report ``attempt`` one too high when that message comes back.
+    * ``handed``: the ``attempt`` a message had when the application gave it back (a nack, or
+      a close while it was unsettled). In a FIFO group RocketMQ 5 reports as the attempt of a
+      redelivered message the *lowest* count of its batch from that queue, so a nacked message
+      that comes back in one batch with new messages would say attempt 1 again; it comes back
+      with at least this + 1.
+    * ``acked``: messages acked in FIFO groups. A FIFO group's position in a queue only moves
+      past messages acked *in queue order*: when an earlier message of the queue goes back (a
+      nack of another key, a close), RocketMQ delivers the later ones again even though they
+      were acked. Such a message is acked again and not handed out.
     """
 
     LIMIT = 50_000
@@ -531,11 +543,20 @@ class _Unseen:
     def add(self, key: tuple[str, str, str]) -> None:
         with self._lock:
             self._counts[key] = self._counts.pop(key, 0) + 1
-            if len(self._counts) > self.LIMIT:
-                self._counts.popitem(last=False)
+            self._trim()
+
+    def set(self, key: tuple[str, str, str], value: int) -> None:
+        with self._lock:
+            self._counts.pop(key, None)
+            self._counts[key] = value
+            self._trim()
+
+    def _trim(self) -> None:
+        if len(self._counts) > self.LIMIT:
+            self._counts.popitem(last=False)
 
     def get(self, key: tuple[str, str, str]) -> int:
-        if not self._counts:  # the usual case: nothing was ever given back
+        if not self._counts:  # the usual case: nothing was ever recorded
             return 0
         with self._lock:
             return self._counts.get(key, 0)
@@ -571,6 +592,8 @@ class V5Consumer:
     ) -> None:
         self._backend = backend
         self._unseen = backend.unseen
+        self._handed = backend.handed
+        self._acked = backend.acked
         self._group = _codec.rocketmq_name("group", group)
         self._mqkit_group = group
         self._names: dict[str, str] = {}
@@ -587,7 +610,7 @@ class V5Consumer:
         self._landed = 0
         self._cv = threading.Condition()
         self._buffer: deque[Delivery] = deque()
-        self._inflight: dict[int, Any] = {}
+        self._inflight: dict[int, Delivery] = {}  # handed out, unsettled; by id(message)
         self._pending: Future[Any] | None = None
         self._error: MqkitError | None = None
         self._failing_since: float | None = None
@@ -622,6 +645,10 @@ class V5Consumer:
         except MqkitError:
             self._client.shutdown()
             raise
+        if self._client.fifo:
+            # A FIFO group's queue belongs to whoever popped from it until that batch is
+            # settled: the messages behind a small first batch would wait for it anyway.
+            self._batch = prefetch
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -638,7 +665,7 @@ class V5Consumer:
             renewed = self._renew(held)
             with self._cv:
                 if renewed and not self._closed:
-                    self._inflight[id(held.message)] = held.message
+                    self._inflight[id(held.message)] = delivery
                     return delivery
             self._give_back([held.message])
             if self._closed:
@@ -655,7 +682,7 @@ class V5Consumer:
                     delivery = self._buffer.popleft()
                     held: _Held = delivery.handle
                     if now - held.since < self._visibility / 2:
-                        self._inflight[id(held.message)] = held.message
+                        self._inflight[id(held.message)] = delivery
                         return delivery
                     return delivery, held
                 if self._error is not None:
@@ -711,6 +738,11 @@ class V5Consumer:
                 return
             self._failing_since = None
             messages = future.result() or []
+            again = []
+            if self._client.fifo:
+                again = [m for m in messages if self._acked.get(self._key(m))]
+                if again:
+                    messages = [m for m in messages if not self._acked.get(self._key(m))]
             if self._closed:
                 release = messages
             else:
@@ -722,6 +754,12 @@ class V5Consumer:
                     self._landed_at, self._landed = now, len(messages)
             self._cv.notify_all()
         self._give_back(release)  # closed meanwhile
+        for message in again:  # acked before, delivered again by FIFO queue order: ack again
+            log.debug("acking message %s again (acked before)", message.message_id)
+            try:
+                self._client.ack_async(message)
+            except Exception as exc:  # it comes back, and is acked again then
+                log.info("could not ack message %s again: %s", message.message_id, exc)
 
     def _poll_failed(self, exc: BaseException) -> None:
         error = self._backend.error(
@@ -770,7 +808,10 @@ class V5Consumer:
                 self._backend.where,
                 self._group,
             )
-        attempt = (message.delivery_attempt or 1) - self._unseen.get(self._key(message))
+        key = self._key(message)
+        attempt = max(
+            (message.delivery_attempt or 1) - self._unseen.get(key), self._handed.get(key) + 1
+        )
         return Delivery(
             topic=self._names.get(message.topic, message.topic),
             body=decoded.body,
@@ -825,14 +866,22 @@ class V5Consumer:
     def ack(self, delivery: Delivery) -> None:
         message = delivery.handle.message
         self._settle(delivery, "ack", lambda: self._client.ack(message))
-        self._unseen.discard(self._key(message))
+        self._acked_now(message)
+
+    def _acked_now(self, message: Any) -> None:
+        key = self._key(message)
+        self._unseen.discard(key)
+        self._handed.discard(key)
+        if self._client.fifo:
+            self._acked.set(key, 1)
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
         message = delivery.handle.message
         if not requeue:
             self._settle(delivery, "nack", lambda: self._client.ack(message))
-            self._unseen.discard(self._key(message))
+            self._acked_now(message)
             return
+        self._handed.set(self._key(message), delivery.attempt)
         later: list[Any] = []
         if message.message_group:
             # Buffered successors of the same key hold its message group: give them back so
@@ -877,8 +926,9 @@ class V5Consumer:
             self._inflight.clear()
             self._cv.notify_all()
         self._give_back(unseen)
-        for message in seen:
-            self._release(message)
+        for delivery in seen:
+            self._handed.set(self._key(delivery.handle.message), delivery.attempt)
+            self._release(delivery.handle.message)
         # Shutting the client down closes its channel, which cancels a long poll still out:
         # the server hands it nothing more.
         self._shutdown()
