@@ -924,14 +924,25 @@ class V5Consumer:
             seen = list(self._inflight.values())
             self._buffer.clear()
             self._inflight.clear()
+            pending = self._pending
             self._cv.notify_all()
         self._give_back(unseen)
         for delivery in seen:
             self._handed.set(self._key(delivery.handle.message), delivery.attempt)
             self._release(delivery.handle.message)
-        # Shutting the client down closes its channel, which cancels a long poll still out:
-        # the server hands it nothing more.
-        self._shutdown()
+        if pending is None:
+            self._shutdown()
+            return
+        # A long poll is still out. Shutting the client down would cancel the call, but the
+        # proxy keeps the poll waiting on the broker: what it takes afterwards (such as the
+        # messages just given back) cannot be written to us and stays invisible for the whole
+        # visibility_timeout. So the poll runs out (at most long_polling_timeout), what it
+        # brings is given back at once (see _polled), and then the client shuts down.
+        pending.add_done_callback(
+            lambda _: threading.Thread(
+                target=self._shutdown, name="mqkit-rocketmq-close", daemon=True
+            ).start()
+        )
 
     def _shutdown(self) -> None:
         try:
