@@ -111,8 +111,10 @@ def test_nack_without_requeue_drops_the_message(url: str, topic: str, group: str
     with mqkit.connect(url) as broker:
         consumer = broker.consumer(topic, group=group)
         with broker.producer() as producer:
-            producer.send(topic, "poison")
-            producer.send(topic, "fine")
+            # One key: send order is kept per key only (unkeyed messages may take different
+            # queues or partitions, e.g. on RocketMQ, and arrive in either order).
+            producer.send(topic, "poison", key="k")
+            producer.send(topic, "fine", key="k")
         [poison] = collect(consumer, 1, ack=False)
         assert poison.value == "poison"
         poison.nack(requeue=False)
