@@ -89,14 +89,43 @@ def _start(client: Any) -> None:
 
 
 class _SimpleConsumer(_simple.SimpleConsumer):  # type: ignore[misc]
-    """The official SimpleConsumer, remembering whether the server says its group is FIFO."""
+    """The official SimpleConsumer, remembering whether the server says its group is FIFO, and
+    able to send its settings again at once."""
 
     fifo: bool | None = None
+    _resent_at = 0.0
 
     def reset_setting(self, settings: Any) -> None:
         if settings is not None and settings.HasField("subscription"):
             self.fifo = bool(settings.subscription.fifo)
         super().reset_setting(settings)
+
+    def resend_settings(self) -> None:
+        """Make the telemetry stream again and send the subscription settings on it.
+
+        A restarted proxy knows no subscription, and answers a receive with an error (5.3.3: a
+        NullPointerException, "settings is null") until the client sends its settings again;
+        the client's own stream ends with the old connection and its settings are sent again
+        only every 5 minutes. At most once a second; runs on the client's I/O loop, where gRPC's
+        asyncio calls must be made.
+        """
+        now = time.monotonic()
+        if now - self._resent_at < 1.0:
+            return
+        self._resent_at = now
+        manager = getattr(self, "_Client__telemetry_manager", None)
+        if manager is None:
+            return
+
+        def resend() -> None:
+            try:
+                for endpoints in self.route_manager.get_all_endpoints().values():
+                    manager.retrieve_telemetry_stream_stream_call(endpoints, rebuild=True)
+                    manager.setting_write(endpoints)
+            except Exception as exc:  # the next failed poll tries again
+                log.info("could not send the consumer's settings again: %s", exc)
+
+        _rpc.RpcClient.get_channel_io_loop().call_soon_threadsafe(resend)
 
 
 class V5Backend:
@@ -711,6 +740,11 @@ class V5Consumer:
 
     def _start_poll(self, now: float) -> None:
         """Start one long poll (with the lock held, buffer empty); its batch lands in the buffer."""
+        if self._failing_since is not None and now - self._retry_at > 1.0:
+            # Nobody received for a while after the last failed poll: the time that passed
+            # does not count against connect_timeout (a poll that failed while the proxy
+            # restarted must not fail the first receive after it is back).
+            self._failing_since = None
         if self._landed:
             # The application went through the last batch at this pace: grow the batch while
             # it would still be handed out within half the invisible duration.
@@ -767,6 +801,9 @@ class V5Consumer:
         )
         now = time.monotonic()
         transient = isinstance(error, BrokerUnavailable)
+        if transient:
+            # The proxy may be back after a restart without our subscription.
+            self._client.resend_settings()
         if transient and self._failing_since is None:
             self._failing_since = now
         if transient and now - (self._failing_since or now) < self._backend.connect_timeout:
