@@ -329,6 +329,7 @@ class V5Backend:
 
     def missing_topic(self, topic: str, mqkit_name: str, detail: str) -> str:
         named = f"{mqkit_name!r}" if topic == mqkit_name else f"{mqkit_name!r} ({topic!r})"
+        detail = detail.strip().split("\n", 1)[0]  # a proxy adds a line with its FAQ link
         return (
             f"topic {named} does not exist on the {self.where} ({detail}); RocketMQ topics are "
             "created by an administrator, e.g. `mqadmin updateTopic -n NAMESRV:9876 -c "
