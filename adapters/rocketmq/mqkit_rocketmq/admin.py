@@ -177,12 +177,18 @@ def topic_exists(namesrv: str, topic: str, *, timeout: float = 5.0) -> bool:
 
 
 def ensure_topic(
-    namesrv: str, topic: str, *, queues: int = 4, timeout: float = 5.0
+    namesrv: str,
+    topic: str,
+    *,
+    queues: int = 4,
+    message_type: str = "MIXED",
+    timeout: float = 5.0,
 ) -> bool:
     """Create ``topic`` as a MIXED topic on every master broker unless the name server knows it.
 
     MIXED: mqkit sends keyed messages as FIFO messages and the others as NORMAL ones, and a
-    RocketMQ 5 topic takes only the message types it declares. Returns whether it created it.
+    RocketMQ 5 topic takes only the message types it declares (``message_type``: another type,
+    e.g. NORMAL, for tests of what a wrongly made topic does). Returns whether it created it.
     """
     if topic_exists(namesrv, topic, timeout=timeout):
         return False
@@ -198,7 +204,7 @@ def ensure_topic(
         "topicFilterType": "SINGLE_TAG",
         "topicSysFlag": "0",
         "order": "false",
-        "attributes": "+message.type=MIXED",
+        "attributes": f"+message.type={message_type}",
     }
     for name, address in brokers.items():
         reply, _ = call(address, UPDATE_AND_CREATE_TOPIC, fields, timeout=timeout)
