@@ -6,7 +6,9 @@ Mapping (see docs/rocketmq.md): a producer is one client ``Producer``; a consume
 message at a time; ``ack`` acks the receipt handle; ``nack`` changes the invisible duration to
 the requested delay (RocketMQ redelivers with ``delivery_attempt`` + 1); ``close`` makes what was
 received but not acked visible again at once. Keys are message groups (FIFO messages), so per-key
-order holds in consumer groups that are FIFO on the cluster.
+order holds in consumer groups that are FIFO on the cluster. With ``namesrv``, a consumer group new
+to a topic is positioned at the topic's end when it subscribes (RocketMQ would position it at its
+first poll); with ``auto_create``, missing topics and groups are created (``admin``).
 """
 
 from __future__ import annotations
