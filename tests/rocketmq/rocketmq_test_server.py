@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """A RocketMQ 5 *test server*: the gRPC ``apache.rocketmq.v2.MessagingService`` in one process.
 
-This is NOT a RocketMQ broker. It exists because no RocketMQ broker can be installed on the
-machines the test suite runs on, yet the mqkit adapter must be exercised through the unmodified
-official client (``rocketmq-python-client``) over a real gRPC connection. It speaks the wire
-protocol from the protobuf definitions that client ships (``rocketmq.grpc_protocol``) and models
-the behaviour of a RocketMQ 5 proxy in front of one broker, closely following the proxy's own
-code (``proxy/grpc/v2`` in apache/rocketmq):
+This is NOT a RocketMQ broker. The test suite runs against real Apache RocketMQ 5
+(``adapters/rocketmq/ci/broker``); this server remains for what that CI cluster does not show: a
+proxy with ACLs (``tests/rocketmq/test_rocketmq_errors.py``, bad credentials). It speaks the wire
+protocol from the protobuf definitions the official client ships (``rocketmq.grpc_protocol``) and
+models the behaviour of a RocketMQ 5 proxy in front of one broker, following the proxy's own code
+(``proxy/grpc/v2`` in apache/rocketmq) — more loosely than the real thing: see
+docs/rocketmq.md for what real RocketMQ does differently (FIFO holds whole queues, new groups are
+positioned at their first poll, a redelivered FIFO message's attempt is its batch's lowest):
 
 * QueryRoute, Heartbeat, SendMessage, ReceiveMessage (server streaming, long polling),
   AckMessage, ChangeInvisibleDuration, QueryAssignment, NotifyClientTermination and the

@@ -1,8 +1,11 @@
 """Failures give clear mqkit errors in bounded time: unreachable or silent endpoints, bad
-credentials, unknown topics, wrong topic types, missing or mismatched client libraries.
+credentials, unknown topics and groups, wrong topic types, missing or mismatched client libraries.
 
-Each test talks to its own RocketMQ *test server* (``rocketmq_test_server.py``, not a broker)
-through the unmodified official client, or to plain sockets on loopback.
+Unknown topics, topic types, names and options are shown on real Apache RocketMQ 5 (the CI
+cluster, ``adapters/rocketmq/ci/broker``); unreachable and silent endpoints on plain loopback
+sockets. Bad credentials need a proxy with ACLs, which the CI cluster does not run: that test
+uses the RocketMQ 5 *test server* (``rocketmq_test_server.py``, a gRPC stand-in for a proxy, not
+RocketMQ) and shows only that the adapter reports the proxy's UNAUTHORIZED answer clearly.
 """
 
 from __future__ import annotations
@@ -15,14 +18,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from mqkit_rocketmq import admin
 
 import mqkit
 from mqkit import BrokerUnavailable, ConfigError
-from tests.rocketmq.rocketmq_helpers import running_server, url_or_server
+from tests.rocketmq.conftest import Cluster, with_query
+from tests.rocketmq.rocketmq_helpers import running_server
 
 BOUND = 10.0  # seconds: the promise for every one of these errors
+UPDATE_BROKER_CONFIG = 25  # RequestCode
 
 
 def _closed_port() -> int:
@@ -77,6 +84,7 @@ def test_silent_endpoint_times_out_within_the_bound(silent_port: int) -> None:
 
 
 def test_bad_credentials_are_refused_clearly(tmp_path: Path, topic: str, group: str) -> None:
+    # On the test server (see the module docstring): the CI cluster runs without ACLs.
     with running_server(tmp_path, "--auto-create-topics", "--acl", "mqkit:s3cret") as server:
         host = f"127.0.0.1:{server.port}"
         for creds in ("mqkit:wrong@", "nobody:s3cret@", ""):
@@ -93,43 +101,75 @@ def test_bad_credentials_are_refused_clearly(tmp_path: Path, topic: str, group: 
             message.ack()
 
 
-def test_unknown_topic_is_a_config_error_saying_how_to_create_it(tmp_path: Path) -> None:
-    with (
-        running_server(tmp_path, "--topic", "known:MIXED") as server,
-        mqkit.connect(server.url) as broker,
-    ):
+def test_unknown_topic_is_a_config_error_saying_how_to_create_it(
+    plain_url: str, namesrv: str, topic: str, group: str
+) -> None:
+    admin.ensure_topic(namesrv, topic)  # exists; "orders.unknown-…" does not
+    unknown = f"orders.unknown-{group}"
+    with mqkit.connect(plain_url) as broker:
         producer = broker.producer()
         started = time.monotonic()
         with pytest.raises(ConfigError, match=r"does not exist.*mqadmin updateTopic"):
-            producer.send("orders.unknown", 1)
+            producer.send(unknown, 1)
         assert time.monotonic() - started < BOUND
-        with pytest.raises(ConfigError, match="'orders_unknown'"):
-            broker.consumer("orders.unknown", group="billing")
-        producer.send("known", "fine")  # the producer is still usable
+        with pytest.raises(ConfigError, match=f"'{unknown.replace('.', '_')}'"):
+            broker.consumer(unknown, group=group)
+        producer.send(topic, "fine")  # the producer is still usable
         producer.close()
 
 
-def test_topic_that_refuses_fifo_messages_says_to_make_it_mixed(tmp_path: Path) -> None:
-    with (
-        running_server(tmp_path, "--topic", "plain:NORMAL") as server,
-        mqkit.connect(server.url) as broker,
-        broker.producer() as producer,
-    ):
-        producer.send("plain", "no key is fine")
+def test_unknown_group_on_a_broker_that_makes_none_is_a_config_error(
+    private_cluster: Cluster,
+) -> None:
+    # Brokers make consumer groups on first use unless autoCreateSubscriptionGroup=false. On
+    # such a broker (the private cluster, switched at runtime like `mqadmin updateBrokerConfig`)
+    # a consumer of a group nobody created is refused when it subscribes, saying what to run.
+    url = with_query(private_cluster.url, auto_create=None)
+    namesrv = dict(parse_qsl(urlsplit(url).query))["namesrv"]
+    admin.ensure_topic(namesrv, "orders")
+    [address] = admin.master_brokers(namesrv).values()
+
+    def auto_create_groups(on: bool) -> None:
+        body = f"autoCreateSubscriptionGroup={str(on).lower()}\n".encode()
+        reply, _ = admin.call(address, UPDATE_BROKER_CONFIG, body=body)
+        assert reply["code"] == admin.SUCCESS, reply
+
+    auto_create_groups(False)
+    try:
+        with mqkit.connect(url) as broker:
+            missing = r"group 'billing' does not exist.*updateSubGroup"
+            with pytest.raises(ConfigError, match=missing):
+                broker.consumer("orders", group="billing")
+            admin.ensure_group(namesrv, "billing")
+            broker.consumer("orders", group="billing").close()  # created: fine
+    finally:
+        auto_create_groups(True)
+
+
+def test_topic_that_refuses_fifo_messages_says_to_make_it_mixed(
+    plain_url: str, namesrv: str, topic: str
+) -> None:
+    admin.ensure_topic(namesrv, topic, message_type="NORMAL")
+    with mqkit.connect(plain_url) as broker, broker.producer() as producer:
+        producer.send(topic, "no key is fine")
+        producer.flush()
         with pytest.raises(ConfigError, match="MIXED"):
-            producer.send("plain", "a key makes it FIFO", key="k")
+            producer.send(topic, "a key makes it FIFO", key="k")
+            producer.flush()
 
 
-def test_too_long_names_are_config_errors(url_or_server: str) -> None:
-    with mqkit.connect(url_or_server) as broker, pytest.raises(ConfigError, match="at most 127"):
+def test_too_long_names_are_config_errors(rocketmq_url: str) -> None:
+    with mqkit.connect(rocketmq_url) as broker, pytest.raises(ConfigError, match="at most 127"):
         broker.producer().send("t" * 150, 1)
 
 
-def test_bad_options_are_config_errors(url_or_server: str) -> None:
+def test_bad_options_are_config_errors(rocketmq_url: str) -> None:
     with pytest.raises(ConfigError, match="visibilty_timeout"):
-        mqkit.connect(url_or_server + "&visibilty_timeout=3")
+        mqkit.connect(rocketmq_url + "&visibilty_timeout=3")
     with pytest.raises(ConfigError, match="prefetch"):
-        mqkit.connect(url_or_server + "&prefetch=100")
+        mqkit.connect(rocketmq_url + "&prefetch=100")
+    with pytest.raises(ConfigError, match="namesrv"):
+        mqkit.connect(rocketmq_url.split("?")[0] + "?auto_create=true")
 
 
 # -- client libraries -------------------------------------------------------------------------
@@ -205,5 +245,3 @@ def test_bundled_native_library_loads_and_fails_cleanly_on_connection_errors(
         assert float(done.stdout.split()[1]) < BOUND
         assert cause in done.stdout and f"127.0.0.1:{port}" in done.stdout
 
-
-__all__ = ["url_or_server"]  # the fixture, imported for pytest

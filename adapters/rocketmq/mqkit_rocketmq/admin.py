@@ -1,15 +1,20 @@
 """Create RocketMQ topics and consumer groups through the name server and the brokers' remoting
-admin requests — what ``mqadmin updateTopic`` / ``updateSubGroup`` do — with the standard library
-only, so that it also runs as a script before anything is installed::
+admin requests — what ``mqadmin updateTopic`` / ``updateSubGroup`` do — and position new
+consumer groups, with the standard library only, so that it also runs as a script before
+anything is installed::
 
     python admin.py ready NAMESRV_HOST:PORT [TIMEOUT]   # a topic can be created and written
     python admin.py topic NAMESRV_HOST:PORT NAME        # create a MIXED topic if missing
-    python admin.py group NAMESRV_HOST:PORT NAME        # create a FIFO consumer group if missing
+    python admin.py group NAMESRV_HOST:PORT NAME [RETRY_MAX_TIMES]
+                                                        # create a FIFO consumer group if missing
 
 A RocketMQ 5 proxy creates no topics for its clients, and a consumer group created on first use
 is not FIFO, so the adapter's ``auto_create`` option calls :func:`ensure_topic` and
 :func:`ensure_group` for development and test clusters. Both leave existing topics and groups
 as they are. Production clusters create them with their own tools.
+
+With a name server to ask, the adapter also calls :func:`start_group_at_end` for every new
+consumer, so that a new group starts where it subscribed (see its docstring).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ GET_MAX_OFFSET = 30
 GET_ROUTEINFO_BY_TOPIC = 105
 GET_BROKER_CLUSTER_INFO = 106
 UPDATE_AND_CREATE_SUBSCRIPTIONGROUP = 200
+GET_ALL_SUBSCRIPTIONGROUP_CONFIG = 201
 GET_SUBSCRIPTIONGROUP_CONFIG = 352
 SUCCESS = 0
 TOPIC_NOT_EXIST = 17
@@ -48,6 +54,10 @@ class AdminError(Exception):
     """A remoting request failed: no answer, or an answer with an error code."""
 
 
+class GroupMissing(AdminError):
+    """The consumer group does not exist on a broker that creates none on demand."""
+
+
 def _address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
@@ -55,28 +65,27 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class Connection:
-    """A connection to one name server or broker for requests one after the other."""
+class Session:
+    """One connection to a name server or broker, for requests one after the other."""
 
     def __init__(self, address: str, *, timeout: float = 5.0) -> None:
         self.address = address
         self.timeout = timeout
         self._sock = socket.create_connection(_address(address), timeout=timeout)
 
-    def __enter__(self) -> Connection:
+    def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         self._sock.close()
 
-    def request(
+    def call(
         self, code: int, fields: dict[str, str] | None = None, body: bytes = b""
     ) -> tuple[dict[str, Any], bytes]:
-        """Send one request and wait for its response: ``(header, body)``."""
-        address, timeout, sock = self.address, self.timeout, self._sock
+        """One request; returns the response header and body."""
         opaque = next(_opaque)
         header = json.dumps({
             "code": code,
@@ -87,45 +96,44 @@ class Connection:
             "serializeTypeCurrentRPC": "JSON",
             "version": 0,
         }).encode()
-        frame = (
+        self._sock.settimeout(self.timeout)
+        self._sock.sendall(
             (4 + len(header) + len(body)).to_bytes(4, "big")
             + len(header).to_bytes(4, "big")
             + header
             + body
         )
-        deadline = time.monotonic() + timeout
-        sock.settimeout(timeout)
-        sock.sendall(frame)
-
-        def read(count: int) -> bytes:
-            data = b""
-            while len(data) < count:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                try:
-                    chunk = sock.recv(count - len(data))
-                except TimeoutError:
-                    raise TimeoutError(
-                        f"{address} accepted the connection but did not answer within {timeout} s"
-                    ) from None
-                if not chunk:
-                    raise ConnectionError(f"{address} closed the connection without answering")
-                data += chunk
-            return data
-
-        length = int.from_bytes(read(4), "big")
+        deadline = time.monotonic() + self.timeout
+        length = int.from_bytes(self._read(4, deadline), "big")
         if not 4 <= length <= 64 << 20:
-            raise AdminError(f"{address} answered a frame of {length} bytes: not RocketMQ")
-        frame = read(length)
+            raise AdminError(f"{self.address} answered a frame of {length} bytes: not RocketMQ")
+        frame = self._read(length, deadline)
         header_length = int.from_bytes(frame[:4], "big") & 0xFFFFFF
         try:
             reply = json.loads(frame[4 : 4 + header_length])
         except ValueError:
             reply = None
         if not isinstance(reply, dict) or "code" not in reply or not reply.get("flag", 0) & 1:
-            raise AdminError(f"{address} answered something that is not a RocketMQ response")
+            raise AdminError(f"{self.address} answered something that is not a RocketMQ response")
         if reply.get("opaque") != opaque:
-            raise AdminError(f"{address} answered another request ({reply.get('opaque')})")
+            raise AdminError(f"{self.address} answered another request ({reply.get('opaque')})")
         return reply, frame[4 + header_length :]
+
+    def _read(self, count: int, deadline: float) -> bytes:
+        data = b""
+        while len(data) < count:
+            self._sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self._sock.recv(count - len(data))
+            except TimeoutError:
+                raise TimeoutError(
+                    f"{self.address} accepted the connection but did not answer within "
+                    f"{self.timeout} s"
+                ) from None
+            if not chunk:
+                raise ConnectionError(f"{self.address} closed the connection without answering")
+            data += chunk
+        return data
 
 
 def call(
@@ -137,8 +145,8 @@ def call(
     timeout: float = 5.0,
 ) -> tuple[dict[str, Any], bytes]:
     """One request on its own connection; returns the response header and body."""
-    with Connection(address, timeout=timeout) as connection:
-        return connection.request(code, fields, body)
+    with Session(address, timeout=timeout) as session:
+        return session.call(code, fields, body)
 
 
 def _json(body: bytes) -> Any:
@@ -172,12 +180,18 @@ def topic_exists(namesrv: str, topic: str, *, timeout: float = 5.0) -> bool:
 
 
 def ensure_topic(
-    namesrv: str, topic: str, *, queues: int = 4, timeout: float = 5.0
+    namesrv: str,
+    topic: str,
+    *,
+    queues: int = 4,
+    message_type: str = "MIXED",
+    timeout: float = 5.0,
 ) -> bool:
     """Create ``topic`` as a MIXED topic on every master broker unless the name server knows it.
 
     MIXED: mqkit sends keyed messages as FIFO messages and the others as NORMAL ones, and a
-    RocketMQ 5 topic takes only the message types it declares. Returns whether it created it.
+    RocketMQ 5 topic takes only the message types it declares (``message_type``: another type,
+    e.g. NORMAL, for tests of what a wrongly made topic does). Returns whether it created it.
     """
     if topic_exists(namesrv, topic, timeout=timeout):
         return False
@@ -193,7 +207,7 @@ def ensure_topic(
         "topicFilterType": "SINGLE_TAG",
         "topicSysFlag": "0",
         "order": "false",
-        "attributes": "+message.type=MIXED",
+        "attributes": f"+message.type={message_type}",
     }
     for name, address in brokers.items():
         reply, _ = call(address, UPDATE_AND_CREATE_TOPIC, fields, timeout=timeout)
@@ -208,10 +222,13 @@ def ensure_topic(
     return True
 
 
-def ensure_group(namesrv: str, group: str, *, timeout: float = 5.0) -> bool:
+def ensure_group(
+    namesrv: str, group: str, *, retry_max_times: int = 16, timeout: float = 5.0
+) -> bool:
     """Create ``group`` as a FIFO consumer group (``consumeMessageOrderly``) on every master
     broker that does not have it yet: RocketMQ keeps message-group order only for FIFO groups.
-    Returns whether it created it anywhere."""
+    ``retry_max_times``: deliveries after the first before RocketMQ moves a message to
+    ``%DLQ%<group>``. Returns whether it created it anywhere."""
     config = json.dumps({
         "groupName": group,
         "consumeEnable": True,
@@ -219,23 +236,34 @@ def ensure_group(namesrv: str, group: str, *, timeout: float = 5.0) -> bool:
         "consumeBroadcastEnable": True,
         "consumeMessageOrderly": True,
         "retryQueueNums": 1,
-        "retryMaxTimes": 16,
+        "retryMaxTimes": retry_max_times,
         "brokerId": 0,
         "whichBrokerWhenConsumeSlowly": 1,
         "notifyConsumerIdsChangedEnable": True,
     }).encode()
     created = False
     for name, address in master_brokers(namesrv, timeout=timeout).items():
-        reply, _ = call(address, GET_SUBSCRIPTIONGROUP_CONFIG, {"group": group}, timeout=timeout)
-        if reply["code"] == SUCCESS:
+        if group in groups(address, timeout=timeout):
             continue
-        if reply["code"] != SUBSCRIPTION_GROUP_NOT_EXIST:
-            raise _failed(reply, f"looking up group {group!r} on broker {name} ({address})")
         reply, _ = call(address, UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, body=config, timeout=timeout)
         if reply["code"] != SUCCESS:
             raise _failed(reply, f"creating group {group!r} on broker {name} ({address})")
         created = True
     return created
+
+
+def groups(broker: str, *, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+    """The consumer groups a broker has: name → configuration.
+
+    The whole table, because asking for one group (``GET_SUBSCRIPTIONGROUP_CONFIG``) creates it
+    with default settings (not FIFO) on a broker with ``autoCreateSubscriptionGroup=true``, the
+    default, and then answers that it exists.
+    """
+    reply, body = call(broker, GET_ALL_SUBSCRIPTIONGROUP_CONFIG, timeout=timeout)
+    if reply["code"] != SUCCESS:
+        raise _failed(reply, f"asking broker {broker} for its consumer groups")
+    table = _json(body).get("subscriptionGroupTable", {}) if body else {}
+    return dict(table)
 
 
 def read_queues(namesrv: str, topic: str, *, timeout: float = 5.0) -> list[tuple[str, str, int]]:
@@ -252,47 +280,61 @@ def read_queues(namesrv: str, topic: str, *, timeout: float = 5.0) -> list[tuple
     return [
         (queues["brokerName"], masters[queues["brokerName"]], queue_id)
         for queues in route.get("queueDatas", [])
-        if queues["brokerName"] in masters
+        if queues["brokerName"] in masters and int(queues.get("perm", 6)) & 4  # readable
         for queue_id in range(int(queues["readQueueNums"]))
     ]
 
 
-def start_group_at_end(namesrv: str, group: str, topic: str, *, timeout: float = 5.0) -> int:
-    """Give ``group`` a position at the current end of each queue of ``topic`` where it has
-    none yet (``QUERY_CONSUMER_OFFSET`` finds nothing): what a push consumer with
-    ``CONSUME_FROM_LAST_OFFSET`` would pick when its rebalance first assigns the queue, but
-    fixed now, so every message sent from here on is the group's. Queues the group already
-    has a position on keep it. Returns how many queues it positioned.
+def topic_queues(namesrv: str, topic: str, *, timeout: float = 5.0) -> dict[str, list[int]]:
+    """Master broker address → the ids of ``topic``'s read queues on it."""
+    out: dict[str, list[int]] = {}
+    for _, address, queue_id in read_queues(namesrv, topic, timeout=timeout):
+        out.setdefault(address, []).append(queue_id)
+    return out
 
-    The group must exist on the brokers (``ensure_group``, or a broker that creates
-    subscription groups on first use): a broker keeps no offsets for unknown groups.
+
+def start_group_at_end(namesrv: str, group: str, topic: str, *, timeout: float = 5.0) -> int:
+    """Give ``group`` a position at the current end of each queue of ``topic`` where it has none.
+
+    A RocketMQ 5 broker positions a consumer group in a queue at the group's first poll of that
+    queue, not when it subscribes: at the queue's start while its first message is still in
+    memory, otherwise at the queue's *last* message. So a new group can get messages from before
+    it subscribed, and miss messages sent between subscribing and its first poll. Committing
+    the end of each queue as the group's position when it subscribes makes it get exactly the
+    messages sent after that. Queues where the group has a position are left alone. Returns
+    how many queues were positioned.
     """
     positioned = 0
-    for name, address, queue_id in read_queues(namesrv, topic, timeout=timeout):
-        where = f"{topic!r} queue {queue_id} on broker {name} ({address})"
-        fields = {"consumerGroup": group, "topic": topic, "queueId": str(queue_id)}
-        # setZeroIfNotFound=false: a RocketMQ 5 broker would otherwise answer 0 for a queue
-        # whose first message is still in memory, as if the group had consumed nothing of it.
-        reply, _ = call(
-            address, QUERY_CONSUMER_OFFSET, {**fields, "setZeroIfNotFound": "false"},
-            timeout=timeout,
-        )
-        if reply["code"] == SUCCESS:
-            continue
-        if reply["code"] != QUERY_NOT_FOUND:
-            raise _failed(reply, f"asking for the position of group {group!r} in {where}")
-        reply, _ = call(
-            address, GET_MAX_OFFSET, {"topic": topic, "queueId": str(queue_id)}, timeout=timeout
-        )
-        if reply["code"] != SUCCESS:
-            raise _failed(reply, f"asking for the end of {where}")
-        end = str(int(reply.get("extFields", {})["offset"]))
-        reply, _ = call(
-            address, UPDATE_CONSUMER_OFFSET, {**fields, "commitOffset": end}, timeout=timeout
-        )
-        if reply["code"] != SUCCESS:
-            raise _failed(reply, f"setting the position of group {group!r} in {where}")
-        positioned += 1
+    for broker, queue_ids in topic_queues(namesrv, topic, timeout=timeout).items():
+        with Session(broker, timeout=timeout) as session:
+            for queue_id in queue_ids:
+                where = {"consumerGroup": group, "topic": topic, "queueId": str(queue_id)}
+                reply, _ = session.call(
+                    QUERY_CONSUMER_OFFSET, {**where, "setZeroIfNotFound": "false"}
+                )
+                if reply["code"] == SUCCESS:
+                    continue  # the group has a position in this queue already
+                if reply["code"] != QUERY_NOT_FOUND:
+                    raise _failed(reply, f"asking {broker} for the position of group {group!r}")
+                reply, _ = session.call(GET_MAX_OFFSET, {"topic": topic, "queueId": str(queue_id)})
+                if reply["code"] != SUCCESS:
+                    raise _failed(reply, f"asking {broker} for the end of {topic!r}:{queue_id}")
+                end = reply["extFields"]["offset"]
+                commit = {**where, "commitOffset": end}
+                reply, _ = session.call(UPDATE_CONSUMER_OFFSET, commit)
+                if reply["code"] == SUBSCRIPTION_GROUP_NOT_EXIST:
+                    # Not created yet: looking it up creates it with default settings if the
+                    # broker creates groups on demand (as it would at the group's first poll).
+                    found, _ = session.call(GET_SUBSCRIPTIONGROUP_CONFIG, {"group": group})
+                    if found["code"] != SUCCESS:
+                        raise GroupMissing(
+                            f"broker {broker} has no consumer group {group!r} and creates "
+                            "none on demand (autoCreateSubscriptionGroup=false)"
+                        )
+                    reply, _ = session.call(UPDATE_CONSUMER_OFFSET, commit)
+                if reply["code"] != SUCCESS:
+                    raise _failed(reply, f"positioning group {group!r} on {topic!r}:{queue_id}")
+                positioned += 1
     return positioned
 
 
@@ -319,7 +361,7 @@ def send_probe(namesrv: str, topic: str, *, timeout: float = 5.0) -> None:
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: admin.py ready|topic|group NAMESRV_HOST:PORT [NAME|TIMEOUT]"
+    usage = "usage: admin.py ready|topic|group NAMESRV_HOST:PORT [NAME [RETRY_MAX_TIMES]|TIMEOUT]"
     if len(argv) < 2 or argv[0] not in {"ready", "topic", "group"}:
         print(usage, file=sys.stderr)
         return 2
@@ -327,8 +369,9 @@ def main(argv: list[str]) -> int:
     try:
         if action == "topic" and len(argv) == 3:
             ensure_topic(namesrv, argv[2])
-        elif action == "group" and len(argv) == 3:
-            ensure_group(namesrv, argv[2])
+        elif action == "group" and len(argv) in (3, 4):
+            retries = int(argv[3]) if len(argv) == 4 else 16
+            ensure_group(namesrv, argv[2], retry_max_times=retries)
         elif action == "ready":
             deadline = time.monotonic() + (float(argv[2]) if len(argv) > 2 else 0.0)
             while True:

@@ -4,8 +4,10 @@ sends, at most ``max_in_flight`` (1024) unconfirmed, all confirmed before ``prod
 SimpleConsumer polling batches of ``prefetch`` (16) with the same invisible duration
 (``visibility_timeout``, 30 s) and long poll (``long_polling_timeout``, 5 s), acking each
 message synchronously before the next. The URL's options apply to both sides. (mqkit's polls
-start at one message and double up to ``prefetch``; see docs/rocketmq.md.) Registered in the
-``mqkit.bench`` entry-point group.
+start at one message and double up to ``prefetch``; see docs/rocketmq.md.) With
+``auto_create=true&namesrv=…`` in the URL, subscribing creates the topics and the group and
+positions the group at the topics' end first, as mqkit does (setup, not measured). Registered
+in the ``mqkit.bench`` entry-point group.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from concurrent.futures import Future, wait
 from typing import Any
 
 from mqkit.config import BrokerURL
-from mqkit_rocketmq import v5
+from mqkit.options import Options
+from mqkit_rocketmq import admin, v5
 
 
 class RawRocketMQClient:
@@ -29,16 +32,27 @@ class RawRocketMQClient:
         self._invisible = int(url.params.get("visibility_timeout", "30"))
         self._polling = int(url.params.get("long_polling_timeout", "5"))
         self._in_flight = int(url.params.get("max_in_flight", "1024"))
+        auto_create = Options("rocketmq bench", url.params).bool("auto_create", False)
+        self._namesrv = url.params.get("namesrv") if auto_create else None
         self._producer: Any = None
         self._consumer: Any = None
 
     def subscribe(self, topics: Sequence[str], group: str) -> None:
-        filters = {t.replace(".", "_"): v5._model.FilterExpression() for t in topics}
+        names = [t.replace(".", "_") for t in topics]
+        group = group.replace(".", "_")
+        if self._namesrv is not None:
+            for name in names:
+                admin.ensure_topic(self._namesrv, name)
+            admin.ensure_group(self._namesrv, group)
+        filters = {name: v5._model.FilterExpression() for name in names}
         self._consumer = v5._simple.SimpleConsumer(
-            self._config, group.replace(".", "_"), filters, await_duration=self._polling
+            self._config, group, filters, await_duration=self._polling
         )
         self._consumer.startup()
         self._consumer._init_settings_event.wait(10)
+        if self._namesrv is not None:
+            for name in names:
+                admin.start_group_at_end(self._namesrv, group, name)
 
     def produce(self, topic: str, bodies: Iterable[bytes]) -> None:
         if self._producer is None:

@@ -517,7 +517,7 @@ class _Positions:
         self._group = group
         self._timeout = backend.connect_timeout
         self._brokers: dict[tuple[str, int], str] = {}
-        self._connections: dict[str, admin.Connection] = {}
+        self._connections: dict[str, admin.Session] = {}
         self._lock = threading.Lock()
         for topic in topics:
             queues = backend.admin(
@@ -548,9 +548,9 @@ class _Positions:
                 try:
                     connection = self._connections.get(address)
                     if connection is None:
-                        connection = admin.Connection(address, timeout=self._timeout)
+                        connection = admin.Session(address, timeout=self._timeout)
                         self._connections[address] = connection
-                    reply, _ = connection.request(admin.UPDATE_CONSUMER_OFFSET, fields)
+                    reply, _ = connection.call(admin.UPDATE_CONSUMER_OFFSET, fields)
                 except (OSError, admin.AdminError) as exc:
                     stale = self._connections.pop(address, None)
                     if stale is not None:

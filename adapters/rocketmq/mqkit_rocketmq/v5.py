@@ -6,7 +6,9 @@ Mapping (see docs/rocketmq.md): a producer is one client ``Producer``; a consume
 message at a time; ``ack`` acks the receipt handle; ``nack`` changes the invisible duration to
 the requested delay (RocketMQ redelivers with ``delivery_attempt`` + 1); ``close`` makes what was
 received but not acked visible again at once. Keys are message groups (FIFO messages), so per-key
-order holds in consumer groups that are FIFO on the cluster.
+order holds in consumer groups that are FIFO on the cluster. With ``namesrv``, a consumer group new
+to a topic is positioned at the topic's end when it subscribes (RocketMQ would position it at its
+first poll); with ``auto_create``, missing topics and groups are created (``admin``).
 """
 
 from __future__ import annotations
@@ -89,14 +91,43 @@ def _start(client: Any) -> None:
 
 
 class _SimpleConsumer(_simple.SimpleConsumer):  # type: ignore[misc]
-    """The official SimpleConsumer, remembering whether the server says its group is FIFO."""
+    """The official SimpleConsumer, remembering whether the server says its group is FIFO, and
+    able to send its settings again at once."""
 
     fifo: bool | None = None
+    _resent_at = 0.0
 
     def reset_setting(self, settings: Any) -> None:
         if settings is not None and settings.HasField("subscription"):
             self.fifo = bool(settings.subscription.fifo)
         super().reset_setting(settings)
+
+    def resend_settings(self) -> None:
+        """Make the telemetry stream again and send the subscription settings on it.
+
+        A restarted proxy knows no subscription, and answers a receive with an error (5.3.3: a
+        NullPointerException, "settings is null") until the client sends its settings again;
+        the client's own stream ends with the old connection and its settings are sent again
+        only every 5 minutes. At most once a second; runs on the client's I/O loop, where gRPC's
+        asyncio calls must be made.
+        """
+        now = time.monotonic()
+        if now - self._resent_at < 1.0:
+            return
+        self._resent_at = now
+        manager = getattr(self, "_Client__telemetry_manager", None)
+        if manager is None:
+            return
+
+        def resend() -> None:
+            try:
+                for endpoints in self.route_manager.get_all_endpoints().values():
+                    manager.retrieve_telemetry_stream_stream_call(endpoints, rebuild=True)
+                    manager.setting_write(endpoints)
+            except Exception as exc:  # the next failed poll tries again
+                log.info("could not send the consumer's settings again: %s", exc)
+
+        _rpc.RpcClient.get_channel_io_loop().call_soon_threadsafe(resend)
 
 
 class V5Backend:
@@ -166,7 +197,11 @@ class V5Backend:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._known_topics: set[str] = set()
-        self.unseen = _Unseen()
+        self._known_groups: set[str] = set()
+        self._position_lock = threading.Lock()
+        self.unseen = _PerMessage()
+        self.handed = _PerMessage()
+        self.acked = _PerMessage()
         self._closed = False
         self._probe_id = f"mqkit-probe-{os.getpid()}-{id(self):x}"
         self.probe()
@@ -222,6 +257,8 @@ class V5Backend:
         """
         if not self.auto_create or self.namesrv is None:
             return
+        if kind == "group" and name in self._known_groups:
+            return
         ensure = admin.ensure_topic if kind == "topic" else admin.ensure_group
         try:
             ensure(self.namesrv, name, timeout=self.connect_timeout)
@@ -230,6 +267,36 @@ class V5Backend:
                 f"auto_create: cannot create {kind} {name!r} through the name server at "
                 f"{self.namesrv}: {exc}"
             ) from None
+        if kind == "group":
+            self._known_groups.add(name)
+
+    def start_at_end(self, group: str, topics: Sequence[str], mqkit_group: str) -> None:
+        """With a name server to ask, position a group that is new in a topic at its end.
+
+        A RocketMQ 5 broker positions a group in a queue at the group's first poll, not when
+        it subscribes (see :func:`mqkit_rocketmq.admin.start_group_at_end`); mqkit promises
+        every message sent after ``consumer()`` returned, and nothing from before.
+        """
+        if self.namesrv is None:
+            return
+        with self._position_lock:  # members of one group subscribing at once: one positions it
+            for topic in topics:
+                try:
+                    admin.start_group_at_end(
+                        self.namesrv, group, topic, timeout=self.connect_timeout
+                    )
+                except admin.GroupMissing as exc:
+                    raise ConfigError(
+                        f"consumer group {mqkit_group!r} does not exist on the RocketMQ cluster "
+                        f"({exc}); create it, e.g. `mqadmin updateSubGroup -n NAMESRV:9876 -c "
+                        f"DefaultCluster -g {group} -o true` (-o: FIFO, for per-key order), or "
+                        "add auto_create=true for development clusters"
+                    ) from None
+                except (OSError, admin.AdminError) as exc:
+                    raise BrokerUnavailable(
+                        f"cannot position the new consumer group {mqkit_group!r} on topic "
+                        f"{topic!r} through the name server at {self.namesrv}: {exc}"
+                    ) from None
 
     def check_topic(self, topic: str, mqkit_name: str) -> None:
         """Raise a clear mqkit error unless ``topic`` exists on the cluster."""
@@ -264,6 +331,7 @@ class V5Backend:
 
     def missing_topic(self, topic: str, mqkit_name: str, detail: str) -> str:
         named = f"{mqkit_name!r}" if topic == mqkit_name else f"{mqkit_name!r} ({topic!r})"
+        detail = detail.strip().split("\n", 1)[0]  # a proxy adds a line with its FAQ link
         return (
             f"topic {named} does not exist on the {self.where} ({detail}); RocketMQ topics are "
             "created by an administrator, e.g. `mqadmin updateTopic -n NAMESRV:9876 -c "
@@ -479,13 +547,23 @@ class V5Producer:
                 log.warning("RocketMQ producer shutdown: %s", exc)
 
 
-class _Unseen:
-    """Deliveries RocketMQ counted that the application never saw, per message.
+class _PerMessage:
+    """A number per message (group, topic, message id), shared by the consumers of one
+    connection; bounded, oldest entries forgotten first. Three of them per connection:
 
-    RocketMQ counts every pop. A consumer that polls a batch and gives part of it back unseen
-    (on close, behind a nacked message of the same key, or because it could not keep a buffered
-    message invisible) would otherwise report ``attempt`` one too high when that message comes
-    back. Shared by the consumers of one connection; bounded, oldest entries forgotten first.
+    * ``unseen``: deliveries RocketMQ counted that the application never saw. RocketMQ counts
+      every pop. A consumer that polls a batch and gives part of it back unseen (on close,
+      behind a nacked message of the same key, or because it could not keep a buffered message
+      invisible) would otherwise report ``attempt`` one too high when that message comes back.
+    * ``handed``: the ``attempt`` a message had when the application gave it back (a nack, or
+      a close while it was unsettled). In a FIFO group RocketMQ 5 reports as the attempt of a
+      redelivered message the *lowest* count of its batch from that queue, so a nacked message
+      that comes back in one batch with new messages would say attempt 1 again; it comes back
+      with at least this + 1.
+    * ``acked``: messages acked in FIFO groups. A FIFO group's position in a queue only moves
+      past messages acked *in queue order*: when an earlier message of the queue goes back (a
+      nack of another key, a close), RocketMQ delivers the later ones again even though they
+      were acked. Such a message is acked again and not handed out.
     """
 
     LIMIT = 50_000
@@ -497,11 +575,20 @@ class _Unseen:
     def add(self, key: tuple[str, str, str]) -> None:
         with self._lock:
             self._counts[key] = self._counts.pop(key, 0) + 1
-            if len(self._counts) > self.LIMIT:
-                self._counts.popitem(last=False)
+            self._trim()
+
+    def set(self, key: tuple[str, str, str], value: int) -> None:
+        with self._lock:
+            self._counts.pop(key, None)
+            self._counts[key] = value
+            self._trim()
+
+    def _trim(self) -> None:
+        if len(self._counts) > self.LIMIT:
+            self._counts.popitem(last=False)
 
     def get(self, key: tuple[str, str, str]) -> int:
-        if not self._counts:  # the usual case: nothing was ever given back
+        if not self._counts:  # the usual case: nothing was ever recorded
             return 0
         with self._lock:
             return self._counts.get(key, 0)
@@ -537,6 +624,8 @@ class V5Consumer:
     ) -> None:
         self._backend = backend
         self._unseen = backend.unseen
+        self._handed = backend.handed
+        self._acked = backend.acked
         self._group = _codec.rocketmq_name("group", group)
         self._mqkit_group = group
         self._names: dict[str, str] = {}
@@ -553,7 +642,7 @@ class V5Consumer:
         self._landed = 0
         self._cv = threading.Condition()
         self._buffer: deque[Delivery] = deque()
-        self._inflight: dict[int, Any] = {}
+        self._inflight: dict[int, Delivery] = {}  # handed out, unsettled; by id(message)
         self._pending: Future[Any] | None = None
         self._error: MqkitError | None = None
         self._failing_since: float | None = None
@@ -583,6 +672,15 @@ class V5Consumer:
                 f"the {backend.where} did not confirm the subscription of group {group!r} "
                 f"within {backend.subscribe_timeout} s (option subscribe_timeout)"
             )
+        try:
+            backend.start_at_end(self._group, list(self._names), group)
+        except MqkitError:
+            self._client.shutdown()
+            raise
+        if self._client.fifo:
+            # A FIFO group's queue belongs to whoever popped from it until that batch is
+            # settled: the messages behind a small first batch would wait for it anyway.
+            self._batch = prefetch
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -599,7 +697,7 @@ class V5Consumer:
             renewed = self._renew(held)
             with self._cv:
                 if renewed and not self._closed:
-                    self._inflight[id(held.message)] = held.message
+                    self._inflight[id(held.message)] = delivery
                     return delivery
             self._give_back([held.message])
             if self._closed:
@@ -616,7 +714,7 @@ class V5Consumer:
                     delivery = self._buffer.popleft()
                     held: _Held = delivery.handle
                     if now - held.since < self._visibility / 2:
-                        self._inflight[id(held.message)] = held.message
+                        self._inflight[id(held.message)] = delivery
                         return delivery
                     return delivery, held
                 if self._error is not None:
@@ -645,6 +743,11 @@ class V5Consumer:
 
     def _start_poll(self, now: float) -> None:
         """Start one long poll (with the lock held, buffer empty); its batch lands in the buffer."""
+        if self._failing_since is not None and now - self._retry_at > 1.0:
+            # Nobody received for a while after the last failed poll: the time that passed
+            # does not count against connect_timeout (a poll that failed while the proxy
+            # restarted must not fail the first receive after it is back).
+            self._failing_since = None
         if self._landed:
             # The application went through the last batch at this pace: grow the batch while
             # it would still be handed out within half the invisible duration.
@@ -672,6 +775,11 @@ class V5Consumer:
                 return
             self._failing_since = None
             messages = future.result() or []
+            again = []
+            if self._client.fifo:
+                again = [m for m in messages if self._acked.get(self._key(m))]
+                if again:
+                    messages = [m for m in messages if not self._acked.get(self._key(m))]
             if self._closed:
                 release = messages
             else:
@@ -683,6 +791,12 @@ class V5Consumer:
                     self._landed_at, self._landed = now, len(messages)
             self._cv.notify_all()
         self._give_back(release)  # closed meanwhile
+        for message in again:  # acked before, delivered again by FIFO queue order: ack again
+            log.debug("acking message %s again (acked before)", message.message_id)
+            try:
+                self._client.ack_async(message)
+            except Exception as exc:  # it comes back, and is acked again then
+                log.info("could not ack message %s again: %s", message.message_id, exc)
 
     def _poll_failed(self, exc: BaseException) -> None:
         error = self._backend.error(
@@ -690,6 +804,9 @@ class V5Consumer:
         )
         now = time.monotonic()
         transient = isinstance(error, BrokerUnavailable)
+        if transient:
+            # The proxy may be back after a restart without our subscription.
+            self._client.resend_settings()
         if transient and self._failing_since is None:
             self._failing_since = now
         if transient and now - (self._failing_since or now) < self._backend.connect_timeout:
@@ -731,7 +848,10 @@ class V5Consumer:
                 self._backend.where,
                 self._group,
             )
-        attempt = (message.delivery_attempt or 1) - self._unseen.get(self._key(message))
+        key = self._key(message)
+        attempt = max(
+            (message.delivery_attempt or 1) - self._unseen.get(key), self._handed.get(key) + 1
+        )
         return Delivery(
             topic=self._names.get(message.topic, message.topic),
             body=decoded.body,
@@ -786,14 +906,22 @@ class V5Consumer:
     def ack(self, delivery: Delivery) -> None:
         message = delivery.handle.message
         self._settle(delivery, "ack", lambda: self._client.ack(message))
-        self._unseen.discard(self._key(message))
+        self._acked_now(message)
+
+    def _acked_now(self, message: Any) -> None:
+        key = self._key(message)
+        self._unseen.discard(key)
+        self._handed.discard(key)
+        if self._client.fifo:
+            self._acked.set(key, 1)
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
         message = delivery.handle.message
         if not requeue:
             self._settle(delivery, "nack", lambda: self._client.ack(message))
-            self._unseen.discard(self._key(message))
+            self._acked_now(message)
             return
+        self._handed.set(self._key(message), delivery.attempt)
         later: list[Any] = []
         if message.message_group:
             # Buffered successors of the same key hold its message group: give them back so
@@ -836,13 +964,25 @@ class V5Consumer:
             seen = list(self._inflight.values())
             self._buffer.clear()
             self._inflight.clear()
+            pending = self._pending
             self._cv.notify_all()
         self._give_back(unseen)
-        for message in seen:
-            self._release(message)
-        # Shutting the client down closes its channel, which cancels a long poll still out:
-        # the server hands it nothing more.
-        self._shutdown()
+        for delivery in seen:
+            self._handed.set(self._key(delivery.handle.message), delivery.attempt)
+            self._release(delivery.handle.message)
+        if pending is None:
+            self._shutdown()
+            return
+        # A long poll is still out. Shutting the client down would cancel the call, but the
+        # proxy keeps the poll waiting on the broker: what it takes afterwards (such as the
+        # messages just given back) cannot be written to us and stays invisible for the whole
+        # visibility_timeout. So the poll runs out (at most long_polling_timeout), what it
+        # brings is given back at once (see _polled), and then the client shuts down.
+        pending.add_done_callback(
+            lambda _: threading.Thread(
+                target=self._shutdown, name="mqkit-rocketmq-close", daemon=True
+            ).start()
+        )
 
     def _shutdown(self) -> None:
         try:
