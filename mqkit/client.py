@@ -13,9 +13,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from mqkit import registry
+from mqkit import envelope, registry
 from mqkit.config import BrokerURL, parse_url, resolve
-from mqkit.errors import ClosedError, ConfigError, DecodeError, MqkitError
+from mqkit.errors import ClosedError, ConfigError, DecodeError, MessageTooLarge, MqkitError
 from mqkit.message import Delivery, Message, OutgoingMessage
 from mqkit.serialization import Serializer, get_serializer
 from mqkit.spi import Backend, ConsumerDriver, Features, ProducerDriver
@@ -30,19 +30,6 @@ def check_name(kind: str, name: str) -> str:
             f"{kind} name {name!r} is not portable: use 1-200 characters from A-Z a-z 0-9 . _ -"
         )
     return name
-
-
-def _check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    if not headers:
-        return {}
-    out: dict[str, str] = {}
-    for k, v in headers.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError(f"headers map str to str; got {k!r}: {v!r}")
-        if not k:
-            raise ValueError("header names must not be empty")
-        out[k] = v
-    return out
 
 
 class _Closeable:
@@ -75,6 +62,7 @@ class Producer(_Closeable):
         self._closed = False
         self._what = f"producer on {broker.url}"
         self._lock = threading.Lock()
+        self._max_body = broker.features.max_body_size
         # Flush what was sent if the program exits without closing (no loss by forgetting):
         # a finalizer also runs at interpreter exit.
         self._finalizer = weakref.finalize(self, driver.close)
@@ -92,11 +80,15 @@ class Producer(_Closeable):
         check_name("topic", topic)
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be str or None, not {type(key).__name__}")
+        body = self._serializer.dumps(value)
+        if len(body) > self._max_body:
+            raise MessageTooLarge(
+                f"message for {topic!r} is {len(body)} bytes; {self._broker.url.scheme}:// "
+                f"takes at most {self._max_body} (Features.max_body_size): split it, or store "
+                "it elsewhere and send a reference"
+            )
         message = OutgoingMessage(
-            topic=topic,
-            body=self._serializer.dumps(value),
-            key=key,
-            headers=_check_headers(headers),
+            topic=topic, body=body, key=key, headers=envelope.check_headers(headers)
         )
         self._driver.send(message)
         return message.id

@@ -33,3 +33,7 @@ class DecodeError(MqkitError):
 
 class MessageStateError(MqkitError):
     """A message was acked or nacked twice."""
+
+
+class MessageTooLarge(MqkitError, ValueError):
+    """A body is larger than the backend takes (:attr:`mqkit.spi.Features.max_body_size`)."""

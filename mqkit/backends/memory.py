@@ -6,29 +6,28 @@ talk to each other); it lives until the process ends. Nothing survives the proce
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import ClassVar
 
-from mqkit.backends.sqlite import SqliteBackend, release_store, shared_store
-from mqkit.config import BrokerURL
+from mqkit.adapter import BrokerURL, Settings
+from mqkit.backends.sqlite import MemorySettings, SqliteBackend, Store, shared_store
 from mqkit.errors import ConfigError
-from mqkit.options import Options
 
 
-def open_backend(url: BrokerURL, options: Mapping[str, Any]) -> SqliteBackend:
-    """Entry point for ``memory://`` (the default queue) and ``memory://name``."""
-    if len(url.hosts) > 1 or url.path not in ("", "/") or url.port is not None:
-        raise ConfigError(f"{url}: write memory:// or memory://name (a name, no port or path)")
-    name = url.host or "default"
-    key = "memory:" + name
-    opts = Options(f"memory://{name}", options)
-    store = shared_store(key, name, memory=True, busy_timeout=5.0, synchronous="normal")
-    try:
-        backend = SqliteBackend(
-            store, opts, persistent=False, on_close=lambda: release_store(key, store, keep=True)
-        )
-        opts.done()
-    except BaseException:
-        release_store(key, store, keep=True)
-        raise
-    return backend
+class MemoryBackend(SqliteBackend):
+    settings_type: ClassVar[type[Settings]] = MemorySettings
+    persistent = False
+    default_poll = 0.5
+
+    @classmethod
+    def check_url(cls, url: BrokerURL) -> None:
+        if len(url.hosts) > 1 or url.path not in ("", "/") or url.port is not None:
+            raise ConfigError(f"{url}: write memory:// or memory://name (a name, no port or path)")
+
+    def _open_store(self, url: BrokerURL, settings: MemorySettings) -> tuple[str, Store]:
+        name = url.host or "default"
+        key = "memory:" + name
+        return key, shared_store(key, name, memory=True, busy_timeout=5.0, synchronous="normal")
+
+
+#: The ``mqkit.adapters`` entry point of ``memory://``.
+open_backend = MemoryBackend.open

@@ -23,18 +23,29 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from mqkit.config import BrokerURL
+from mqkit.adapter import (
+    CONSUMER,
+    PRODUCER,
+    BackendBase,
+    BrokerURL,
+    ConsumerBase,
+    Deadline,
+    Delivery,
+    Features,
+    OutgoingMessage,
+    ProducerBase,
+    Settings,
+    option,
+)
 from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, DeliveryTimeout, MqkitError
-from mqkit.message import Delivery, OutgoingMessage
-from mqkit.options import Options
-from mqkit.spi import Features
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mqkit.sqlite")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -274,10 +285,11 @@ class Store:
             self.changed.wait_for(lambda: self.version != seen, timeout)
 
 
-class SqliteProducer:
+class SqliteProducer(ProducerBase):
     """Group commit: ``send`` queues, a writer thread commits whatever queued meanwhile."""
 
     def __init__(self, store: Store, *, max_batch: int = 1000, max_buffer: int = 20000) -> None:
+        super().__init__()
         self._store = store
         self._max_batch = max_batch
         self._max_buffer = max_buffer
@@ -340,7 +352,7 @@ class SqliteProducer:
                     f"{target - self._written} message(s) not yet written after {timeout} s"
                 )
 
-    def close(self) -> None:
+    def _close(self) -> None:
         try:
             self.flush(None)
         finally:
@@ -350,7 +362,7 @@ class SqliteProducer:
             self._thread.join()
 
 
-class SqliteConsumer:
+class SqliteConsumer(ConsumerBase):
     """Leases up to ``prefetch`` rows at a time and hands them out one by one.
 
     While the consumer is open, a keeper thread extends its leases (buffered and in flight)
@@ -368,6 +380,7 @@ class SqliteConsumer:
         prefetch: int,
         poll_interval: float,
     ) -> None:
+        super().__init__()
         self._store = store
         self._topics = tuple(topics)
         self._group = group
@@ -378,7 +391,6 @@ class SqliteConsumer:
         self._buffer: deque[Delivery] = deque()
         self._inflight: set[int] = set()
         self._leased: dict[int, float] = {}  # seq -> lease deadline, buffered or in flight
-        self._closed = False
         self._lock = threading.Lock()
         store.subscribe(self._topics, group)
         self._stop = threading.Event()
@@ -388,7 +400,7 @@ class SqliteConsumer:
         self._keeper.start()
 
     def receive(self, timeout: float | None) -> Delivery | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         while True:
             # Leasing under the consumer lock: a nack on another thread sees the whole buffer.
             with self._lock:
@@ -409,12 +421,9 @@ class SqliteConsumer:
                     self._buffer.extend(batch)
                     self._leased.update((d.handle[0], d.handle[2]) for d in batch)
                     continue
-            wait = self._poll
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                wait = min(wait, remaining)
+            wait = deadline.remaining(self._poll)
+            if deadline.expired or not wait:
+                return None
             self._store.wait_for_change(version, wait)
 
     def _keep_leases(self) -> None:
@@ -430,10 +439,6 @@ class SqliteConsumer:
                     log.warning("could not extend leases of group %r: %s", self._group, exc)
                     continue
                 self._leased.update(dict.fromkeys(seqs, until))
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def ack(self, delivery: Delivery) -> None:
         seq, token, _ = delivery.handle
@@ -470,11 +475,8 @@ class SqliteConsumer:
             self._store.release(self._group, [seq], token, delay=delay)
             self._store.release(self._group, later, token, uncount=True)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
             buffered = [d.handle[0] for d in self._buffer]
             self._buffer.clear()
             inflight = sorted(self._inflight)
@@ -489,54 +491,109 @@ class SqliteConsumer:
             log.warning("could not give back unacked messages on close: %s", exc)
 
 
-class SqliteBackend:
-    """A backend over a shared :class:`Store`; ``memory://`` and ``sqlite://`` both use it."""
+@dataclass(frozen=True)
+class MemorySettings(Settings):
+    """Options of ``memory://`` (and, with the file's, of ``sqlite://``)."""
 
-    def __init__(self, store: Store, opts: Options, *, persistent: bool, on_close: Any) -> None:
+    visibility_timeout: float = option(
+        30.0,
+        "Seconds a received message stays leased to its consumer before the group gets it "
+        "again (extended while the consumer is open; runs out when its process dies).",
+        minimum=0.01,
+        scopes=[CONSUMER],
+    )
+    prefetch: int = option(32, "Messages leased ahead per consumer.", minimum=1, scopes=[CONSUMER])
+    poll_interval: float | None = option(
+        None,
+        "Seconds between looks for messages written by other processes (in-process writes "
+        "wake consumers at once); default 0.05 for sqlite://, 0.5 for memory://.",
+        minimum=0.001,
+    )
+    max_batch: int = option(
+        1000,
+        "Most messages the writer commits in one transaction.",
+        minimum=1,
+        scopes=[PRODUCER],
+    )
+
+
+@dataclass(frozen=True)
+class SqliteSettings(MemorySettings):
+    """Options of ``sqlite://``."""
+
+    busy_timeout: float = option(
+        30.0, "Seconds to wait for a lock held by another process before failing."
+    )
+    synchronous: str = option(
+        "normal",
+        "SQLite's synchronous pragma: normal (durable across process crashes) or full "
+        "(also across power loss).",
+        choices=("normal", "full"),
+    )
+
+
+class SqliteBackend(BackendBase[MemorySettings]):
+    """``sqlite:///path.db``: one shared :class:`Store` per database file and process."""
+
+    settings_type: ClassVar[type[Settings]] = SqliteSettings
+    persistent = True
+    default_poll = 0.05
+
+    def __init__(self, url: BrokerURL, settings: MemorySettings) -> None:
+        super().__init__(url, settings)
         self.features = Features(
             key_order_on_nack=True,
             delayed_redelivery=True,
-            persistent=persistent,
+            persistent=self.persistent,
             max_body_size=64 << 20,
         )
-        self._store = store
-        self._visibility = opts.float("visibility_timeout", 30.0, minimum=0.01)
-        self._prefetch = opts.int("prefetch", 32, minimum=1)
-        self._poll = opts.float("poll_interval", 0.05 if persistent else 0.5, minimum=0.001)
-        self._on_close = on_close
-        self._closed = False
+        self._key, self._store = self._open_store(url, settings)
+        self._poll = settings.poll_interval or self.default_poll
 
-    def producer(self, options: Mapping[str, Any]) -> SqliteProducer:
-        self._check_open()
-        opts = Options("sqlite producer", options)
-        producer = SqliteProducer(self._store, max_batch=opts.int("max_batch", 1000, minimum=1))
-        opts.done()
-        return producer
+    @classmethod
+    def check_url(cls, url: BrokerURL) -> None:
+        if url.hosts:
+            raise ConfigError(
+                f"{url}: a SQLite URL has no host; write sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db"
+            )
+        if not _path_of(url) or _path_of(url).endswith("/"):
+            raise ConfigError(f"{url}: no database file given; e.g. sqlite:///mqkit.db")
 
-    def consumer(
-        self, topics: Sequence[str], group: str, options: Mapping[str, Any]
+    def _open_store(self, url: BrokerURL, settings: MemorySettings) -> tuple[str, Store]:
+        assert isinstance(settings, SqliteSettings)
+        real = os.path.realpath(_path_of(url))
+        key = "file:" + real
+        store = shared_store(
+            key,
+            real,
+            memory=False,
+            busy_timeout=settings.busy_timeout,
+            synchronous=settings.synchronous,
+        )
+        return key, store
+
+    def open_producer(self, settings: MemorySettings) -> SqliteProducer:
+        return SqliteProducer(self._store, max_batch=settings.max_batch)
+
+    def open_consumer(
+        self, topics: tuple[str, ...], group: str, settings: MemorySettings
     ) -> SqliteConsumer:
-        self._check_open()
-        opts = Options("sqlite consumer", options)
-        consumer = SqliteConsumer(
+        return SqliteConsumer(
             self._store,
             topics,
             group,
-            visibility=opts.float("visibility_timeout", self._visibility, minimum=0.01),
-            prefetch=opts.int("prefetch", self._prefetch, minimum=1),
+            visibility=settings.visibility_timeout,
+            prefetch=settings.prefetch,
             poll_interval=self._poll,
         )
-        opts.done()
-        return consumer
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("broker is closed")
+    def _close(self) -> None:
+        release_store(self._key, self._store, keep=not self.persistent)
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._on_close()
+
+def _path_of(url: BrokerURL) -> str:
+    return url.path[1:] if url.path.startswith("/") else url.path
 
 
 # -- one Store per database per process ---------------------------------------------------------
@@ -566,32 +623,5 @@ def release_store(key: str, store: Store, *, keep: bool) -> None:
             store.close()
 
 
-def open_backend(url: BrokerURL, options: Mapping[str, Any]) -> SqliteBackend:
-    """Entry point for ``sqlite:///relative.db`` and ``sqlite:////absolute.db``."""
-    if url.hosts:
-        raise ConfigError(
-            f"{url}: a SQLite URL has no host; write sqlite:///relative/path.db or "
-            "sqlite:////absolute/path.db"
-        )
-    path = url.path[1:] if url.path.startswith("/") else url.path
-    if not path or path.endswith("/"):
-        raise ConfigError(f"{url}: no database file given; e.g. sqlite:///mqkit.db")
-    opts = Options(f"sqlite:///{path}", options)
-    busy = opts.float("busy_timeout", 30.0)
-    synchronous = opts.choice("synchronous", "normal", ("normal", "full"))
-    real = os.path.realpath(path)
-    store = shared_store(
-        "file:" + real, real, memory=False, busy_timeout=busy, synchronous=synchronous
-    )
-    try:
-        backend = SqliteBackend(
-            store,
-            opts,
-            persistent=True,
-            on_close=lambda: release_store("file:" + real, store, keep=False),
-        )
-        opts.done()
-    except BaseException:
-        release_store("file:" + real, store, keep=False)
-        raise
-    return backend
+#: The ``mqkit.adapters`` entry point of ``sqlite://``.
+open_backend = SqliteBackend.open
