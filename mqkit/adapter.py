@@ -177,9 +177,10 @@ class Settings:
         allowed = {name: spec for name, spec in specs.items() if scope in spec.scopes}
         for name in values:
             if name in specs and name not in allowed:
+                elsewhere = "".join(f" or to {other}()" for other in sorted(specs[name].scopes))
                 raise ConfigError(
-                    f"{where}: option {name} applies to the whole connection; give it in the "
-                    f"URL or to connect(), not to {scope}()"
+                    f"{where}: option {name} is not set per {scope}; give it in the URL or to "
+                    f"connect(){elsewhere}"
                 )
         _refuse_unknown(where, values, allowed)
         changes = {name: allowed[name].convert(where, value) for name, value in values.items()}
