@@ -85,7 +85,13 @@ def test_broker_restart_mid_consume_loses_nothing(own_broker: OwnBroker, how: st
 
     missing = set(sent) - acked - ack_in_doubt
     assert not missing, f"{len(missing)} confirmed message(s) never arrived"
-    assert not redelivered_after_ack, f"acked messages came again: {redelivered_after_ack[:5]}"
+    # A message sent while the broker went down may have been stored although its receipt
+    # never came; the producer then sends it again after reconnecting (at-least-once on the
+    # producer side too), and the consumer sees the second copy after acking the first. Any
+    # other message that came again after its ack() returned is a lost ack.
+    send_in_doubt = set(sent[total // 3 + 1 : total // 2 + 1])
+    lost_acks = [m for m in redelivered_after_ack if m not in send_in_doubt]
+    assert not lost_acks, f"acked messages came again: {lost_acks[:5]}"
     assert set(deliveries) == set(sent)
 
 
