@@ -13,9 +13,8 @@ ordered processing. They compose as App middleware (list ``retry`` first)::
 Redis and PostgreSQL stores live in :mod:`mqkit.helpers.stores` (imported on use).
 """
 
+from mqkit.envelope import IDEMPOTENCY_KEY, ORIGIN_ID
 from mqkit.helpers.idempotency import (
-    IDEMPOTENCY_KEY,
-    ORIGIN_ID,
     Claim,
     ClaimBusy,
     IdempotencyStore,

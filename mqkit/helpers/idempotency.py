@@ -50,18 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from mqkit.errors import MqkitError
+from mqkit.envelope import IDEMPOTENCY_KEY, ORIGIN_ID
+from mqkit.errors import RetryLater
 from mqkit.message import Message
 
 if TYPE_CHECKING:
     from mqkit.app import Handler, Route
 
 log = logging.getLogger(__name__)
-
-#: A producer-chosen identity: messages carrying the same value are one message for dedup.
-IDEMPOTENCY_KEY = "mqkit-idempotency-key"
-#: The id of the original message, carried by retry copies and replayed dead letters.
-ORIGIN_ID = "mqkit-origin-id"
 
 #: Default dedup window: a done identity is remembered this long (seconds).
 DEFAULT_TTL = 7 * 24 * 3600.0
@@ -70,7 +66,8 @@ DEFAULT_LEASE = 60.0
 
 
 def default_key(message: Message) -> str:
-    """``mqkit-idempotency-key`` header, else the original id of a retry/replay, else the id."""
+    """The :data:`~mqkit.envelope.IDEMPOTENCY_KEY` header, else the original id of a retry or
+    replay (:data:`~mqkit.envelope.ORIGIN_ID`), else the message id."""
     headers = message.headers
     return headers.get(IDEMPOTENCY_KEY) or headers.get(ORIGIN_ID) or message.id
 
@@ -104,21 +101,22 @@ class IdempotencyStore(Protocol):
     def close(self) -> None: ...
 
 
-class ClaimBusy(MqkitError):
+class ClaimBusy(RetryLater):
     """Another delivery of the same identity is being processed (or crashed holding it).
 
-    Raised where the broker cannot delay a redelivery itself; put
-    :func:`mqkit.helpers.retry.retry` outside :func:`idempotent` and it schedules the message
-    again after ``retry_after`` seconds without counting an attempt.
+    Raised where the broker cannot delay a redelivery itself. It is a
+    :class:`~mqkit.errors.RetryLater`: put :func:`mqkit.helpers.retry.retry` outside
+    :func:`idempotent` and it schedules the message again after ``retry_after`` seconds without
+    counting an attempt.
     """
 
     def __init__(self, key: str, retry_after: float) -> None:
         super().__init__(
             f"identity {key!r} is being processed by another delivery; "
-            f"its claim expires within {retry_after:.1f} s"
+            f"its claim expires within {retry_after:.1f} s",
+            retry_after,
         )
         self.key = key
-        self.retry_after = retry_after
 
 
 @dataclass
