@@ -2,21 +2,21 @@
 read and replayed here, the one place that knows their topics and groups.
 
 A group's dead letters go to the topic ``<group>.dlq``; the body, key and headers are those of
-the original message, plus the ``DLQ_*`` headers of :mod:`mqkit.envelope` saying where it came
-from and why:
+the original message, plus the dead-letter headers of :mod:`mqkit.envelope` (their wire names
+are tabled in docs/reliability.md) saying where it came from and why:
 
-========================  ==========================================================
-header                    value
-========================  ==========================================================
-``mqkit-dlq-topic``       the topic the message was first published to
-``mqkit-dlq-group``       the group that gave up on it
-``mqkit-dlq-id``          the id of the original message
-``mqkit-dlq-attempt``     how many times the group tried to process it
-``mqkit-dlq-error``       ``str(error)`` of the last failure (at most 500 characters)
-``mqkit-dlq-error-type``  the exception's class name
-``mqkit-dlq-traceback``   the end of the formatted traceback (at most 2000 characters)
-``mqkit-dlq-time``        when it was dead-lettered, seconds since the epoch
-========================  ==========================================================
+=====================  ===========================================================
+envelope name          value
+=====================  ===========================================================
+``DLQ_TOPIC``          the topic the message was first published to
+``DLQ_GROUP``          the group that gave up on it
+``DLQ_ID``             the id of the original message
+``DLQ_ATTEMPT``        how many times the group tried to process it
+``DLQ_ERROR``          ``str(error)`` of the last failure (at most 500 characters)
+``DLQ_ERROR_TYPE``     the exception's class name
+``DLQ_TRACEBACK``      the end of the formatted traceback (at most 2000 characters)
+``DLQ_TIME``           when it was dead-lettered, seconds since the epoch
+=====================  ===========================================================
 
 A broker keeps messages only for groups that exist when they are sent, so the group
 ``<group>.dlq`` (:func:`dead_letter_group`) is subscribed to the dead-letter topic before

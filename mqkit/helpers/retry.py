@@ -270,7 +270,7 @@ class Retry:
                 relays = self._relays.pop(id(route))
         route_run = _RouteRetry(self, handler, route, use_topics, tiers)
         for consumer, name in relays:
-            route.start_thread(functools.partial(route_run.relay, consumer), f"mqkit-relay-{name}")
+            route.start_thread(functools.partial(route_run.relay, consumer), f"retry-relay-{name}")
         return route_run.handle
 
 
