@@ -9,6 +9,7 @@ import uuid
 
 import mqkit
 from mqkit.app import Handler, Route
+from tests.helpers.apps import running
 
 
 def test_core_imports_no_helper() -> None:
@@ -50,13 +51,7 @@ def test_app_run_calls_prepare_before_wrapping_and_consuming() -> None:
     app.handler("jobs", group="g", middleware=[Recording(log), lambda h, r: h])(
         lambda message: got.set()
     )
-    ready = threading.Event()
-    runner = threading.Thread(
-        target=app.run, kwargs={"install_signal_handlers": False, "on_ready": ready.set}
-    )
-    runner.start()
-    try:
-        assert ready.wait(10)
+    with running(app):
         with app.broker.producer() as producer:
             producer.send("jobs", 7)
             producer.send("side", "kept")
@@ -65,8 +60,4 @@ def test_app_run_calls_prepare_before_wrapping_and_consuming() -> None:
         kept = side.receive(timeout=5)
         assert kept is not None and kept.value == "kept", "prepare ran before the send"
         side.close()
-    finally:
-        app.stop()
-        runner.join(10)
-        app.close()
     assert log == ["prepare g ('jobs',)", "wrap", "handle 7"]

@@ -10,6 +10,7 @@ import mqkit
 from mqkit.deadletter import dead_letter_topic
 from mqkit.errors import RetryLater
 from mqkit.helpers import RetryPolicy, retry
+from tests.helpers.apps import running
 
 
 def test_retry_later_is_rescheduled_without_an_attempt_and_never_dead_lettered() -> None:
@@ -27,21 +28,11 @@ def test_retry_later_is_rescheduled_without_an_attempt_and_never_dead_lettered()
         done.set()
 
     dlq = app.broker.consumer(dead_letter_topic("workers"), group="watch", serializer="bytes")
-    ready = threading.Event()
-    runner = threading.Thread(
-        target=app.run, kwargs={"install_signal_handlers": False, "on_ready": ready.set}
-    )
-    runner.start()
-    try:
-        assert ready.wait(10)
+    with running(app):
         with app.broker.producer() as producer:
             producer.send("jobs", {"n": 1})
         assert done.wait(10), f"handler calls: {seen}"
         time.sleep(0.2)
         assert dlq.receive(timeout=0.2) is None, "a RetryLater must not be dead-lettered"
-    finally:
-        app.stop()
-        runner.join(10)
-        app.close()
     assert seen == [1, 1, 1], "RetryLater does not count an attempt"
     assert (mw.stats.dead_lettered, mw.stats.retried) == (0, 0)
