@@ -9,7 +9,7 @@ itself). An undecodable message goes to the group's dead-letter topic instead of
 Middleware may define ``prepare(route)``; ``run()`` calls it for each route before any of the
 route's consumers subscribes (e.g. to create the groups its helper topics need).
 
-The App is part of the core: it imports nothing from :mod:`mqkit.helpers`, which build on it.
+The App is part of the core: it imports none of the helpers, which build on it.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ groups may subscribe too (an alerting service, say); each gets every dead letter
   group (it never acks), so listing changes nothing but their delivery count.
 * :func:`replay` re-publishes dead letters and acks them once the copies are confirmed. By
   default a replay goes to ``<group>.replay`` (:func:`replay_topic`), which the route's retry
-  relay (:mod:`mqkit.helpers.retry`) consumes: only the group that gave up on the message gets
+  relay (the retry helper) consumes: only the group that gave up on the message gets
   it again, with a fresh attempt count. ``to="topic"`` publishes to the original topic instead,
   which **every** group of that topic receives (useful when the route has no retry middleware,
   or all groups must see it).
@@ -109,7 +109,7 @@ def dead_letter_headers(
     """The dead letter's headers: the original ones plus the dead-letter ones.
 
     ``topic``, ``original_id``, ``attempt`` and ``headers`` override what ``message`` says, for
-    a message that is itself a retry copy of the original (see :mod:`mqkit.helpers.retry`).
+    a message that is itself a retry copy of the original (made by the retry helper).
     """
     base = message.headers if headers is None else headers
     out = {k: v for k, v in base.items() if not k.startswith(PREFIX)}
