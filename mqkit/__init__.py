@@ -12,6 +12,7 @@ from mqkit.errors import (
     DeliveryTimeout,
     MessageStateError,
     MqkitError,
+    RetryLater,
 )
 from mqkit.message import Delivery, Message, OutgoingMessage
 from mqkit.registry import register
@@ -46,6 +47,7 @@ __all__ = [
     "MqkitError",
     "OutgoingMessage",
     "Producer",
+    "RetryLater",
     "Route",
     "Serializer",
     "TextSerializer",

@@ -1,47 +1,67 @@
-"""Dead letters: messages a group gave up on, kept with the reason in their headers.
+"""Dead letters: messages a group gave up on, kept with the reason in their headers — written,
+read and replayed here, the one place that knows their topics and groups.
 
 A group's dead letters go to the topic ``<group>.dlq``; the body, key and headers are those of
-the original message, plus ``mqkit-dlq-*`` headers saying where it came from and why:
+the original message, plus the dead-letter headers of :mod:`mqkit.envelope` (their wire names
+are tabled in docs/reliability.md) saying where it came from and why:
 
-========================  ==========================================================
-header                    value
-========================  ==========================================================
-``mqkit-dlq-topic``       the topic the message was first published to
-``mqkit-dlq-group``       the group that gave up on it
-``mqkit-dlq-id``          the id of the original message
-``mqkit-dlq-attempt``     how many times the group tried to process it
-``mqkit-dlq-error``       ``str(error)`` of the last failure (at most 500 characters)
-``mqkit-dlq-error-type``  the exception's class name
-``mqkit-dlq-traceback``   the end of the formatted traceback (at most 2000 characters)
-``mqkit-dlq-time``        when it was dead-lettered, seconds since the epoch
-========================  ==========================================================
+=====================  ===========================================================
+envelope name          value
+=====================  ===========================================================
+``DLQ_TOPIC``          the topic the message was first published to
+``DLQ_GROUP``          the group that gave up on it
+``DLQ_ID``             the id of the original message
+``DLQ_ATTEMPT``        how many times the group tried to process it
+``DLQ_ERROR``          ``str(error)`` of the last failure (at most 500 characters)
+``DLQ_ERROR_TYPE``     the exception's class name
+``DLQ_TRACEBACK``      the end of the formatted traceback (at most 2000 characters)
+``DLQ_TIME``           when it was dead-lettered, seconds since the epoch
+=====================  ===========================================================
 
 A broker keeps messages only for groups that exist when they are sent, so the group
 ``<group>.dlq`` (:func:`dead_letter_group`) is subscribed to the dead-letter topic before
 anything is dead-lettered (:func:`ensure_dead_letter_group`, done by ``App.run``); it is the
-group ``mqkit dlq list`` and ``mqkit dlq replay`` read. Other groups may subscribe too (an
-alerting service, say); each gets every dead letter.
+group :func:`list_dead_letters` and :func:`replay` (``mqkit dlq list/replay``) read. Other
+groups may subscribe too (an alerting service, say); each gets every dead letter.
+
+* :func:`list_dead_letters` receives up to ``limit`` dead letters and gives them back to the
+  group (it never acks), so listing changes nothing but their delivery count.
+* :func:`replay` re-publishes dead letters and acks them once the copies are confirmed. By
+  default a replay goes to ``<group>.replay`` (:func:`replay_topic`), which the route's retry
+  relay (the retry helper) consumes: only the group that gave up on the message gets
+  it again, with a fresh attempt count. ``to="topic"`` publishes to the original topic instead,
+  which **every** group of that topic receives (useful when the route has no retry middleware,
+  or all groups must see it).
+
+Replayed messages carry :data:`~mqkit.envelope.ORIGIN_ID` (the original id), so the idempotency
+helper treats them as the same message: one that did succeed in the meantime is not run twice.
+
+This module is part of the core (the App dead-letters undecodable messages itself, so that a
+bad payload is never lost); it needs only the client and the envelope.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
+from mqkit import envelope
 from mqkit.client import Broker, Producer
 from mqkit.message import Message
 
-PREFIX = "mqkit-dlq-"
-TOPIC = PREFIX + "topic"
-GROUP = PREFIX + "group"
-ORIGINAL_ID = PREFIX + "id"
-ATTEMPT = PREFIX + "attempt"
-ERROR = PREFIX + "error"
-ERROR_TYPE = PREFIX + "error-type"
-TRACEBACK = PREFIX + "traceback"
-TIME = PREFIX + "time"
+#: The dead-letter headers, by their short names here (spelled in :mod:`mqkit.envelope`).
+PREFIX = envelope.DLQ_PREFIX
+TOPIC = envelope.DLQ_TOPIC
+GROUP = envelope.DLQ_GROUP
+ORIGINAL_ID = envelope.DLQ_ID
+ATTEMPT = envelope.DLQ_ATTEMPT
+ERROR = envelope.DLQ_ERROR
+ERROR_TYPE = envelope.DLQ_ERROR_TYPE
+TRACEBACK = envelope.DLQ_TRACEBACK
+TIME = envelope.DLQ_TIME
 
 #: Longest traceback summary kept in a header (brokers limit header sizes).
 TRACEBACK_LIMIT = 2000
@@ -50,12 +70,18 @@ ERROR_LIMIT = 500
 
 
 def dead_letter_topic(group: str) -> str:
+    """Where ``group``'s dead letters are published."""
     return f"{group}.dlq"
 
 
 def dead_letter_group(group: str) -> str:
     """The group that keeps ``group``'s dead letters for ``mqkit dlq list/replay``."""
     return f"{group}.dlq"
+
+
+def replay_topic(group: str) -> str:
+    """Where :func:`replay` puts ``group``'s dead letters back (also its relay's group)."""
+    return f"{group}.replay"
 
 
 def ensure_dead_letter_group(broker: Broker, group: str) -> None:
@@ -80,10 +106,10 @@ def dead_letter_headers(
     attempt: int | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The dead letter's headers: the original ones plus the ``mqkit-dlq-*`` ones.
+    """The dead letter's headers: the original ones plus the dead-letter ones.
 
     ``topic``, ``original_id``, ``attempt`` and ``headers`` override what ``message`` says, for
-    a message that is itself a retry copy of the original (see :mod:`mqkit.helpers.retry`).
+    a message that is itself a retry copy of the original (made by the retry helper).
     """
     base = message.headers if headers is None else headers
     out = {k: v for k, v in base.items() if not k.startswith(PREFIX)}
@@ -143,7 +169,7 @@ class DeadLetter:
     traceback: str
     time: float
     headers: dict[str, str]
-    """The original message's own headers, without the ``mqkit-dlq-*`` ones."""
+    """The original message's own headers, without the dead-letter ones."""
 
     @classmethod
     def of(cls, message: Message) -> DeadLetter:
@@ -167,3 +193,117 @@ class DeadLetter:
             time=when,
             headers={k: v for k, v in h.items() if not k.startswith(PREFIX)},
         )
+
+
+# -- reading and replaying (``mqkit dlq list`` / ``mqkit dlq replay``) -------------------------
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One dead letter: the message as kept (raw body) and what its headers say."""
+
+    message: Message
+    info: DeadLetter
+
+
+def _matches(message: Message, info: DeadLetter, ids: Collection[str] | None) -> bool:
+    return not ids or info.original_id in ids or message.id in ids
+
+
+def list_dead_letters(
+    broker: Broker,
+    group: str,
+    *,
+    limit: int = 100,
+    wait: float = 1.0,
+    first_wait: float = 10.0,
+) -> list[Listed]:
+    """Up to ``limit`` of ``group``'s dead letters, oldest first; all stay in the queue.
+
+    Waits up to ``first_wait`` seconds for the first one (a broker may take seconds to assign
+    a new consumer), then stops once none came for ``wait`` seconds.
+    """
+    out: list[Listed] = []
+    consumer = broker.consumer(
+        dead_letter_topic(group), group=dead_letter_group(group), serializer="bytes"
+    )
+    try:
+        while len(out) < limit:
+            message = consumer.receive(timeout=wait if out else max(wait, first_wait))
+            if message is None:
+                break
+            out.append(Listed(message, DeadLetter.of(message)))
+    finally:
+        consumer.close()  # nothing acked: everything goes back to the group
+    return out
+
+
+@dataclass(frozen=True)
+class Replayed:
+    original_id: str
+    topic: str
+    to: str
+    new_id: str
+
+
+def replay(
+    broker: Broker,
+    group: str,
+    *,
+    to: Literal["group", "topic"] = "group",
+    ids: Collection[str] | None = None,
+    limit: int | None = None,
+    wait: float = 1.0,
+    first_wait: float = 10.0,
+    batch: int = 100,
+) -> list[Replayed]:
+    """Re-publish ``group``'s dead letters (those in ``ids``, or all) and ack them.
+
+    Each batch is flushed before its dead letters are acked: a crash in between replays a
+    message twice, never zero times. ``wait`` and ``first_wait`` as for
+    :func:`list_dead_letters`.
+    """
+    done: list[Replayed] = []
+    consumer = broker.consumer(
+        dead_letter_topic(group), group=dead_letter_group(group), serializer="bytes"
+    )
+    producer = broker.producer(serializer="bytes")
+    pending: list[Message] = []
+    seen = 0
+    try:
+        while limit is None or len(done) < limit:
+            message = consumer.receive(timeout=wait if seen else max(wait, first_wait))
+            seen += 1
+            if message is None:
+                break
+            info = DeadLetter.of(message)
+            if not _matches(message, info, ids):
+                continue  # left unacked: given back when the consumer closes
+            headers = dict(info.headers)
+            headers[envelope.ORIGIN_ID] = info.original_id
+            if to == "group":
+                target = replay_topic(group)
+                headers.update(
+                    {
+                        envelope.RETRY_TOPIC: info.topic,
+                        envelope.RETRY_ATTEMPTS: "0",
+                        envelope.RETRY_DUE: f"{time.time():.3f}",
+                    }
+                )
+            else:
+                target = info.topic
+            new_id = producer.send(target, message.body, key=message.key, headers=headers)
+            done.append(Replayed(info.original_id, info.topic, target, new_id))
+            pending.append(message)
+            if len(pending) >= batch:
+                producer.flush()
+                for m in pending:
+                    m.ack()
+                pending.clear()
+        producer.flush()
+        for m in pending:
+            m.ack()
+    finally:
+        producer.close()
+        consumer.close()
+    return done

@@ -37,3 +37,16 @@ class MessageStateError(MqkitError):
 
 class MessageTooLarge(MqkitError, ValueError):
     """A body is larger than the backend takes (:attr:`mqkit.spi.Features.max_body_size`)."""
+
+
+class RetryLater(MqkitError):
+    """Not a failure: give the message back and look at it again after ``retry_after`` seconds.
+
+    A handler (or middleware) raises it when the message cannot be processed *yet* (another
+    delivery of it is in progress, say). Retry middleware reschedules it without counting an
+    attempt and never dead-letters it; without retry middleware the App nacks it like any error.
+    """
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,4 +1,9 @@
-"""Finds the backend for a URL scheme through the ``mqkit.adapters`` entry-point group."""
+"""Finds the backend for a URL scheme through the ``mqkit.adapters`` entry-point group.
+
+The core knows no adapter by name: an adapter is a distribution (ours are named
+``mqkit-<backend>``) that declares its schemes in that group, so a third party adds one
+without touching mqkit.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,8 @@ from mqkit.spi import BackendFactory
 
 GROUP = "mqkit.adapters"
 
-#: Schemes whose adapter lives in a separate distribution, to tell users what to install.
-KNOWN_PACKAGES: dict[str, tuple[str, str]] = {
-    "kafka": ("mqkit-kafka", "adapters/kafka"),
-    "amqp": ("mqkit-rabbitmq", "adapters/rabbitmq"),
-    "amqps": ("mqkit-rabbitmq", "adapters/rabbitmq"),
-    "stomp": ("mqkit-activemq", "adapters/activemq"),
-    "stomp+ssl": ("mqkit-activemq", "adapters/activemq"),
-    "rocketmq": ("mqkit-rocketmq", "adapters/rocketmq"),
-    "rocketmq+remoting": ("mqkit-rocketmq", "adapters/rocketmq"),
-}
+#: Where the backends and their packages are listed, for the unknown-scheme error.
+DOCS = "the Backends table in mqkit's README (docs/core.md: writing a backend)"
 
 _registered: dict[str, BackendFactory] = {}
 _lock = threading.Lock()
@@ -44,16 +41,12 @@ def lookup(scheme: str) -> BackendFactory:
             return _registered[scheme]
     matches = [ep for ep in entry_points(group=GROUP) if ep.name.lower() == scheme]
     if not matches:
-        if scheme in KNOWN_PACKAGES:
-            dist, folder = KNOWN_PACKAGES[scheme]
-            raise ConfigError(
-                f"no adapter for '{scheme}://' is installed; install it with "
-                f"'pip install {dist}' (or 'pip install ./{folder}' from a source checkout)"
-            )
         raise ConfigError(
-            f"unknown broker URL scheme '{scheme}://'; installed schemes: "
-            f"{', '.join(installed_schemes())}; other backends come as adapter packages "
-            f"({', '.join(sorted({d for d, _ in KNOWN_PACKAGES.values()}))})"
+            f"unknown broker URL scheme '{scheme}://': no installed adapter provides it "
+            f"(installed schemes: {', '.join(installed_schemes())}). Backends other than the "
+            "embedded ones come as adapter packages named 'mqkit-<backend>' (e.g. "
+            "'pip install mqkit-kafka' for kafka://); install the one for this scheme, "
+            f"see {DOCS}"
         )
     entry = matches[0]
     try:

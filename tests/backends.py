@@ -1,13 +1,15 @@
 """Which backend URLs the conformance suite runs on.
 
-Always the embedded ones; then, for each module in ``tests/brokers``, the URL in its ``ENV``
-variable, or a container it starts when Docker is there. In CI (``CI=true``) every adapter's
+Always the embedded ones; then, for each broker in :data:`BROKERS`, the URL in
+``MQKIT_TEST_<NAME>_URL``. Brokers are started in one place, ``scripts/brokers start`` (it runs
+each ``adapters/<name>/ci/broker`` and prints the ``export`` lines); with Docker,
+``compose.yaml`` does the same (README, "Testing"). In CI (``CI=true``) every broker's
 variable must be set: a broker that is not configured fails the run instead of being skipped.
 
-Test runs: a broker module whose client library cannot share the project's virtualenv names
-the run it belongs to in ``RUN`` (e.g. ``"remoting"``: the 4.x RocketMQ client installs a
-package ``rocketmq``, as does the 5.x client of the main environment). ``scripts/test`` runs
-pytest once in ``.venv`` (the run ``main``) and once per such run in ``.venv-<run>`` with
+Test runs: a broker whose client library cannot share the project's virtualenv names the run
+it belongs to in :data:`BROKERS` (``"remoting"``: the 4.x RocketMQ client installs a package
+``rocketmq``, as does the 5.x client of the main environment). ``scripts/test`` runs pytest once
+in ``.venv`` (the run ``main``) and once per such run in ``.venv-<run>`` with
 ``MQKIT_TEST_RUN=<run>``. Each run keeps the tests of its own backends and deselects the
 others (``tests/conftest.py``), so every backend is tested in exactly one run.
 """
@@ -15,19 +17,28 @@ others (``tests/conftest.py``), so every backend is tested in exactly one run.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
-import pkgutil
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
-import tests.brokers
-
-#: The run of the main virtualenv; other runs are named by the broker modules' ``RUN``.
+#: The run of the main virtualenv; other runs are named in :data:`BROKERS`.
 MAIN_RUN = "main"
+
+#: Every broker backend we test: name -> the test run it belongs to.
+BROKERS: dict[str, str] = {
+    "activemq": MAIN_RUN,
+    "kafka": MAIN_RUN,
+    "rabbitmq": MAIN_RUN,
+    "rocketmq": MAIN_RUN,
+    # rocketmq+remoting://, the name server of the rocketmq cluster (librocketmq client).
+    "rocketmq_remoting": "remoting",
+}
+
+
+def env_var(name: str) -> str:
+    """The variable holding broker ``name``'s test URL, e.g. ``MQKIT_TEST_KAFKA_URL``."""
+    return f"MQKIT_TEST_{name.upper()}_URL"
 
 
 def current_run() -> str:
@@ -39,29 +50,20 @@ def current_run() -> str:
 class BackendSpec:
     name: str
     env: str | None
-    module: ModuleType | None
     run: str = MAIN_RUN
 
 
-def broker_modules() -> list[ModuleType]:
-    return [
-        importlib.import_module(f"tests.brokers.{info.name}")
-        for info in pkgutil.iter_modules(tests.brokers.__path__)
-    ]
-
-
 def specs() -> list[BackendSpec]:
-    out = [BackendSpec("memory", None, None), BackendSpec("sqlite", None, None)]
-    for module in broker_modules():
-        name = module.__name__.rsplit(".", 1)[1]
-        out.append(BackendSpec(name, module.ENV, module, getattr(module, "RUN", MAIN_RUN)))
+    out = [BackendSpec("memory", None), BackendSpec("sqlite", None)]
+    out.extend(BackendSpec(name, env_var(name), run) for name, run in BROKERS.items())
     extra = os.environ.get("MQKIT_TEST_URLS", "").split()
-    out.extend(BackendSpec(f"extra{i}", None, None) for i in range(len(extra)))
+    out.extend(BackendSpec(f"extra{i}", None) for i in range(len(extra)))
     return out
 
 
-def docker_available() -> bool:
-    return shutil.which("docker") is not None and os.path.exists("/var/run/docker.sock")
+def missing(spec: BackendSpec) -> str:
+    """Why ``spec`` is not tested here, and what to do about it (one line)."""
+    return f"{spec.name}: {spec.env} is not set; `scripts/brokers start` starts it and prints it"
 
 
 @contextlib.contextmanager
@@ -76,11 +78,6 @@ def backend_url(spec: BackendSpec, tmp: Path) -> Iterator[str | None]:
     elif spec.env and os.environ.get(spec.env):
         yield os.environ[spec.env]
     elif os.environ.get("CI"):
-        raise RuntimeError(
-            f"{spec.env} is not set in CI: scripts/brokers must start the {spec.name} broker"
-        )
-    elif spec.module is not None and hasattr(spec.module, "container") and docker_available():
-        with spec.module.container() as url:
-            yield url
+        raise RuntimeError(f"CI: {missing(spec)} (scripts/test does so before the tests)")
     else:
         yield None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends import MAIN_RUN, BackendSpec, backend_url, current_run, specs
+from tests.backends import MAIN_RUN, BackendSpec, backend_url, current_run, missing, specs
 
 _SPECS = specs()
 _handed: dict[str, int] = {}
@@ -99,7 +99,7 @@ def url(
         _urls[spec.name] = _backend_stack.enter_context(backend_url(spec, tmp))
     value = _urls[spec.name]
     if value is None:
-        pytest.skip(f"{spec.name}: set {spec.env} to run the suite against that broker")
+        pytest.skip(missing(spec))
     return value
 
 

@@ -10,21 +10,13 @@ ordered processing. They compose as App middleware (list ``retry`` first)::
         middleware=[retry(RetryPolicy.exponential(0.5)), idempotent(SqliteStore("dedup.db"))],
     )(charge)
 
-Redis and PostgreSQL stores live in :mod:`mqkit.helpers.stores` (imported on use).
+Every idempotency store lives in :mod:`mqkit.helpers.stores` (Redis and PostgreSQL imported on
+use); dead letters (list, replay) in :mod:`mqkit.deadletter`. The ``App``'s per-key worker
+pool (:class:`OrderedProcessor`, ``workers=N``) is part of the core and re-exported here.
 """
 
-from mqkit.helpers.idempotency import (
-    IDEMPOTENCY_KEY,
-    ORIGIN_ID,
-    Claim,
-    ClaimBusy,
-    IdempotencyStore,
-    Idempotent,
-    MemoryStore,
-    SqliteStore,
-    default_key,
-    idempotent,
-)
+from mqkit.envelope import IDEMPOTENCY_KEY, ORIGIN_ID
+from mqkit.helpers.idempotency import ClaimBusy, Idempotent, default_key, idempotent
 from mqkit.helpers.ordering import (
     OrderedProcessor,
     SequenceChecker,
@@ -33,6 +25,7 @@ from mqkit.helpers.ordering import (
     Sequencer,
 )
 from mqkit.helpers.retry import Retry, RetryPolicy, original_view, replay_topic, retry, retry_topic
+from mqkit.helpers.stores import Claim, IdempotencyStore, MemoryStore, SqliteStore
 
 __all__ = [
     "IDEMPOTENCY_KEY",

@@ -32,25 +32,23 @@ What is guaranteed, exactly:
 Identities are namespaced by the route's group (or ``namespace``), since every group must
 process every message once.
 
-Stores: :class:`MemoryStore` (one process, tests), :class:`SqliteStore` (durable, one machine;
-the default for durable use), :class:`~mqkit.helpers.stores.redis.RedisStore` and
-:class:`~mqkit.helpers.stores.postgres.PostgresStore` (shared by many machines). All expire
-their records.
+Stores live in :mod:`mqkit.helpers.stores`: ``MemoryStore`` (one process, tests),
+``SqliteStore`` (durable, one machine; the default for durable use), ``RedisStore`` and
+``PostgresStore`` (shared by many machines). All expire their records.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
-from mqkit.errors import MqkitError
+from mqkit.envelope import IDEMPOTENCY_KEY, ORIGIN_ID
+from mqkit.errors import RetryLater
+from mqkit.helpers.stores.base import Claim, ClaimStatus, IdempotencyStore
 from mqkit.message import Message
 
 if TYPE_CHECKING:
@@ -58,10 +56,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: A producer-chosen identity: messages carrying the same value are one message for dedup.
-IDEMPOTENCY_KEY = "mqkit-idempotency-key"
-#: The id of the original message, carried by retry copies and replayed dead letters.
-ORIGIN_ID = "mqkit-origin-id"
+__all__ = [
+    "DEFAULT_LEASE",
+    "DEFAULT_TTL",
+    "Claim",
+    "ClaimBusy",
+    "ClaimStatus",
+    "IdempotencyStats",
+    "IdempotencyStore",
+    "Idempotent",
+    "default_key",
+    "idempotent",
+]
 
 #: Default dedup window: a done identity is remembered this long (seconds).
 DEFAULT_TTL = 7 * 24 * 3600.0
@@ -70,55 +76,28 @@ DEFAULT_LEASE = 60.0
 
 
 def default_key(message: Message) -> str:
-    """``mqkit-idempotency-key`` header, else the original id of a retry/replay, else the id."""
+    """The :data:`~mqkit.envelope.IDEMPOTENCY_KEY` header, else the original id of a retry or
+    replay (:data:`~mqkit.envelope.ORIGIN_ID`), else the message id."""
     headers = message.headers
     return headers.get(IDEMPOTENCY_KEY) or headers.get(ORIGIN_ID) or message.id
 
 
-ClaimStatus = Literal["claimed", "done", "busy"]
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    status: ClaimStatus
-    #: For ``busy``: seconds until the other claim expires (an upper bound on the wait).
-    retry_after: float = 0.0
-
-
-@runtime_checkable
-class IdempotencyStore(Protocol):
-    """Where identities are claimed and marked done. Every method is atomic and thread-safe."""
-
-    def claim(self, key: str, token: str, lease: float) -> Claim:
-        """Take ``key`` for ``lease`` seconds under ``token`` if it has no live record."""
-        ...
-
-    def complete(self, key: str, token: str, ttl: float) -> bool:
-        """Mark ``key`` done for ``ttl`` seconds; ``False`` if ``token``'s claim had been lost."""
-        ...
-
-    def release(self, key: str, token: str) -> None:
-        """Drop ``token``'s claim on ``key`` (the handler failed); no-op if it is not held."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class ClaimBusy(MqkitError):
+class ClaimBusy(RetryLater):
     """Another delivery of the same identity is being processed (or crashed holding it).
 
-    Raised where the broker cannot delay a redelivery itself; put
-    :func:`mqkit.helpers.retry.retry` outside :func:`idempotent` and it schedules the message
-    again after ``retry_after`` seconds without counting an attempt.
+    Raised where the broker cannot delay a redelivery itself. It is a
+    :class:`~mqkit.errors.RetryLater`: put :func:`mqkit.helpers.retry.retry` outside
+    :func:`idempotent` and it schedules the message again after ``retry_after`` seconds without
+    counting an attempt.
     """
 
     def __init__(self, key: str, retry_after: float) -> None:
         super().__init__(
             f"identity {key!r} is being processed by another delivery; "
-            f"its claim expires within {retry_after:.1f} s"
+            f"its claim expires within {retry_after:.1f} s",
+            retry_after,
         )
         self.key = key
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -222,155 +201,3 @@ def idempotent(
     return Idempotent(
         store, key=key, ttl=ttl, lease=lease, namespace=namespace, busy_delay=busy_delay
     )
-
-
-# -- stores ----------------------------------------------------------------------------------
-
-
-class MemoryStore:
-    """A dict in this process: for tests and single-process deduplication that may forget."""
-
-    def __init__(self, *, sweep_every: int = 1000) -> None:
-        self._records: dict[str, tuple[bool, str, float]] = {}  # key -> (done, token, expires)
-        self._lock = threading.Lock()
-        self._sweep_every = sweep_every
-        self._ops = 0
-
-    def claim(self, key: str, token: str, lease: float) -> Claim:
-        now = time.time()
-        with self._lock:
-            self._ops += 1
-            if self._ops % self._sweep_every == 0:
-                self._records = {k: r for k, r in self._records.items() if r[2] > now}
-            record = self._records.get(key)
-            if record is None or record[2] <= now:
-                self._records[key] = (False, token, now + lease)
-                return Claim("claimed")
-            if record[0]:
-                return Claim("done")
-            return Claim("busy", record[2] - now)
-
-    def complete(self, key: str, token: str, ttl: float) -> bool:
-        with self._lock:
-            record = self._records.get(key)
-            self._records[key] = (True, "", time.time() + ttl)
-            return record is not None and not record[0] and record[1] == token
-
-    def release(self, key: str, token: str) -> None:
-        with self._lock:
-            record = self._records.get(key)
-            if record is not None and not record[0] and record[1] == token:
-                del self._records[key]
-
-    def __len__(self) -> int:
-        now = time.time()
-        with self._lock:
-            return sum(1 for r in self._records.values() if r[2] > now)
-
-    def close(self) -> None:
-        pass
-
-
-_SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS {table} (
-    key        TEXT PRIMARY KEY,
-    done       INTEGER NOT NULL,
-    token      TEXT NOT NULL,
-    expires_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS {table}_expiry ON {table} (expires_at);
-"""
-
-
-class SqliteStore:
-    """Identities in a SQLite file: durable, shared by the processes of one machine.
-
-    WAL mode with ``synchronous=NORMAL`` by default: a record survives a crash of the process,
-    and a power loss may forget the last commits (``synchronous="full"`` keeps those too).
-    Expired records are swept every ``sweep_every`` claims.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        table: str = "mqkit_idempotency",
-        synchronous: Literal["normal", "full"] = "normal",
-        busy_timeout: float = 30.0,
-        sweep_every: int = 1000,
-    ) -> None:
-        if not table.replace("_", "").isalnum():
-            raise ValueError(f"table name {table!r} must be letters, digits and _")
-        self.path = str(path)
-        self._table = table
-        self._sweep_every = sweep_every
-        self._ops = 0
-        self._lock = threading.Lock()
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._conn.executescript(_SQLITE_SCHEMA.format(table=table))
-
-    def claim(self, key: str, token: str, lease: float) -> Claim:
-        t = self._table
-        with self._lock:
-            now = time.time()
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._conn.execute(
-                    f"SELECT done, expires_at FROM {t} WHERE key = ?", (key,)
-                ).fetchone()
-                if row is None or row[1] <= now:
-                    self._conn.execute(
-                        f"INSERT OR REPLACE INTO {t} (key, done, token, expires_at) "
-                        "VALUES (?, 0, ?, ?)",
-                        (key, token, now + lease),
-                    )
-                    claim = Claim("claimed")
-                elif row[0]:
-                    claim = Claim("done")
-                else:
-                    claim = Claim("busy", row[1] - now)
-                self._ops += 1
-                if self._ops % self._sweep_every == 0:
-                    self._conn.execute(f"DELETE FROM {t} WHERE expires_at <= ?", (now,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            return claim
-
-    def complete(self, key: str, token: str, ttl: float) -> bool:
-        t = self._table
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                held = self._conn.execute(
-                    f"SELECT 1 FROM {t} WHERE key = ? AND done = 0 AND token = ?", (key, token)
-                ).fetchone()
-                self._conn.execute(
-                    f"INSERT OR REPLACE INTO {t} (key, done, token, expires_at) "
-                    "VALUES (?, 1, '', ?)",
-                    (key, time.time() + ttl),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            return held is not None
-
-    def release(self, key: str, token: str) -> None:
-        with self._lock:
-            self._conn.execute(
-                f"DELETE FROM {self._table} WHERE key = ? AND done = 0 AND token = ?",
-                (key, token),
-            )
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()

@@ -7,7 +7,7 @@ When the handler raises:
 * an exception the policy does not retry (``dead_letter_on``, or not in ``retry_on``; an
   undecodable body always), or a failure of the last attempt, publishes the message to the
   group's dead-letter topic (:mod:`mqkit.deadletter`: error, traceback summary, attempt count
-  and original topic in ``mqkit-dlq-*`` headers) and acks it;
+  and original topic in the envelope's ``DLQ_*`` headers) and acks it;
 * otherwise the message is tried again after the policy's delay, in one of two ways:
 
   - **broker delay** (``features.delayed_redelivery``): ``message.nack(delay=…)``. The broker
@@ -15,24 +15,30 @@ When the handler raises:
     messages of the same key wait behind it (the key stays in order), other keys go on.
   - **retry topics** (every other backend, or ``via="topics"``): the message is copied to
     ``<group>.retry.<n>`` (``n`` = the attempt that failed) with the time it is due in
-    ``mqkit-retry-due``, and acked. One consumer per retry topic (group ``<group>.retry.<n>``)
-    runs beside the route and hands each copy to the same handler chain once it is due.
-    Every copy in one retry topic waits about the same delay, so they fall due in the order
-    they arrive: the relay only ever waits for the message at the head, which nothing behind
-    it could overtake — no consumer sleeps while holding messages that are due. (A relay holds
-    a message at most ``max_hold`` seconds, then gives it back and looks again, so broker
-    leases and poll deadlines are never exceeded.) The key's later messages are *not* held
+    :data:`~mqkit.envelope.RETRY_DUE`, and acked. One consumer per retry topic (group
+    ``<group>.retry.<n>``) runs beside the route and hands each copy to the same handler chain
+    once it is due. Every copy in one retry topic waits about the same delay, so they fall due
+    in the order they arrive: the relay only ever waits for the message at the head, which
+    nothing behind it could overtake — no consumer sleeps while holding messages that are due.
+    (A relay holds a message at most ``max_hold`` seconds, then gives it back and looks again,
+    so broker leases and poll deadlines are never exceeded.) The key's later messages are *not* held
     back: retry topics trade key order for not blocking the key.
+
+A :class:`~mqkit.errors.RetryLater` (e.g. the idempotency helper's ``ClaimBusy``) is not a
+failure: the message comes back after its ``retry_after`` the same way, without counting an
+attempt, and is never dead-lettered.
 
 The handler always sees the original message: its topic, its id, and ``attempt`` counting
 every try (1, 2, 3…), whichever way it came back.
 
 Replays: the same relay also consumes ``<group>.replay`` (group ``<group>.replay``), where
-``mqkit dlq replay GROUP`` puts dead letters back. A replay thus reaches only the group that
-dead-lettered the message, not every group of the original topic, with a fresh attempt count.
+``mqkit dlq replay GROUP`` (:func:`mqkit.deadletter.replay`) puts dead letters back. A replay
+thus reaches only the group that dead-lettered the message, not every group of the original
+topic, with a fresh attempt count.
 
 Put ``retry`` first in the middleware list (outermost): middleware listed before it does not
-run for messages that come back through a retry topic.
+run for messages that come back through a retry topic. ``App.run`` calls :meth:`Retry.prepare`
+before any consumer of the route starts, so every retry group exists before a copy is sent.
 """
 
 from __future__ import annotations
@@ -49,9 +55,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from mqkit.client import Consumer
-from mqkit.deadletter import ensure_dead_letter_group, send_dead_letter
-from mqkit.errors import ClosedError, ConfigError, DecodeError, MqkitError
-from mqkit.helpers.idempotency import ORIGIN_ID, ClaimBusy
+from mqkit.deadletter import ensure_dead_letter_group, replay_topic, send_dead_letter
+from mqkit.envelope import ORIGIN_ID, RETRY_ATTEMPTS, RETRY_DUE, RETRY_PREFIX, RETRY_TOPIC
+from mqkit.errors import ClosedError, ConfigError, DecodeError, MqkitError, RetryLater
 from mqkit.message import Message
 
 if TYPE_CHECKING:
@@ -59,23 +65,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREFIX = "mqkit-retry-"
-#: Tries made before this copy was published (the handler sees this plus its delivery count).
-ATTEMPTS = PREFIX + "attempts"
-#: When the copy may run, seconds since the epoch.
-DUE = PREFIX + "due"
-#: The topic the message was first published to.
-TOPIC = PREFIX + "topic"
+__all__ = [
+    "Retry",
+    "RetryPolicy",
+    "RetryStats",
+    "original_view",
+    "replay_topic",
+    "retry",
+    "retry_topic",
+]
 
 
 def retry_topic(group: str, n: int) -> str:
     """Where copies wait after attempt ``n`` of ``group`` failed (also its relay's group)."""
     return f"{group}.retry.{n}"
-
-
-def replay_topic(group: str) -> str:
-    """Where ``mqkit dlq replay`` puts ``group``'s dead letters back (also its relay's group)."""
-    return f"{group}.replay"
 
 
 ExceptionTypes = tuple[type[BaseException], ...]
@@ -150,7 +153,7 @@ class RetryPolicy:
     def retries(self, error: BaseException) -> bool:
         if isinstance(error, DecodeError):
             return False
-        if isinstance(error, ClaimBusy):
+        if isinstance(error, RetryLater):
             return True
         return isinstance(error, self.retry_on) and not isinstance(error, self.dead_letter_on)
 
@@ -176,17 +179,17 @@ def original_view(message: Message) -> Message:
     wrapper settles the copy.
     """
     headers = message.headers
-    if ATTEMPTS not in headers and TOPIC not in headers:
+    if RETRY_ATTEMPTS not in headers and RETRY_TOPIC not in headers:
         return message
     try:
-        before = int(headers.get(ATTEMPTS, "0"))
+        before = int(headers.get(RETRY_ATTEMPTS, "0"))
     except ValueError:
         before = 0
     delivery = dataclasses.replace(
         message.delivery,
-        topic=headers.get(TOPIC, message.topic),
+        topic=headers.get(RETRY_TOPIC, message.topic),
         id=headers.get(ORIGIN_ID, message.id),
-        headers={k: v for k, v in headers.items() if not k.startswith(PREFIX)},
+        headers={k: v for k, v in headers.items() if not k.startswith(RETRY_PREFIX)},
         attempt=before + message.attempt,
     )
 
@@ -219,17 +222,15 @@ class Retry:
         self.replays = replays
         self.stats = RetryStats()
         self._lock = threading.Lock()
+        # Relays subscribed by prepare(), keyed by route, until __call__ starts them.
+        self._relays: dict[int, list[tuple[Consumer, str]]] = {}
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
             setattr(self.stats, name, getattr(self.stats, name) + n)
 
-    def __call__(self, handler: Handler, route: Route | None = None) -> Handler:
-        if route is None:
-            raise TypeError(
-                "retry() needs the route (broker, group, producer): use it as App middleware "
-                "or call it with a mqkit.Route"
-            )
+    def _plan(self, route: Route) -> tuple[bool, int]:
+        """Whether ``route`` retries through topics, and how many retry topics it has."""
         features = route.broker.features
         if self.via == "broker" and not features.delayed_redelivery:
             raise ConfigError(
@@ -237,20 +238,39 @@ class Retry:
                 "use via='auto' or 'topics'"
             )
         use_topics = self.via == "topics" or not features.delayed_redelivery
-        tiers = max(1, self.policy.max_attempts - 1) if use_topics else 0
+        return use_topics, max(1, self.policy.max_attempts - 1) if use_topics else 0
+
+    def prepare(self, route: Route) -> None:
+        """Subscribe the route's dead-letter group and relays before the route starts, so no
+        copy or dead letter is published to a topic that no group reads yet."""
+        _, tiers = self._plan(route)
         ensure_dead_letter_group(route.broker, route.group)
-        route_run = _RouteRetry(self, handler, route, use_topics, tiers)
-        # Subscribe every relay before the route starts, so no copy is published to a topic
-        # that no group reads yet.
-        relays: list[tuple[Consumer, str]] = []
         names = [retry_topic(route.group, n) for n in range(1, tiers + 1)]
         if self.replays:
             names.append(replay_topic(route.group))
-        for name in names:
-            consumer = route.broker.consumer(name, group=name, serializer=route.serializer)
-            relays.append((consumer, name))
+        relays = [
+            (route.broker.consumer(name, group=name, serializer=route.serializer), name)
+            for name in names
+        ]
+        with self._lock:
+            self._relays[id(route)] = relays
+
+    def __call__(self, handler: Handler, route: Route | None = None) -> Handler:
+        if route is None:
+            raise TypeError(
+                "retry() needs the route (broker, group, producer): use it as App middleware "
+                "or call it with a mqkit.Route"
+            )
+        use_topics, tiers = self._plan(route)
+        with self._lock:
+            relays = self._relays.pop(id(route), None)
+        if relays is None:  # used outside App.run, which calls prepare() first
+            self.prepare(route)
+            with self._lock:
+                relays = self._relays.pop(id(route))
+        route_run = _RouteRetry(self, handler, route, use_topics, tiers)
         for consumer, name in relays:
-            route.start_thread(functools.partial(route_run.relay, consumer), f"mqkit-relay-{name}")
+            route.start_thread(functools.partial(route_run.relay, consumer), f"retry-relay-{name}")
         return route_run.handle
 
 
@@ -287,7 +307,7 @@ class _RouteRetry:
             log.warning("handler raised after settling %r: %s", view, exc)
             return
         attempt = view.attempt
-        if isinstance(exc, ClaimBusy):
+        if isinstance(exc, RetryLater):  # not a failure: no attempt counted, never dead
             self._schedule(message, view, max(exc.retry_after, 0.05), attempt - 1)
             return
         if not self.policy.retries(exc) or attempt >= self.policy.max_attempts:
@@ -324,9 +344,9 @@ class _RouteRetry:
         headers.update(
             {
                 ORIGIN_ID: view.id,
-                TOPIC: view.topic,
-                ATTEMPTS: str(max(0, done)),
-                DUE: f"{time.time() + delay:.3f}",
+                RETRY_TOPIC: view.topic,
+                RETRY_ATTEMPTS: str(max(0, done)),
+                RETRY_DUE: f"{time.time() + delay:.3f}",
             }
         )
         producer = self.route.producer
@@ -372,7 +392,7 @@ class _RouteRetry:
                 if message is None:
                     continue
                 try:
-                    due = float(message.headers.get(DUE, "0"))
+                    due = float(message.headers.get(RETRY_DUE, "0"))
                 except ValueError:
                     due = 0.0
                 wait = due - time.time()

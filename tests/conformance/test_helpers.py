@@ -30,6 +30,7 @@ from mqkit.deadletter import (
     TIME,
     TOPIC,
     TRACEBACK,
+    list_dead_letters,
 )
 from mqkit.helpers import (
     IDEMPOTENCY_KEY,
@@ -40,7 +41,6 @@ from mqkit.helpers import (
     idempotent,
     retry,
 )
-from mqkit.helpers.dlq import list_dead_letters
 from tests.conformance.util import ARRIVAL, QUIET, assert_quiet, collect
 from tests.helpers.stores import KINDS, make_store
 

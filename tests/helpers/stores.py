@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mqkit.helpers.idempotency import IdempotencyStore, MemoryStore, SqliteStore
+from mqkit.helpers.stores import IdempotencyStore, MemoryStore, SqliteStore
 
 KINDS = ("memory", "sqlite", "redis", "postgres")
 REDIS_ENV = "MQKIT_TEST_REDIS_URL"

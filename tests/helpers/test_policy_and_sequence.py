@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 
-from mqkit.errors import DecodeError
+from mqkit.envelope import SEQ, SEQ_SOURCE
+from mqkit.errors import DecodeError, RetryLater
 from mqkit.helpers import ClaimBusy, RetryPolicy, SequenceChecker, Sequencer
-from mqkit.helpers.ordering import SEQ, SEQ_SOURCE
 from mqkit.message import Delivery, Message
 
 
@@ -30,6 +30,9 @@ def test_which_errors_retry() -> None:
     assert not policy.retries(RuntimeError()), "not listed in retry_on"
     assert not policy.retries(DecodeError("bad body")), "an undecodable body never gets better"
     assert policy.retries(ClaimBusy("k", 1.0)), "a busy duplicate is always looked at again"
+    assert isinstance(ClaimBusy("k", 1.0), RetryLater) and ClaimBusy("k", 2.5).retry_after == 2.5
+    later = RetryPolicy(retry_on=(KeyError,), dead_letter_on=(Exception,))
+    assert later.retries(RetryLater("not yet", 1.0)), "'not yet' is never a reason to give up"
     narrow = RetryPolicy(dead_letter_on=(ValueError,))
     assert not narrow.retries(ValueError()) and narrow.retries(OSError())
 

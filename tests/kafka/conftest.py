@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.brokers.kafka import ENV
+from tests.backends import env_var
+
+ENV = env_var("kafka")
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER_SCRIPT = ROOT / "adapters" / "kafka" / "ci" / "broker"

@@ -13,7 +13,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 
-from tests.brokers.rocketmq import ENV
+from tests.backends import env_var
+
+ENV = env_var("rocketmq")
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER_SCRIPT = ROOT / "adapters" / "rocketmq" / "ci" / "broker"

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 import mqkit
-from tests.brokers.rocketmq_remoting import ENV
+from tests.backends import env_var
 from tests.conformance.util import ARRIVAL, assert_quiet, collect
 
+ENV = env_var("rocketmq_remoting")
 pytestmark = pytest.mark.run("remoting")
 
 

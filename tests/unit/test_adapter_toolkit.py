@@ -112,7 +112,7 @@ def test_deadline_and_poll_until() -> None:
     assert poll_until(poll, None, step=0.01) == "x"
     assert calls == [0.01, 0.01, 0.01]
     calls.clear()
-    assert poll_until(lambda w: calls.append(w), 0, step=1) is None  # type: ignore[func-returns-value]
+    assert poll_until(lambda w: calls.append(w), 0, step=1) is None
     assert calls == [0.0]  # one poll even with timeout=0
 
 

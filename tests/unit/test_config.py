@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import mqkit
-from mqkit import ConfigError, registry
+from mqkit import ConfigError
 from mqkit.config import DEFAULT_URL, parse_url, resolve
 
 
@@ -54,10 +54,12 @@ def test_unknown_scheme_lists_installed_backends() -> None:
     assert "memory" in str(info.value) and "sqlite" in str(info.value)
 
 
-def test_missing_adapter_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(registry.KNOWN_PACKAGES, "pulsar", ("mqkit-pulsar", "adapters/pulsar"))
-    with pytest.raises(ConfigError, match=r"pip install mqkit-pulsar"):
+def test_missing_adapter_package_says_what_to_install() -> None:
+    with pytest.raises(ConfigError) as info:
         mqkit.connect("pulsar://127.0.0.1:6650")
+    text = str(info.value)
+    assert "'mqkit-<backend>'" in text and "pip install" in text, "how adapters are named"
+    assert "README" in text, "where the backends are listed"
 
 
 def test_unknown_option_is_an_error() -> None:

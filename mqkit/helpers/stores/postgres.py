@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from mqkit.errors import ConfigError
-from mqkit.helpers.idempotency import DEFAULT_TTL, Claim, default_key
+from mqkit.helpers.idempotency import DEFAULT_TTL, default_key
+from mqkit.helpers.stores.base import Claim
 from mqkit.message import Message
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 from mqkit.errors import ConfigError
-from mqkit.helpers.idempotency import Claim
+from mqkit.helpers.stores.base import Claim
 
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
