@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from mqkit_activemq import backend
+from mqkit_activemq.producer import Producer
 
 import mqkit
 from tests.activemq.conftest import OwnBroker, free_port
@@ -104,13 +104,13 @@ def test_sending_while_the_producer_reconnects_stores_each_message_once(
     The resend is slowed down so that sends certainly happen while it runs, as they do now and
     then when the freshly restarted broker answers slowly on a loaded machine.
     """
-    resend = backend.ActiveMQProducer._resend
+    resend = Producer._resend
 
-    def slow_resend(self: backend.ActiveMQProducer, conn: Any, gen: int) -> None:
+    def slow_resend(self: Producer, conn: Any, gen: int) -> None:
         time.sleep(0.3)
         resend(self, conn, gen)
 
-    monkeypatch.setattr(backend.ActiveMQProducer, "_resend", slow_resend)
+    monkeypatch.setattr(Producer, "_resend", slow_resend)
     topic, group = f"resend-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
     with mqkit.connect(f"{own_broker.url}?{RECONNECT}") as broker:
         consumer = broker.consumer(topic, group=group, prefetch=500)

@@ -1,19 +1,5 @@
 """ActiveMQ Classic adapter for mqkit: ``stomp://`` and ``stomp+ssl://`` URLs, over stomp.py."""
 
-from mqkit_activemq.backend import (
-    ActiveMQBackend,
-    ActiveMQConsumer,
-    ActiveMQProducer,
-    group_destination,
-    open_backend,
-    topic_destination,
-)
+from mqkit_activemq.backend import Backend
 
-__all__ = [
-    "ActiveMQBackend",
-    "ActiveMQConsumer",
-    "ActiveMQProducer",
-    "group_destination",
-    "open_backend",
-    "topic_destination",
-]
+__all__ = ["Backend"]

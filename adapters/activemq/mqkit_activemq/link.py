@@ -20,32 +20,16 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import stomp  # type: ignore[import-untyped]
 
 from mqkit.errors import BrokerUnavailable, ClosedError
+from mqkit_activemq.settings import Endpoint
 
 log = logging.getLogger("mqkit.activemq")
 
 _ids = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What every connection of one backend shares."""
-
-    hosts: tuple[tuple[str, int], ...]
-    username: str | None
-    password: str | None
-    connect_timeout: float
-    heartbeat: float
-    reconnect_max_delay: float
-    ssl: dict[str, Any] | None
-
-    def where(self) -> str:
-        return ",".join(f"{h}:{p}" for h, p in self.hosts)
 
 
 class _Listener:
@@ -83,7 +67,7 @@ class _Listener:
 
     def on_heartbeat_timeout(self) -> None:
         log.warning("%s: no heartbeat from %s; dropping the connection", self.link.role,
-                    self.link.settings.where())
+                    self.link.endpoint.where())
 
     def on_disconnected(self) -> None:
         self.ended.set()
@@ -108,15 +92,15 @@ def _close_quietly(conn: Any) -> None:
         pass
 
 
-def _probe(settings: Settings, timeout: float) -> str:
+def _probe(endpoint: Endpoint, timeout: float) -> str:
     """Why connecting fails, for the error message (stomp.py only logs it)."""
     causes = []
-    for host, port in settings.hosts:
+    for host, port in endpoint.hosts:
         try:
             with socket.create_connection((host, port), timeout=timeout) as sock:
-                if settings.ssl is not None:
+                if endpoint.ssl is not None:
                     try:
-                        _tls_context(settings.ssl).wrap_socket(sock, server_hostname=host).close()
+                        _tls_context(endpoint.ssl).wrap_socket(sock, server_hostname=host).close()
                     except (OSError, ssl.SSLError) as exc:
                         causes.append(f"{host}:{port}: TLS handshake failed: {exc}")
                         continue
@@ -173,33 +157,33 @@ def tune_socket(transport: Any) -> None:
 
 
 def open_connection(
-    settings: Settings, listener_factory: Callable[[Any], _Listener], role: str
+    endpoint: Endpoint, listener_factory: Callable[[Any], _Listener], role: str
 ) -> tuple[Any, _Listener]:
     """A connected stomp.py connection, or :class:`BrokerUnavailable` within the timeout."""
-    deadline = time.monotonic() + settings.connect_timeout
-    beat = int(settings.heartbeat * 1000)
+    deadline = time.monotonic() + endpoint.connect_timeout
+    beat = int(endpoint.heartbeat * 1000)
     conn = stomp.Connection12(
-        list(settings.hosts),
+        list(endpoint.hosts),
         prefer_localhost=False,
         try_loopback_connect=False,
         reconnect_attempts_max=1,
         reconnect_sleep_initial=0.0,
-        timeout=settings.connect_timeout,
+        timeout=endpoint.connect_timeout,
         heartbeats=(beat, beat),
         heart_beat_receive_scale=2.0,
         auto_decode=False,
     )
-    if settings.ssl is not None:
-        conn.set_ssl(for_hosts=list(settings.hosts), **settings.ssl)
+    if endpoint.ssl is not None:
+        conn.set_ssl(for_hosts=list(endpoint.hosts), **endpoint.ssl)
     tune_socket(conn.transport)
     listener = listener_factory(conn)
     conn.set_listener("mqkit", listener)
-    where = settings.where()
+    where = endpoint.where()
     try:
-        conn.connect(settings.username, settings.password, wait=False, with_connect_command=True)
+        conn.connect(endpoint.username, endpoint.password, wait=False, with_connect_command=True)
     except stomp.exception.ConnectFailedException:
         _close_quietly(conn)
-        cause = _probe(settings, max(0.5, deadline - time.monotonic()))
+        cause = _probe(endpoint, max(0.5, deadline - time.monotonic()))
         raise BrokerUnavailable(f"ActiveMQ at {where} is unreachable: {cause}") from None
     except Exception as exc:  # anything else stomp.py raises while connecting
         _close_quietly(conn)
@@ -223,7 +207,7 @@ def open_connection(
         )
     raise BrokerUnavailable(
         f"ActiveMQ at {where} did not answer the STOMP CONNECT within "
-        f"{settings.connect_timeout:g} s (connect_timeout)"
+        f"{endpoint.connect_timeout:g} s (connect_timeout)"
     )
 
 
@@ -232,7 +216,7 @@ class Link:
 
     def __init__(
         self,
-        settings: Settings,
+        endpoint: Endpoint,
         role: str,
         *,
         on_message: Callable[[int, Any], None] | None = None,
@@ -241,7 +225,7 @@ class Link:
         on_error: Callable[[int, str | None, str], None] | None = None,
         on_receipt: Callable[[int, str], None] | None = None,
     ) -> None:
-        self.settings = settings
+        self.endpoint = endpoint
         self.role = role
         self.on_message = on_message
         self._on_up = on_up
@@ -272,7 +256,7 @@ class Link:
         # keep buffering meanwhile. The new connection is published and ``on_up`` runs under
         # the send lock, so a writer either sees no connection (and leaves its frame to
         # ``on_up``) or sees it only after ``on_up`` is done.
-        conn, listener = open_connection(self.settings, lambda c: _Listener(self, gen), self.role)
+        conn, listener = open_connection(self.endpoint, lambda c: _Listener(self, gen), self.role)
         with self.send_lock:
             with self.lock:
                 if self.closed:
@@ -304,7 +288,7 @@ class Link:
             self._reconnecting = True
             self.lock.notify_all()
         log.warning("%s: connection to ActiveMQ at %s lost; reconnecting", self.role,
-                    self.settings.where())
+                    self.endpoint.where())
         if self._on_down is not None:
             self._on_down(gen)
         if start:
@@ -339,18 +323,18 @@ class Link:
                 log.log(
                     logging.WARNING if failures == 1 else logging.DEBUG,
                     "%s: reconnecting to %s failed (%s); retrying every %.1f s at most",
-                    self.role, self.settings.where(), exc, self.settings.reconnect_max_delay,
+                    self.role, self.endpoint.where(), exc, self.endpoint.reconnect_max_delay,
                 )
                 with self.lock:
                     self.lock.wait_for(lambda: self.closed, delay)
-                delay = min(delay * 2, self.settings.reconnect_max_delay)
+                delay = min(delay * 2, self.endpoint.reconnect_max_delay)
                 continue
             with self.lock:
                 self._reconnecting = False
                 up = self.conn is not None
             if up:
                 log.warning("%s: reconnected to ActiveMQ at %s after %d failed attempt(s)",
-                            self.role, self.settings.where(), failures)
+                            self.role, self.endpoint.where(), failures)
                 return
             # Lost again while on_up ran; _lost saw _reconnecting=True and left it to us.
             with self.lock:
@@ -411,7 +395,7 @@ class Link:
                 wait.error = f"the broker answered ERROR: {text}"
                 wait.event.set()
                 return
-        log.warning("%s: ActiveMQ at %s sent ERROR: %s", self.role, self.settings.where(), text)
+        log.warning("%s: ActiveMQ at %s sent ERROR: %s", self.role, self.endpoint.where(), text)
         if self._on_error is not None:
             self._on_error(gen, rid, text)
 

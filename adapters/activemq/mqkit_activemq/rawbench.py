@@ -17,7 +17,7 @@ It does the same durable work as the adapter, written the way a stomp.py user wo
   without it a stock ActiveMQ's Nagle algorithm holds every ACK's RECEIPT back for up to 40 ms
   and the raw side would crawl at ~50 acks/s, which would flatter mqkit.
 
-What it leaves out is what mqkit adds: mqkit's headers (``mqkit.id``, ``mqkit.ts``, user
+What it leaves out is what mqkit adds: mqkit's headers (the envelope's id, the timestamp, user
 header escaping; the raw SEND carries only ``persistent`` and ``receipt``), heart-beats,
 keeping unconfirmed messages for a resend, reconnection, connection generations, the
 ``Delivery`` objects and the local queue ``receive()`` reads from. The URL's options are read
@@ -38,9 +38,9 @@ from typing import Any
 import stomp  # type: ignore[import-untyped]
 
 from mqkit.config import BrokerURL
-from mqkit.options import Options
-from mqkit_activemq.backend import group_destination, read_config, topic_destination
-from mqkit_activemq.link import Settings, tune_socket
+from mqkit_activemq.link import tune_socket
+from mqkit_activemq.settings import Endpoint, Settings, check_url, endpoint
+from mqkit_activemq.wire import group_destination, topic_destination
 
 OnBody = Callable[[bytes], None]
 
@@ -81,20 +81,20 @@ class _Listener:
                 raise ConnectionError(f"ActiveMQ: {self.error}")
 
 
-def _connect(settings: Settings) -> tuple[Any, _Listener]:
+def _connect(where: Endpoint) -> tuple[Any, _Listener]:
     conn = stomp.Connection12(
-        list(settings.hosts),
+        list(where.hosts),
         prefer_localhost=False,
         try_loopback_connect=False,
-        timeout=settings.connect_timeout,
+        timeout=where.connect_timeout,
         auto_decode=False,
     )
-    if settings.ssl is not None:
-        conn.set_ssl(for_hosts=list(settings.hosts), **settings.ssl)
+    if where.ssl is not None:
+        conn.set_ssl(for_hosts=list(where.hosts), **where.ssl)
     tune_socket(conn.transport)  # the adapter's socket setting, so the comparison is fair
     listener = _Listener()
     conn.set_listener("bench", listener)
-    conn.connect(settings.username, settings.password, wait=True)
+    conn.connect(where.username, where.password, wait=True)
     return conn, listener
 
 
@@ -102,20 +102,19 @@ class RawStompClient:
     """One benchmark thread's raw stomp.py connections (a producer's, a consumer's)."""
 
     def __init__(self, url: BrokerURL) -> None:
-        opts = Options(f"{url.scheme} bench", url.params)
-        config = read_config(url, opts)
-        opts.done()
-        self._settings = config.settings
-        self._prefetch = config.prefetch
-        self._confirm_acks = config.confirm_acks
-        self._timeout = config.send_timeout
-        self._window = config.max_in_flight
+        check_url(url)
+        settings = Settings.read(f"{url.redacted()} bench", url.params)
+        self._endpoint = endpoint(url, settings)
+        self._prefetch = settings.prefetch
+        self._confirm_acks = settings.confirm_acks
+        self._timeout = settings.send_timeout
+        self._window = settings.max_in_flight
         self._ids = itertools.count(1)
         self._producer: tuple[Any, _Listener] | None = None
         self._consumer: tuple[Any, _Listener] | None = None
 
     def subscribe(self, topics: Sequence[str], group: str) -> None:
-        conn, listener = self._consumer = _connect(self._settings)
+        conn, listener = self._consumer = _connect(self._endpoint)
         for index, topic in enumerate(topics):
             conn.subscribe(
                 group_destination(topic, group), id=f"s{index}", ack="client-individual",
@@ -125,7 +124,7 @@ class RawStompClient:
 
     def produce(self, topic: str, bodies: Iterable[bytes]) -> None:
         if self._producer is None:
-            self._producer = _connect(self._settings)
+            self._producer = _connect(self._endpoint)
         conn, listener = self._producer
         destination = topic_destination(topic)
         sent = listener.receipts

@@ -1,0 +1,188 @@
+"""The consumer: ``client-individual`` subscriptions to the group's queues, acks confirmed by
+receipts, nack as a copy sent to the group's own queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mqkit.adapter import ConsumerBase, Deadline, Delivery, OutgoingMessage, ReceiveQueue
+from mqkit.errors import BrokerUnavailable, ClosedError
+from mqkit_activemq import wire
+from mqkit_activemq.link import Link
+from mqkit_activemq.settings import Endpoint, Settings
+
+log = logging.getLogger("mqkit.activemq")
+
+
+class _Handle:
+    """What a consumer needs to settle one delivery (``Delivery.handle``)."""
+
+    __slots__ = ("ack_id", "destination", "gen")
+
+    def __init__(self, gen: int, ack_id: str, destination: str) -> None:
+        self.gen = gen
+        self.ack_id = ack_id
+        self.destination = destination
+
+
+class Consumer(ConsumerBase):
+    """One connection; one ``client-individual`` subscription per topic. stomp.py's receiver
+    thread buffers what the broker dispatched in a :class:`ReceiveQueue` that ``receive`` reads
+    (so a blocking receive ends as soon as ``close`` runs)."""
+
+    def __init__(
+        self, endpoint: Endpoint, topics: tuple[str, ...], group: str, settings: Settings
+    ) -> None:
+        super().__init__()
+        self._group = group
+        self._prefetch = settings.prefetch
+        self._confirm_acks = settings.confirm_acks
+        self._ack_timeout = settings.ack_timeout
+        self._scheduler = settings.scheduler
+        self._dlq = settings.dlq
+        self._subs = {f"s{i}": topic for i, topic in enumerate(topics)}
+        self._queue: ReceiveQueue[Delivery] = ReceiveQueue()
+        self._link = Link(
+            endpoint, f"consumer of group {group!r}", on_message=self._on_message,
+            on_up=self._subscribe, on_down=self._on_down,
+        )
+        try:
+            self._link.start()
+        except BaseException:
+            self._link.close()
+            raise
+
+    def _subscribe(self, conn: Any, gen: int) -> None:
+        """Subscribe every topic, waiting for each receipt: afterwards the group's queues exist."""
+        rids = []
+        for sub_id, topic in self._subs.items():
+            rid = self._link.expect(gen)
+            rids.append((rid, topic))
+            conn.subscribe(
+                wire.group_destination(topic, self._group), id=sub_id, ack="client-individual",
+                headers={"activemq.prefetchSize": str(self._prefetch), "receipt": rid},
+            )
+        for rid, topic in rids:
+            error = self._link.wait(rid, self._link.endpoint.connect_timeout + 5)
+            if error is not None:
+                raise BrokerUnavailable(
+                    f"ActiveMQ at {self._link.endpoint.where()}: subscribing group "
+                    f"{self._group!r} to {topic!r} failed: {error}"
+                )
+
+    def _on_message(self, gen: int, frame: Any) -> None:
+        headers: dict[str, str] = frame.headers
+        topic = self._subs.get(headers.get("subscription", ""))
+        ack_id = headers.get("ack")
+        if topic is None or ack_id is None:
+            log.warning("consumer: MESSAGE for an unknown subscription ignored: %r", headers)
+            return
+        body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
+        handle = _Handle(gen, ack_id, headers.get("destination", ""))
+        self._queue.put(wire.decode(topic, body, headers, handle))
+
+    def _on_down(self, gen: int) -> None:
+        # What the lost connection had dispatched comes again on the next one.
+        dropped = self._queue.take_where(lambda delivery: delivery.handle.gen == gen)
+        if dropped:
+            log.info("consumer: %d prefetched message(s) will be redelivered", len(dropped))
+
+    def receive(self, timeout: float | None) -> Delivery | None:
+        delivery = self._queue.get(timeout)
+        if delivery is None:
+            return None
+        deadline: Deadline | None = None
+        while True:
+            conn, gen = self._link.current()
+            if conn is not None and delivery.handle.gen == gen:
+                return delivery
+            # From a lost connection (a race with _on_down): the broker delivers it again.
+            if deadline is None:
+                deadline = Deadline(timeout)
+            delivery = self._queue.get(deadline.remaining())
+            if delivery is None:
+                return None
+
+    def _settle_frame(
+        self, handle: _Handle, what: str, send: Callable[[Any, str | None], None]
+    ) -> None:
+        """Send one frame on the delivery's connection and (optionally) wait for its receipt."""
+        with self._link.send_lock:
+            conn, gen = self._link.current()
+            if conn is None and self._link.closed:
+                raise ClosedError("consumer is closed; the message will be delivered again")
+            if conn is None or gen != handle.gen:
+                raise BrokerUnavailable(
+                    f"the connection to ActiveMQ at {self._link.endpoint.where()} was lost "
+                    f"since this message was received; it cannot be {what}ed and will be "
+                    "delivered again"
+                )
+            rid = self._link.expect(gen) if self._confirm_acks or what == "nack" else None
+            try:
+                send(conn, rid)
+            except Exception as exc:
+                if rid is not None:
+                    self._link.forget(rid)
+                raise BrokerUnavailable(
+                    f"ActiveMQ at {self._link.endpoint.where()}: sending the {what} failed "
+                    f"({exc}); the message will be delivered again"
+                ) from None
+        if rid is not None:
+            error = self._link.wait(rid, self._ack_timeout)
+            if error is not None:
+                raise BrokerUnavailable(
+                    f"ActiveMQ at {self._link.endpoint.where()} did not confirm the {what}: "
+                    f"{error}; the message may be delivered again"
+                )
+
+    def ack(self, delivery: Delivery) -> None:
+        handle: _Handle = delivery.handle
+
+        def send(conn: Any, rid: str | None) -> None:
+            conn.ack(handle.ack_id, receipt=rid)
+
+        self._settle_frame(handle, "ack", send)
+
+    def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
+        handle: _Handle = delivery.handle
+        if not requeue:
+            if self._dlq:
+                self._settle_frame(
+                    handle, "nack", lambda conn, rid: conn.nack(handle.ack_id, receipt=rid)
+                )
+            else:
+                self.ack(delivery)
+            return
+        delay_ms = int(delay * 1000) if self._scheduler else 0
+        copy = OutgoingMessage(
+            topic=delivery.topic,
+            body=delivery.body,
+            key=delivery.key,
+            headers=delivery.headers,
+            id=delivery.id,
+            timestamp=delivery.timestamp,
+        )
+        headers = wire.encode(copy, attempt=delivery.attempt + 1, delay_ms=delay_ms)
+
+        def republish(conn: Any, rid: str | None) -> None:
+            conn.send(handle.destination, delivery.body, headers=dict(headers, receipt=rid))
+
+        try:
+            self._settle_frame(handle, "nack", republish)
+        except BrokerUnavailable:
+            # Not acked either, so the broker gives it back anyway (attempt + 1): what nack asks.
+            log.info("consumer: nack of %s during a reconnect; the broker redelivers it",
+                     delivery.id)
+            return
+        try:
+            self.ack(delivery)
+        except BrokerUnavailable as exc:
+            log.warning("consumer: message %s was requeued but acking the original failed (%s); "
+                        "it may be delivered twice", delivery.id, exc)
+
+    def _close(self) -> None:
+        self._queue.close()
+        # DISCONNECT: the broker gives every unacked message back to the group.
+        self._link.close()
