@@ -31,6 +31,10 @@ TIMESTAMP = PREFIX + "ts"
 #: Delivery attempt, for transports that count redeliveries in a copy they publish themselves.
 ATTEMPT = PREFIX + "attempt"
 
+#: Prefix under which an adapter carries a user header whose name its transport reserves (e.g.
+#: ``JMSType`` on ActiveMQ); renamed back on receipt, so users never see it.
+ESCAPED_PREFIX = PREFIX + "h-"
+
 TRANSPORT_FIELDS = frozenset({ID, KEY, TIMESTAMP, ATTEMPT})
 
 # -- helper fields: ordinary headers the helpers set and read ------------------------------------
@@ -121,7 +125,7 @@ def user_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 def encode_timestamp(seconds: float) -> str:
     """A send time as the :data:`TIMESTAMP` header value (integer milliseconds)."""
-    return str(int(seconds * 1000))
+    return str(round(seconds * 1000))
 
 
 def decode_timestamp(value: str | bytes | None, default: float) -> float:

@@ -29,7 +29,7 @@ from mqkit import envelope
 from mqkit.adapter import Delivery, OutgoingMessage
 
 #: Prefix of a user header whose own name STOMP or ActiveMQ reserve.
-ESCAPED = envelope.PREFIX + "h-"
+ESCAPED = envelope.ESCAPED_PREFIX
 
 #: Headers STOMP or ActiveMQ give a meaning to on SEND or add on MESSAGE (compared lowercased).
 RESERVED = frozenset(
