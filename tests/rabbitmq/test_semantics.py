@@ -82,6 +82,12 @@ def test_wire_format_is_plain_amqp(rabbit_url: str, clean: tuple[str, str]) -> N
             assert foreign.body == b"from pika"
             assert foreign.id == "m-1" and foreign.key is None
             assert dict(foreign.headers) == {"n": "5"}
+
+            channel.basic_publish(  # a bridge from another transport keeps mqkit's id
+                topic, "u", b"bridged", pika.BasicProperties(headers={envelope.ID: "b-1"})
+            )
+            [bridged] = _receive_all(consumer, 1)
+            assert (bridged.id, dict(bridged.headers)) == ("b-1", {})
     finally:
         conn.close()
 

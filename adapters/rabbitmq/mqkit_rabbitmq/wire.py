@@ -5,8 +5,9 @@ The id and the send time go into the native ``message_id`` and ``timestamp`` pro
 other AMQP clients read them; ``timestamp`` has whole seconds, so the millisecond time also
 travels as the :data:`~mqkit.envelope.TIMESTAMP` header. AMQP has no key field that reaches the
 consumer (the routing key carries the key's slot), so the key is the :data:`~mqkit.envelope.KEY`
-header. A message from another client decodes as well: no ``message_id`` gives an id derived
-from what does not change on redelivery (:func:`foreign_id`), no time gives the receive time.
+header. A message from another client decodes as well: without ``message_id`` the id is the
+:data:`~mqkit.envelope.ID` header (a bridge may set it) or one derived from what does not change
+on redelivery (:func:`foreign_id`); no time gives the receive time.
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ def decode(topic: str, routing: str, props: pika.spec.BasicProperties, body: byt
         body=body,
         key=None if key_value is None else text(key_value),
         headers=headers,
-        id=props.message_id or foreign_id(topic, routing, props, headers, body),
+        id=props.message_id
+        or text(raw.get(envelope.ID) or "")
+        or foreign_id(topic, routing, props, headers, body),
         timestamp=timestamp,
         attempt=attempt,
     )
