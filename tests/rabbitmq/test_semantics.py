@@ -122,6 +122,24 @@ def test_foreign_messages_without_id_get_a_stable_one(
         conn.close()
 
 
+def test_receive_without_waiting_returns_what_arrived(
+    rabbit_url: str, clean: tuple[str, str]
+) -> None:
+    """``receive(timeout=0)`` hands out messages that already reached the consumer."""
+    topic, group = clean
+    with mqkit.connect(rabbit_url) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            sent = [producer.send(topic, n) for n in range(5)]
+        time.sleep(1.0)  # within prefetch: all five arrive meanwhile
+        got = [consumer.receive(timeout=0) for _ in range(5)]
+        assert [m.id if m is not None else None for m in got] == sent
+        assert consumer.receive(timeout=0) is None
+        for message in got:
+            assert message is not None
+            message.ack()
+
+
 def test_attempt_counts_redeliveries_across_consumers(
     rabbit_url: str, clean: tuple[str, str]
 ) -> None:
