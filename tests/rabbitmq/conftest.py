@@ -91,7 +91,7 @@ def node(tmp_path_factory: pytest.TempPathFactory, rabbit_url: str) -> Iterator[
 
 def delete_group(url: str, topic: str, group: str, partitions: int) -> None:
     """Remove a test's queues and exchange, so test runs leave the shared broker clean."""
-    from mqkit_rabbitmq._common import group_base, partition_queue
+    from mqkit_rabbitmq.wire import group_base, partition_queue
 
     base = group_base(topic, group)
     conn = pika.BlockingConnection(pika.URLParameters(url.split("?")[0]))

@@ -14,7 +14,8 @@ import pytest
 from pika.exchange_type import ExchangeType
 
 import mqkit
-from mqkit import BrokerUnavailable, ConfigError
+from mqkit import BrokerUnavailable, ConfigError, envelope
+from tests.rabbitmq.conftest import delete_group
 
 LIMIT = 10.0
 
@@ -109,23 +110,40 @@ def test_unknown_option_and_bad_values_are_config_errors(rabbit_url: str) -> Non
         mqkit.connect(rabbit_url, prefetchh=3)
     with pytest.raises(ConfigError, match="partitions"):
         mqkit.connect(rabbit_url, partitions=65)
+    with pytest.raises(ConfigError, match="cafile"):
+        mqkit.connect(rabbit_url, cafile="/no/such/ca.pem")
     with pytest.raises(ConfigError, match="no host"):
         mqkit.connect("amqp:///vhost")
     with mqkit.connect(rabbit_url) as broker:
         with pytest.raises(ConfigError, match="max_bufer"):
             broker.producer(max_bufer=1)
+        with pytest.raises(ConfigError, match="partitions=65"):
+            broker.consumer("t", group="g", partitions=65)
+        with pytest.raises(ConfigError, match="heartbeat"):  # a connection option, not per consumer
+            broker.consumer("t", group="g", heartbeat=5)
         with pytest.raises(ConfigError, match="reserved by RabbitMQ"):
             broker.consumer("amq.mine", group="g")
 
 
-def test_reserved_header_names_are_refused(rabbit_url: str, names: tuple[str, str]) -> None:
-    topic, _ = names
-    with (
-        mqkit.connect(rabbit_url) as broker,
-        broker.producer() as producer,
-        pytest.raises(ConfigError, match="x-mqkit-key"),
-    ):
-            producer.send(topic, 1, headers={"x-mqkit-key": "sneaky"})
+def test_reserved_header_names_are_refused(
+    rabbit_url: str, names: tuple[str, str], request: pytest.FixtureRequest
+) -> None:
+    """mqkit's own names (``mqkit-…``) are refused at send, before anything is queued; a user
+    header that merely looks like metadata (``x-mqkit-key``) is an ordinary header."""
+    topic, group = names
+    with mqkit.connect(rabbit_url) as broker:
+        consumer = broker.consumer(topic, group=group, partitions=1)
+        request.addfinalizer(lambda: delete_group(rabbit_url, topic, group, 1))
+        with broker.producer() as producer:
+            for name in (envelope.KEY, envelope.TIMESTAMP, envelope.ID, "mqkit-anything"):
+                with pytest.raises(ValueError, match=name):
+                    producer.send(topic, 1, headers={name: "sneaky"})
+            sent = producer.send(topic, 2, key="k", headers={"x-mqkit-key": "mine"})
+        message = consumer.receive(timeout=10)
+        assert message is not None
+        assert (message.id, message.value, message.key) == (sent, 2, "k")
+        assert dict(message.headers) == {"x-mqkit-key": "mine"}
+        message.ack()
 
 
 def test_exchange_of_another_type_is_a_clear_error(rabbit_url: str, names: tuple[str, str]) -> None:

@@ -15,7 +15,7 @@ import pika
 import pytest
 
 import mqkit
-from mqkit import Message
+from mqkit import Message, envelope
 from tests.rabbitmq.conftest import delete_group
 
 
@@ -65,11 +65,15 @@ def test_wire_format_is_plain_amqp(rabbit_url: str, clean: tuple[str, str]) -> N
             assert props.message_id == sent
             assert abs((props.timestamp or 0) - time.time()) < 60
             assert props.headers is not None and props.headers["trace"] == "t1"
-            assert props.headers["x-mqkit-key"] == "order-7"
+            assert props.headers[envelope.KEY] == "order-7"
+            millis = int(props.headers[envelope.TIMESTAMP])  # the native field has seconds
+            assert millis // 1000 == props.timestamp
+            assert set(props.headers) == {"trace", envelope.KEY, envelope.TIMESTAMP}
             assert (method.routing_key or "").startswith("k.")
 
             [mine] = _receive_all(consumer, 1)
             assert (mine.id, mine.key, dict(mine.headers)) == (sent, "order-7", {"trace": "t1"})
+            assert mine.timestamp == millis / 1000
 
             channel.basic_publish(
                 topic, "u", b"from pika", pika.BasicProperties(headers={"n": 5}, message_id="m-1")
@@ -78,8 +82,62 @@ def test_wire_format_is_plain_amqp(rabbit_url: str, clean: tuple[str, str]) -> N
             assert foreign.body == b"from pika"
             assert foreign.id == "m-1" and foreign.key is None
             assert dict(foreign.headers) == {"n": "5"}
+
+            channel.basic_publish(  # a bridge from another transport keeps mqkit's id
+                topic, "u", b"bridged", pika.BasicProperties(headers={envelope.ID: "b-1"})
+            )
+            [bridged] = _receive_all(consumer, 1)
+            assert (bridged.id, dict(bridged.headers)) == ("b-1", {})
     finally:
         conn.close()
+
+
+def test_foreign_messages_without_id_get_a_stable_one(
+    rabbit_url: str, clean: tuple[str, str]
+) -> None:
+    """A message published without ``message_id`` keeps one id across redeliveries (so the
+    idempotency helper works for other producers); different messages get different ids; the
+    AMQP ``timestamp`` is the message's time."""
+    topic, group = clean
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit_url.split("?")[0]))
+    try:
+        channel = conn.channel()
+        with mqkit.connect(rabbit_url, serializer="bytes") as broker:
+            consumer = broker.consumer(topic, group=group)
+            channel.basic_publish(topic, "u", b"one", pika.BasicProperties(timestamp=1_700_000_000))
+            first = consumer.receive(timeout=10)
+            assert first is not None and first.body == b"one" and first.attempt == 1
+            assert first.timestamp == 1_700_000_000.0
+            first.nack()
+            again = consumer.receive(timeout=10)
+            assert again is not None and again.body == b"one" and again.attempt == 2
+            assert again.id == first.id
+            again.ack()
+            channel.basic_publish(topic, "u", b"two", pika.BasicProperties(headers={"h": "v"}))
+            [second] = _receive_all(consumer, 1)
+            assert second.body == b"two" and second.id not in (first.id, "")
+            assert dict(second.headers) == {"h": "v"}
+            assert abs(second.timestamp - time.time()) < 60  # no time sent: the receive time
+    finally:
+        conn.close()
+
+
+def test_receive_without_waiting_returns_what_arrived(
+    rabbit_url: str, clean: tuple[str, str]
+) -> None:
+    """``receive(timeout=0)`` hands out messages that already reached the consumer."""
+    topic, group = clean
+    with mqkit.connect(rabbit_url) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            sent = [producer.send(topic, n) for n in range(5)]
+        time.sleep(1.0)  # within prefetch: all five arrive meanwhile
+        got = [consumer.receive(timeout=0) for _ in range(5)]
+        assert [m.id if m is not None else None for m in got] == sent
+        assert consumer.receive(timeout=0) is None
+        for message in got:
+            assert message is not None
+            message.ack()
 
 
 def test_attempt_counts_redeliveries_across_consumers(

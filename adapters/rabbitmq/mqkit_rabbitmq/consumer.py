@@ -22,12 +22,12 @@ the connection while another drives it wakes that one with ``add_callback_thread
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,23 +38,25 @@ import pika.exceptions
 import pika.spec
 from pika.exchange_type import ExchangeType
 
+from mqkit.adapter import ConsumerBase, Deadline, Delivery
 from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
-from mqkit.message import Delivery, new_message_id
+from mqkit.message import new_message_id
 
-from ._common import (
+from .connection import describe, open_blocking
+from .settings import Endpoint, Settings
+from .wire import (
     CONTROL_EXCHANGE,
     SLOTS,
     UNKEYED,
-    Settings,
     check_topic,
-    describe,
+    decode,
     group_base,
     lock_queue,
-    log,
-    open_blocking,
     partition_queue,
-    split_headers,
+    queue_arguments,
 )
+
+log = logging.getLogger("mqkit.rabbitmq.consumer")
 
 BlockingChannel = pika.adapters.blocking_connection.BlockingChannel
 
@@ -107,20 +109,18 @@ class _Topic:
     draining: set[int] = field(default_factory=set)
 
 
-class RabbitConsumer:
+class Consumer(ConsumerBase):
+    """One member of ``group`` on its own connection; ``__init__`` returns once its queues,
+    bindings and shared-queue consumer exist."""
+
     def __init__(
-        self,
-        settings: Settings,
-        topics: Sequence[str],
-        group: str,
-        *,
-        prefetch: int,
-        partitions: int,
+        self, endpoint: Endpoint, settings: Settings, topics: tuple[str, ...], group: str
     ) -> None:
-        self._s = settings
+        super().__init__()
+        self._endpoint = endpoint
+        self._settings = settings
         self._group = group
-        self._prefetch = prefetch
-        self._p = partitions
+        partitions = self._partitions = settings.partitions
         for topic in topics:
             check_topic(topic)
         self._topics: list[_Topic] = []
@@ -150,7 +150,6 @@ class RabbitConsumer:
         self._arrivals = 0
         self._cmds: list[tuple[str, int]] = []
         self._epoch = 0
-        self._closed = False
         self._error: MqkitError | None = None
         self._down_since: float | None = None
         self._cause = ""
@@ -182,14 +181,14 @@ class RabbitConsumer:
         self._thread.start()
         # Setting up takes a few round trips per queue: allow for consumers of many topics.
         budget = (
-            (settings.connect_timeout + 1.0) * len(settings.hosts)
+            (endpoint.connect_timeout + 1.0) * len(endpoint.hosts)
             + 30.0
             + 0.1 * len(topics) * (1 + partitions)
         )
         if not self._ready.wait(budget):
             self.close()
             raise BrokerUnavailable(
-                f"{settings.where()} did not finish setting up group {group!r} within {budget} s"
+                f"{endpoint.where()} did not finish setting up group {group!r} within {budget} s"
             )
         error = self._startup_error()
         if error is not None:
@@ -197,12 +196,14 @@ class RabbitConsumer:
             raise error
 
     def _startup_error(self) -> MqkitError | None:
+        """What the I/O thread failed with while setting up (a method: it is set by that
+        thread, after ``__init__`` set it to ``None``)."""
         return self._first_error
 
     # -- user side -----------------------------------------------------------------------------
 
     def receive(self, timeout: float | None) -> Delivery | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline: Deadline | None = None  # made only when nothing is buffered
         while True:
             with self._cv:
                 if self._closed:
@@ -213,24 +214,31 @@ class RabbitConsumer:
                     raise self._error
                 if (
                     self._down_since is not None
-                    and time.monotonic() - self._down_since > self._s.reconnect_timeout
+                    and time.monotonic() - self._down_since > self._settings.reconnect_timeout
                 ):
                     raise BrokerUnavailable(
-                        f"{self._s.where(self._host)} is unavailable: {self._cause} (no "
-                        f"connection for more than reconnect_timeout={self._s.reconnect_timeout} s)"
+                        f"{self._endpoint.where(self._host)} is unavailable: {self._cause} (no "
+                        "connection for more than "
+                        f"reconnect_timeout={self._settings.reconnect_timeout} s)"
                     )
-                wait = 0.5
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return None
-                    wait = min(wait, remaining)
+                if deadline is None:
+                    deadline = Deadline(timeout)
+                elif deadline.expired:
+                    return None
+                wait = deadline.remaining(0.5)
+                assert wait is not None
                 conn, epoch = self._live, self._epoch
                 if conn is None or self._broken is not None:
+                    if wait <= 0:
+                        return None
                     self._cv.wait(wait)  # (re)connecting: the I/O thread notifies
                     continue
-            # Nothing buffered: poll the connection on this thread (no hand-over).
+            # Nothing buffered: poll the connection on this thread (no hand-over); at least
+            # once, so receive(timeout=0) gets what already arrived on the socket.
             self._drive(conn, epoch, min(wait, SLICE))
+            if wait <= 0:
+                with self._cv:
+                    return self._take() if self._buffer and not self._closed else None
 
     def _take(self) -> Delivery:
         """Next buffered delivery; partitions being handed over go first, to finish quickly."""
@@ -385,11 +393,10 @@ class RabbitConsumer:
                 self._broken = exc
         self._kick.set()
 
-    def close(self) -> None:
+    def _close(self) -> None:
+        # ``_closed`` is set (ConsumerBase.close): wake whoever waits, the I/O thread gives
+        # the connection up, and RabbitMQ returns what was not acked to the group.
         with self._cv:
-            if self._closed:
-                return
-            self._closed = True
             self._cv.notify_all()
             conn = self._conn
         self._kick.set()
@@ -418,8 +425,11 @@ class RabbitConsumer:
                 self._backoff(failures, str(exc))
                 continue
             if self._ready.is_set():
-                log.warning("consumer of group %r reconnected to %s", self._group,
-                            self._s.where(self._host))
+                log.warning(
+                    "consumer of group %r reconnected to %s",
+                    self._group,
+                    self._endpoint.where(self._host),
+                )
             self._ready.set()
             failures = 0
             try:
@@ -430,7 +440,7 @@ class RabbitConsumer:
                     log.warning(
                         "consumer of group %r lost %s (%s); reconnecting",
                         self._group,
-                        self._s.where(self._host),
+                        self._endpoint.where(self._host),
                         self._cause,
                     )
                     log.debug("connection failure", exc_info=True)
@@ -448,13 +458,13 @@ class RabbitConsumer:
             self._cv.wait_for(lambda: self._closed, min(0.2 * 2 ** min(failures, 4), 2.0))
 
     def _connect(self) -> None:
-        conn, self._host = open_blocking(self._s, self._host)
+        conn, self._host = open_blocking(self._endpoint, self._host)
         with self._cv:
             self._conn = conn
         try:
             ctl = conn.channel()
             self._ctl = ctl
-            args = self._s.queue_arguments()
+            args = queue_arguments(self._settings.queue_expires)
             ctl.exchange_declare(
                 CONTROL_EXCHANGE, exchange_type=ExchangeType("direct"), durable=True
             )
@@ -471,7 +481,7 @@ class RabbitConsumer:
             topic_type = ExchangeType("topic")
             ctl.basic_consume(signals, self._on_signal, auto_ack=True)
             data = conn.channel()
-            data.basic_qos(prefetch_count=self._prefetch)
+            data.basic_qos(prefetch_count=self._settings.prefetch)
             data.add_on_cancel_callback(self._on_broker_cancel)
             self._data = data
             self._lockch = conn.channel()
@@ -481,7 +491,7 @@ class RabbitConsumer:
                 nowait.queue_bind(st.shared, st.topic, routing_key=UNKEYED)
                 for j, name in enumerate(st.partitions):
                     nowait.queue_declare(name, durable=True, arguments=args)
-                    for slot in range(j, SLOTS, self._p):
+                    for slot in range(j, SLOTS, self._partitions):
                         nowait.queue_bind(name, st.topic, routing_key=f"k.{slot}")
                 nowait.queue_bind(signals, CONTROL_EXCHANGE, routing_key=st.base)
                 ctl.queue_declare(st.shared, durable=True, arguments=args)
@@ -491,7 +501,7 @@ class RabbitConsumer:
                 ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"joined " + self._member)
         except pika.exceptions.ChannelClosedByBroker as exc:
             raise ConfigError(
-                f"{self._s.where(self._host)} refused to set up group {self._group!r} of "
+                f"{self._endpoint.where(self._host)} refused to set up group {self._group!r} of "
                 f"{self._topic_list()}: {exc.reply_code} {exc.reply_text} "
                 "(an exchange or queue of that name exists with other settings, or the user "
                 "may not configure it)"
@@ -500,9 +510,9 @@ class RabbitConsumer:
             raise
         except Exception as exc:
             raise BrokerUnavailable(
-                f"{self._s.where(self._host)} is unavailable: {describe(exc)}"
+                f"{self._endpoint.where(self._host)} is unavailable: {describe(exc)}"
             ) from exc
-        self._next_tick = time.monotonic() + self._s.rebalance_interval
+        self._next_tick = time.monotonic() + self._settings.rebalance_interval
         with self._cv:
             self._down_since = None
             self._live = conn  # from now on any thread may drive it (holding _io)
@@ -586,10 +596,8 @@ class RabbitConsumer:
             else:
                 start = self._sweep % count
                 self._sweep = start + CHECKS_PER_TICK
-                self._rebalance(
-                    [self._topics[(start + i) % count] for i in range(CHECKS_PER_TICK)]
-                )
-            self._next_tick = now + self._s.rebalance_interval
+                self._rebalance([self._topics[(start + i) % count] for i in range(CHECKS_PER_TICK)])
+            self._next_tick = now + self._settings.rebalance_interval
         self._finish_drains()
 
     def _run_cmds(self) -> None:
@@ -633,21 +641,14 @@ class RabbitConsumer:
         if tag is None or consumer_tag is None or consumer_tag not in self._tags:
             return
         st, queue, partition = self._tags[consumer_tag]
-        headers, key, timestamp, count = split_headers(props)
-        message_id = props.message_id or new_message_id()
+        delivery = decode(method.exchange or st.topic, method.routing_key or "", props, body)
+        message_id = delivery.id
+        key = delivery.key
         with self._cv:
             uncounted = self._uncount.pop((queue, message_id), 0)
-            attempt = max(1, count + 1 - uncounted)
-            delivery = Delivery(
-                topic=method.exchange or st.topic,
-                body=body,
-                key=key,
-                headers=headers,
-                id=message_id,
-                timestamp=timestamp,
-                attempt=attempt,
-                handle=_Handle(self._epoch, tag, queue, partition),
-            )
+            if uncounted:
+                delivery.attempt = max(1, delivery.attempt - uncounted)
+            delivery.handle = _Handle(self._epoch, tag, queue, partition)
             self._pending[queue] += 1
             if partition and key is not None:
                 place = self._order.setdefault((queue, message_id), self._arrivals)
@@ -680,12 +681,12 @@ class RabbitConsumer:
 
     # -- partitions ------------------------------------------------------------------------------
 
-    def _rebalance(self, topics: Sequence[_Topic]) -> None:
+    def _rebalance(self, topics: list[_Topic]) -> None:
         ctl, data = self._ctl, self._data
         assert ctl is not None and data is not None
         for st in topics:
             members = ctl.queue_declare(st.shared, passive=True).method.consumer_count or 1
-            target = math.ceil(self._p / members)
+            target = math.ceil(self._partitions / members)
             held = len(st.owned) + len(st.draining)
             if held > target and st.owned:
                 for j in sorted(st.owned, reverse=True)[: held - target]:
@@ -697,10 +698,10 @@ class RabbitConsumer:
                     with self._cv:
                         self._draining_queues.add(queue)
             elif held < target:
-                for step in range(self._p):
+                for step in range(self._partitions):
                     if len(st.owned) + len(st.draining) >= target:
                         break
-                    j = (self._offset + step) % self._p
+                    j = (self._offset + step) % self._partitions
                     if j in st.owned or j in st.draining:
                         continue
                     name = st.partitions[j]

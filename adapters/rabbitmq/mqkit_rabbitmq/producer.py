@@ -11,6 +11,7 @@ same id, if the drop came between the broker storing it and its confirm reaching
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -23,25 +24,26 @@ import pika.frame
 import pika.spec
 from pika.exchange_type import ExchangeType
 
+from mqkit.adapter import Deadline, OutgoingMessage, ProducerBase
 from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, DeliveryTimeout, MqkitError
-from mqkit.message import OutgoingMessage
 
-from ._common import (
-    Settings,
-    check_headers,
-    check_topic,
-    describe,
-    log,
-    properties,
-    routing_key,
-)
+from .connection import describe
+from .settings import Endpoint, Settings
+from .wire import check_topic, properties, routing_key
+
+log = logging.getLogger("mqkit.rabbitmq.producer")
 
 
-class RabbitProducer:
-    def __init__(self, settings: Settings, *, max_buffer: int, max_inflight: int) -> None:
-        self._s = settings
-        self._max_buffer = max_buffer
-        self._max_inflight = max_inflight
+class Producer(ProducerBase):
+    """Publishes on its own connection; ``__init__`` returns once a confirm-mode channel is open,
+    so a broker that cannot be used fails here, not at the first flush."""
+
+    def __init__(self, endpoint: Endpoint, settings: Settings) -> None:
+        super().__init__()
+        self._endpoint = endpoint
+        self._reconnect_timeout = settings.reconnect_timeout
+        self._max_buffer = settings.max_buffer
+        self._max_inflight = settings.max_inflight
         self._cv = threading.Condition()
         self._pending: deque[OutgoingMessage] = deque()
         self._unconfirmed: dict[int, OutgoingMessage] = {}
@@ -63,13 +65,13 @@ class RabbitProducer:
             target=self._run, name="mqkit-rabbitmq-producer", daemon=True
         )
         self._thread.start()
-        budget = (settings.connect_timeout + 1.0) * len(settings.hosts) + 5.0
+        budget = (endpoint.connect_timeout + 1.0) * len(endpoint.hosts) + 5.0
         if not self._ready.wait(budget):
             with self._cv:
                 self._closing = True
             self._call_soon(self._close_connection)
             raise BrokerUnavailable(
-                f"{settings.where(self._host)} is unavailable: no usable channel after {budget} s"
+                f"{endpoint.where(self._host)} is unavailable: no usable channel after {budget} s"
             )
         error = self._startup_error()
         if error is not None:
@@ -77,6 +79,8 @@ class RabbitProducer:
             raise error
 
     def _startup_error(self) -> BrokerUnavailable | None:
+        """What the I/O thread failed with while connecting (a method: it is set by that
+        thread, after ``__init__`` set it to ``None``)."""
         return self._first_error
 
     def _is_closing(self) -> bool:
@@ -87,7 +91,6 @@ class RabbitProducer:
 
     def send(self, message: OutgoingMessage) -> None:
         check_topic(message.topic)
-        check_headers(message)
         with self._cv:
             while True:
                 self._check_usable()
@@ -100,28 +103,24 @@ class RabbitProducer:
                 self._call_soon(self._pump)
 
     def flush(self, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with self._cv:
             while self._pending or self._unconfirmed:
                 self._check_usable(closing_ok=True)
-                wait = 0.25
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        left = len(self._pending) + len(self._unconfirmed)
-                        state = (
-                            f"; the connection is down ({self._cause}), reconnecting"
-                            if self._down_since is not None
-                            else ""
-                        )
-                        raise DeliveryTimeout(
-                            f"{left} message(s) not confirmed by {self._s.where(self._host)} "
-                            f"after {timeout} s{state}"
-                        )
-                    wait = min(wait, remaining)
-                self._cv.wait(wait)
+                if deadline.expired:
+                    left = len(self._pending) + len(self._unconfirmed)
+                    state = (
+                        f"; the connection is down ({self._cause}), reconnecting"
+                        if self._down_since is not None
+                        else ""
+                    )
+                    raise DeliveryTimeout(
+                        f"{left} message(s) not confirmed by {self._endpoint.where(self._host)} "
+                        f"after {timeout} s{state}"
+                    )
+                self._cv.wait(deadline.remaining(0.25))
 
-    def close(self) -> None:
+    def _close(self) -> None:
         try:
             if not self._error_reported:  # a refusal flush() already raised is not raised again
                 self.flush(None)
@@ -142,11 +141,11 @@ class RabbitProducer:
             raise ClosedError("producer is closed")
         if (
             self._down_since is not None
-            and time.monotonic() - self._down_since > self._s.reconnect_timeout
+            and time.monotonic() - self._down_since > self._reconnect_timeout
         ):
             raise BrokerUnavailable(
-                f"{self._s.where(self._host)} is unavailable: {self._cause} "
-                f"(no connection for more than reconnect_timeout={self._s.reconnect_timeout} s; "
+                f"{self._endpoint.where(self._host)} is unavailable: {self._cause} "
+                f"(no connection for more than reconnect_timeout={self._reconnect_timeout} s; "
                 f"{len(self._pending) + len(self._unconfirmed)} message(s) wait to be sent)"
             )
 
@@ -165,7 +164,7 @@ class RabbitProducer:
         failures = 0
         while not self._is_closing():
             conn = pika.SelectConnection(
-                self._s.parameters(self._host),
+                self._endpoint.parameters(self._host),
                 on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_closed,
@@ -188,17 +187,19 @@ class RabbitProducer:
                 break
             if not self._ready.is_set():
                 failures += 1
-                if failures < len(self._s.hosts):
+                if failures < len(self._endpoint.hosts):
                     self._host += 1
                     continue
                 with self._cv:
                     self._first_error = BrokerUnavailable(
-                        f"{self._s.where(self._host)} is unavailable: {self._cause}"
+                        f"{self._endpoint.where(self._host)} is unavailable: {self._cause}"
                     )
                 self._ready.set()
                 return
             log.warning(
-                "connection to %s lost (%s); reconnecting", self._s.where(self._host), self._cause
+                "connection to %s lost (%s); reconnecting",
+                self._endpoint.where(self._host),
+                self._cause,
             )
             delay = min(0.2 * (2 ** min(failures, 4)), 2.0)
             failures += 1
@@ -239,7 +240,7 @@ class RabbitProducer:
             self._declared.clear()
             self._declaring = None
             if self._down_since is not None and self._ready.is_set():
-                log.warning("reconnected to %s", self._s.where(self._host))
+                log.warning("reconnected to %s", self._endpoint.where(self._host))
             self._down_since = None
         self._ready.set()
         self._pump()
@@ -258,8 +259,9 @@ class RabbitProducer:
                 and declaring is not None
                 and exc.reply_code in (403, 406)
             ):
+                where = self._endpoint.where(self._host)
                 self._error = ConfigError(
-                    f"{self._s.where(self._host)} refused the exchange for topic {declaring!r}: "
+                    f"{where} refused the exchange for topic {declaring!r}: "
                     f"{exc.reply_code} {exc.reply_text} (an exchange of that name exists with "
                     "other settings, or the user may not configure it)"
                 )

@@ -19,9 +19,10 @@ import pika.channel
 import pika.frame
 from pika.exchange_type import ExchangeType
 
-from mqkit.config import BrokerURL
+from mqkit.adapter import BrokerURL
 
-from ._common import Settings, read_settings
+from .settings import Endpoint, Settings
+from .wire import queue_arguments
 
 OnBody = Callable[[bytes], None]
 
@@ -35,30 +36,33 @@ class RawPikaClient:
     def __init__(self, url: BrokerURL) -> None:
         known = ("connect_timeout", "cafile", "tls_verify", "queue_expires", "prefetch")
         options = {k: v for k, v in url.params.items() if k in known}
-        self._s: Settings = read_settings(url, options)[0]
+        self._settings = Settings.read(url.redacted(), options)
+        self._endpoint = Endpoint.of(url, self._settings)
         self._queues: list[str] = []
         self._conn: pika.BlockingConnection | None = None
         self._publisher: ConfirmedPublisher | None = None
 
     def subscribe(self, topics: Sequence[str], group: str) -> None:
-        self._conn = pika.BlockingConnection(self._s.parameters())
+        self._conn = pika.BlockingConnection(self._endpoint.parameters())
         channel = self._conn.channel()
         for topic in topics:
             queue = f"raw:{topic}:{group}"
             channel.exchange_declare(topic, exchange_type=ExchangeType("topic"), durable=True)
-            channel.queue_declare(queue, durable=True, arguments=self._s.queue_arguments())
+            channel.queue_declare(
+                queue, durable=True, arguments=queue_arguments(self._settings.queue_expires)
+            )
             channel.queue_bind(queue, topic, routing_key="#")
             self._queues.append(queue)
 
     def produce(self, topic: str, bodies: Iterable[bytes]) -> None:
         if self._publisher is None:
-            self._publisher = ConfirmedPublisher(self._s.parameters())
+            self._publisher = ConfirmedPublisher(self._endpoint.parameters())
         self._publisher.publish(topic, bodies)
 
     def consume(self, on_body: OnBody, until: Callable[[], bool], deadline: float) -> None:
         assert self._conn is not None, "subscribe first"
         channel = self._conn.channel()
-        channel.basic_qos(prefetch_count=self._s.prefetch)
+        channel.basic_qos(prefetch_count=self._settings.prefetch)
 
         def callback(ch: Any, method: Any, _props: Any, body: bytes) -> None:
             on_body(body)

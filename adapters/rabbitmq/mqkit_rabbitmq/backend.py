@@ -1,0 +1,49 @@
+"""The ``amqp://`` / ``amqps://`` backend: checks the broker once, then opens one connection per
+producer and per consumer (each with its own I/O thread, reconnecting on its own)."""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from mqkit.adapter import BackendBase, BrokerURL, Features
+from mqkit.adapter import Settings as BaseSettings
+
+from .connection import open_blocking
+from .consumer import Consumer
+from .producer import Producer
+from .settings import Endpoint, Settings
+
+log = logging.getLogger("mqkit.rabbitmq")
+
+
+class Backend(BackendBase[Settings]):
+    """RabbitMQ (AMQP 0-9-1) through pika; ``mqkit.connect`` fails fast if the broker is
+    unusable (a probe connection), not at the first send."""
+
+    settings_type: ClassVar[type[BaseSettings]] = Settings
+    features = Features(
+        key_order_on_nack=True,
+        delayed_redelivery=False,
+        persistent=True,
+        max_body_size=128 << 20,  # RabbitMQ's default max_message_size
+    )
+
+    def __init__(self, url: BrokerURL, settings: Settings) -> None:
+        super().__init__(url, settings)
+        self.endpoint = Endpoint.of(url, settings)
+        conn, _ = open_blocking(self.endpoint)
+        try:
+            conn.close()
+        except Exception:  # the probe answered; how it closes does not matter
+            log.debug("closing the probe connection failed", exc_info=True)
+
+    def open_producer(self, settings: Settings) -> Producer:
+        return Producer(self.endpoint, settings)
+
+    def open_consumer(self, topics: tuple[str, ...], group: str, settings: Settings) -> Consumer:
+        return Consumer(self.endpoint, settings, topics, group)
+
+
+#: The ``mqkit.adapters`` entry point of ``amqp://`` and ``amqps://``.
+open_backend = Backend.open

@@ -1,0 +1,147 @@
+"""The adapter's options, declared once, and where and how to connect (from the URL)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+
+from mqkit.adapter import CONSUMER, PRODUCER, BrokerURL, option
+from mqkit.adapter import Settings as BaseSettings
+from mqkit.errors import ConfigError
+
+from .wire import SLOTS
+
+
+@dataclass(frozen=True)
+class Settings(BaseSettings):
+    """Options of ``amqp://`` and ``amqps://`` (URL query, ``connect()``, per producer/consumer)."""
+
+    connect_timeout: float = option(
+        5.0, "Seconds to establish a connection (TCP + AMQP handshake).", minimum=0.1
+    )
+    heartbeat: int = option(30, "AMQP heartbeat in seconds (0: off).", minimum=0)
+    reconnect_timeout: float = option(
+        120.0,
+        "After a connection is lost, clients reconnect on their own; if it stays down longer "
+        "than this many seconds, send/flush/receive raise BrokerUnavailable (reconnecting "
+        "continues).",
+        minimum=0.0,
+    )
+    prefetch: int = option(
+        16,
+        "Unacked messages per queue consumer (the shared queue and each partition).",
+        minimum=1,
+        scopes=[CONSUMER],
+    )
+    partitions: int = option(
+        4,
+        f"Partition queues per topic and group (1 to {SLOTS}); the same value for every member "
+        "of a group.",
+        minimum=1,
+        scopes=[CONSUMER],
+    )
+    queue_expires: float = option(
+        0.0,
+        "Seconds after which RabbitMQ deletes a group's queues that nobody uses (x-expires; "
+        "0: never); for tests and throw-away groups.",
+        minimum=0.0,
+    )
+    rebalance_interval: float = option(
+        0.25,
+        "Seconds between a member's membership checks (each covers up to 8 topics of a "
+        "multi-topic consumer, round robin; topics named by a join/release signal are checked "
+        "at once).",
+        minimum=0.01,
+    )
+    cafile: str = option("", "CA bundle for a private CA (amqps:// only; default: system CAs).")
+    tls_verify: bool = option(
+        True, "Verify the server's certificate and host name (amqps:// only)."
+    )
+    max_buffer: int = option(
+        10_000,
+        "Messages sent but not yet confirmed before send blocks.",
+        minimum=1,
+        scopes=[PRODUCER],
+    )
+    max_inflight: int = option(
+        1_000, "Published messages awaiting confirms.", minimum=1, scopes=[PRODUCER]
+    )
+
+    def __post_init__(self) -> None:
+        # Runs for the backend's settings and for every per-consumer override.
+        if self.partitions > SLOTS:
+            raise ConfigError(f"option partitions={self.partitions} must be at most {SLOTS}")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to connect: the URL's hosts, vhost, credentials and TLS, with the
+    connection options; every producer and consumer connects through it."""
+
+    hosts: tuple[tuple[str, int], ...]
+    vhost: str
+    username: str
+    password: str = field(repr=False)
+    tls: ssl.SSLContext | None
+    connect_timeout: float
+    heartbeat: int
+
+    @classmethod
+    def of(cls, url: BrokerURL, settings: Settings) -> Endpoint:
+        """The endpoint of ``url``; ``ConfigError`` for what cannot work."""
+        secure = url.scheme == "amqps"
+        if not url.hosts:
+            raise ConfigError(
+                f"{url}: no host; write e.g. amqp://guest:guest@127.0.0.1:5672/ (vhost after the /)"
+            )
+        default_port = 5671 if secure else 5672
+        path = url.path[1:] if url.path.startswith("/") else url.path
+        context: ssl.SSLContext | None = None
+        if secure:
+            try:
+                context = ssl.create_default_context(cafile=settings.cafile or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"{url}: cannot load cafile {settings.cafile!r}: {exc}") from None
+            if not settings.tls_verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        elif settings.cafile:
+            raise ConfigError(f"{url}: option cafile needs an amqps:// URL")
+        return cls(
+            hosts=tuple((host, port or default_port) for host, port in url.hosts),
+            vhost=path or "/",
+            username=url.username if url.username is not None else "guest",
+            password=url.password if url.password is not None else "guest",
+            tls=context,
+            connect_timeout=settings.connect_timeout,
+            heartbeat=settings.heartbeat,
+        )
+
+    def where(self, index: int = 0) -> str:
+        """The host ``index`` (round robin) for messages: never the password."""
+        host, port = self.hosts[index % len(self.hosts)]
+        return f"RabbitMQ at {host}:{port} (vhost {self.vhost!r})"
+
+    def parameters(self, index: int = 0) -> pika.ConnectionParameters:
+        """pika's parameters for host ``index`` (round robin): one attempt, bounded waits."""
+        host, port = self.hosts[index % len(self.hosts)]
+        extra: dict[str, Any] = {}
+        if self.tls is not None:
+            extra["ssl_options"] = pika.SSLOptions(self.tls, server_hostname=host)
+        return pika.ConnectionParameters(
+            host=host,
+            port=port,
+            virtual_host=self.vhost,
+            credentials=pika.PlainCredentials(self.username, self.password),
+            heartbeat=self.heartbeat,
+            connection_attempts=1,
+            socket_timeout=self.connect_timeout,
+            stack_timeout=self.connect_timeout,
+            blocked_connection_timeout=None,
+            client_properties={"connection_name": f"mqkit {socket.gethostname()}"},
+            **extra,
+        )
