@@ -79,6 +79,7 @@ class OptionSpec:
     default: Any
     doc: str
     minimum: float | None = None
+    maximum: float | None = None
     choices: tuple[str, ...] = ()
     scopes: frozenset[str] = frozenset()
     optional: bool = False  # ``T | None``: absent means None
@@ -108,6 +109,8 @@ class OptionSpec:
                 raise ConfigError(f"{where}: option {name}={value!r} is not {what}") from None
             if self.minimum is not None and number < self.minimum:
                 raise ConfigError(f"{where}: option {name}={value!r} must be >= {self.minimum}")
+            if self.maximum is not None and number > self.maximum:
+                raise ConfigError(f"{where}: option {name}={value!r} must be <= {self.maximum}")
             return number
         text = str(value)
         if self.choices:
@@ -124,6 +127,7 @@ def option(
     doc: str,
     *,
     minimum: float | None = None,
+    maximum: float | None = None,
     choices: Sequence[str] = (),
     scopes: Iterable[str] = (),
 ) -> Any:
@@ -133,7 +137,7 @@ def option(
     and/or :data:`CONSUMER` (``broker.consumer(..., **opts)``); every option may be given in the
     URL query and to ``connect()``.
     """
-    meta = {_SPEC: (doc, minimum, tuple(choices), frozenset(scopes))}
+    meta = {_SPEC: (doc, minimum, maximum, tuple(choices), frozenset(scopes))}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -196,9 +200,11 @@ def _read_specs(cls: type) -> dict[str, OptionSpec]:
         meta = f.metadata.get(_SPEC)
         if meta is None:
             continue
-        doc, minimum, choices, scopes = meta
+        doc, minimum, maximum, choices, scopes = meta
         kind, optional = _base_type(hints[f.name], f.name)
-        specs[f.name] = OptionSpec(f.name, kind, f.default, doc, minimum, choices, scopes, optional)
+        specs[f.name] = OptionSpec(
+            f.name, kind, f.default, doc, minimum, maximum, choices, scopes, optional
+        )
     return specs
 
 

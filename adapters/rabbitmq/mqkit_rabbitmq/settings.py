@@ -42,6 +42,7 @@ class Settings(BaseSettings):
         f"Partition queues per topic and group (1 to {SLOTS}); the same value for every member "
         "of a group.",
         minimum=1,
+        maximum=SLOTS,
         scopes=[CONSUMER],
     )
     queue_expires: float = option(
@@ -70,11 +71,6 @@ class Settings(BaseSettings):
     max_inflight: int = option(
         1_000, "Published messages awaiting confirms.", minimum=1, scopes=[PRODUCER]
     )
-
-    def __post_init__(self) -> None:
-        # Runs for the backend's settings and for every per-consumer override.
-        if self.partitions > SLOTS:
-            raise ConfigError(f"option partitions={self.partitions} must be at most {SLOTS}")
 
 
 @dataclass(frozen=True)
