@@ -4,6 +4,10 @@ Always the embedded ones; then, for each module in ``tests/brokers``, the URL in
 variable, or a container it starts when Docker is there. In CI (``CI=true``) every adapter's
 variable must be set: a broker that is not configured fails the run instead of being skipped.
 
+The conformance suite (``mqkit.testing``) finds these backends through the ini option
+``mqkit_backends = "tests.backends:conformance_backends"`` of the project's pytest
+configuration, as a third-party adapter would name its own (or pass ``--mqkit-url``).
+
 Test runs: a broker module whose client library cannot share the project's virtualenv names
 the run it belongs to in ``RUN`` (e.g. ``"remoting"``: the 4.x RocketMQ client installs a
 package ``rocketmq``, as does the 5.x client of the main environment). ``scripts/test`` runs
@@ -15,6 +19,7 @@ others (``tests/conftest.py``), so every backend is tested in exactly one run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import pkgutil
@@ -24,7 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 import tests.brokers
+from mqkit.testing.plugin import Backend
 
 #: The run of the main virtualenv; other runs are named by the broker modules' ``RUN``.
 MAIN_RUN = "main"
@@ -84,3 +92,26 @@ def backend_url(spec: BackendSpec, tmp: Path) -> Iterator[str | None]:
             yield url
     else:
         yield None
+
+
+def conformance_backends(config: pytest.Config) -> list[Backend]:
+    """The suite's backends in this test run (the others belong to another run), each marked
+    with its run for ``tests/conftest.py``."""
+    run = current_run()
+    return [
+        Backend(
+            spec.name,
+            functools.partial(_required_url, spec),
+            marks=(pytest.mark.run(spec.run),) if spec.run != MAIN_RUN else (),
+        )
+        for spec in specs()
+        if spec.run == run
+    ]
+
+
+@contextlib.contextmanager
+def _required_url(spec: BackendSpec, tmp: Path) -> Iterator[str]:
+    with backend_url(spec, tmp) as url:
+        if url is None:
+            pytest.skip(f"{spec.name}: set {spec.env} to run the suite against that broker")
+        yield url
