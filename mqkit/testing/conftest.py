@@ -15,9 +15,7 @@ from mqkit.testing.plugin import Backend, configured_backends
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    stores.REQUIRED = bool(config.getini("mqkit_require_services")) and bool(
-        os.environ.get("CI")
-    )
+    stores.REQUIRED = bool(config.getini("mqkit_require_services")) and bool(os.environ.get("CI"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
