@@ -12,22 +12,29 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
+try:
+    import click
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
+except ModuleNotFoundError as exc:  # the library works without them; the command does not
+    if exc.name not in ("click", "rich"):
+        raise
+    raise SystemExit(
+        f"mqkit: the command line needs the 'cli' extra ({exc.name} is missing): "
+        "pip install 'mqkit[cli]'"
+    ) from None
 
 from mqkit import registry
 from mqkit.client import Broker, connect
 from mqkit.config import parse_url, resolve
-from mqkit.demo import DEFAULT_SERVICES, Service, run_demo
 from mqkit.errors import MqkitError
 from mqkit.message import Message
 
@@ -46,6 +53,15 @@ format_option = click.option(
     show_default=True,
     help="How values are encoded on the wire.",
 )
+
+
+def _bench_missing(exc: ModuleNotFoundError) -> click.ClickException:
+    """The bench/demo machinery needs the 'bench' extra; the library itself never imports it."""
+    if exc.name is None or exc.name.split(".")[0] == "mqkit":
+        raise exc
+    return click.ClickException(
+        f"this command needs the 'bench' extra ({exc.name} is missing): pip install 'mqkit[bench]'"
+    )
 
 
 @contextmanager
@@ -211,6 +227,11 @@ def consume(
 @click.option("--timeout", type=float, default=300.0, show_default=True)
 def demo(url: str | None, orders: int, capacities: tuple[str, ...], timeout: float) -> None:
     """Play the order-burst scenario: the queue absorbs a peak that three services drain."""
+    try:
+        from mqkit.demo import DEFAULT_SERVICES, Service, run_demo
+    except ModuleNotFoundError as exc:
+        raise _bench_missing(exc) from None
+
     rates = {s.name: s.capacity for s in DEFAULT_SERVICES}
     for item in capacities:
         name, _, rate = item.partition("=")
@@ -321,9 +342,14 @@ def bench(
     report_dir: Path | None,
 ) -> None:
     """Measure throughput, latency, topic-count effect and mqkit's overhead per backend."""
-    from mqkit.benchmark import report
-    from mqkit.benchmark.clients import MqkitClient, raw_factory
-    from mqkit.benchmark.runner import BackendBench, Measurement, Workload, compare
+    try:
+        import matplotlib  # noqa: F401  (the report's chart: fail before measuring, not after)
+
+        from mqkit.benchmark import report
+        from mqkit.benchmark.clients import MqkitClient, raw_factory
+        from mqkit.benchmark.runner import BackendBench, Measurement, Workload, compare
+    except ModuleNotFoundError as exc:
+        raise _bench_missing(exc) from None
 
     if size < 16:
         raise click.BadParameter("at least 16 bytes", param_hint="--size")

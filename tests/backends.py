@@ -6,6 +6,10 @@ each ``adapters/<name>/ci/broker`` and prints the ``export`` lines); with Docker
 ``compose.yaml`` does the same (README, "Testing"). In CI (``CI=true``) every broker's
 variable must be set: a broker that is not configured fails the run instead of being skipped.
 
+The conformance suite (``mqkit.testing``) finds these backends through the ini option
+``mqkit_backends = "tests.backends:conformance_backends"`` of the project's pytest
+configuration, as a third-party adapter would name its own (or pass ``--mqkit-url``).
+
 Test runs: a broker whose client library cannot share the project's virtualenv names the run
 it belongs to in :data:`BROKERS` (``"remoting"``: the 4.x RocketMQ client installs a package
 ``rocketmq``, as does the 5.x client of the main environment). ``scripts/test`` runs pytest once
@@ -17,10 +21,15 @@ others (``tests/conftest.py``), so every backend is tested in exactly one run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
+
+from mqkit.testing.plugin import Backend
 
 #: The run of the main virtualenv; other runs are named in :data:`BROKERS`.
 MAIN_RUN = "main"
@@ -81,3 +90,26 @@ def backend_url(spec: BackendSpec, tmp: Path) -> Iterator[str | None]:
         raise RuntimeError(f"CI: {missing(spec)} (scripts/test does so before the tests)")
     else:
         yield None
+
+
+def conformance_backends(config: pytest.Config) -> list[Backend]:
+    """The suite's backends in this test run (the others belong to another run), each marked
+    with its run for ``tests/conftest.py``."""
+    run = current_run()
+    return [
+        Backend(
+            spec.name,
+            functools.partial(_required_url, spec),
+            marks=(pytest.mark.run(spec.run),) if spec.run != MAIN_RUN else (),
+        )
+        for spec in specs()
+        if spec.run == run
+    ]
+
+
+@contextlib.contextmanager
+def _required_url(spec: BackendSpec, tmp: Path) -> Iterator[str]:
+    with backend_url(spec, tmp) as url:
+        if url is None:
+            pytest.skip(missing(spec))
+        yield url

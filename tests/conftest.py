@@ -92,7 +92,10 @@ def url(
     tmp_path_factory: pytest.TempPathFactory,
     _backend_stack: contextlib.ExitStack,
 ) -> str:
-    """A backend URL; the conformance suite runs once per configured backend."""
+    """A backend URL for our own per-backend tests (``mqkit bench`` smoke test).
+
+    The conformance suite has its own ``url`` (``mqkit/testing/conftest.py``), fed by
+    ``tests.backends.conformance_backends``."""
     spec: BackendSpec = request.param
     if spec.name not in _urls:
         tmp = tmp_path_factory.mktemp(spec.name)

@@ -11,7 +11,7 @@ import pytest
 
 from mqkit.helpers.stores.postgres import PostgresStore
 from mqkit.message import Delivery, Message
-from tests.helpers.stores import POSTGRES_ENV, service_url
+from mqkit.testing.stores import POSTGRES_ENV, service_url
 
 
 @pytest.fixture

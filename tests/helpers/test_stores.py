@@ -13,7 +13,7 @@ import pytest
 
 from mqkit.helpers.idempotency import Claim, IdempotencyStore, idempotent
 from mqkit.message import Delivery, Message
-from tests.helpers.stores import KINDS, make_store
+from mqkit.testing.stores import KINDS, make_store
 
 
 @pytest.fixture(params=KINDS)

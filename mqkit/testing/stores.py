@@ -1,7 +1,9 @@
-"""The four idempotency stores, for tests: real Redis and PostgreSQL servers from env.
+"""The idempotency stores the suite runs its idempotency tests with.
 
-``MQKIT_TEST_REDIS_URL`` and ``MQKIT_TEST_POSTGRES_DSN`` name them (``scripts/brokers.d/
-services start`` prints both). Unset: skipped locally, a failure in CI.
+Memory and SQLite always; Redis and PostgreSQL on the servers named by ``MQKIT_TEST_REDIS_URL``
+and ``MQKIT_TEST_POSTGRES_DSN`` (the ``mqkit[redis]`` / ``mqkit[postgres]`` extras). Unset, their
+tests are skipped, or fail in CI when the ini option ``mqkit_require_services`` is true: a
+project that tests the stores must not pass without them.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from mqkit.helpers.stores import IdempotencyStore, MemoryStore, SqliteStore
 KINDS = ("memory", "sqlite", "redis", "postgres")
 REDIS_ENV = "MQKIT_TEST_REDIS_URL"
 POSTGRES_ENV = "MQKIT_TEST_POSTGRES_DSN"
+#: Set by the suite's conftest from ``mqkit_require_services`` and ``CI``.
+REQUIRED = False
 
 
 def service_url(env: str) -> str:
     value = os.environ.get(env, "").strip()
     if value:
         return value
-    if os.environ.get("CI"):
-        raise RuntimeError(f"{env} is not set in CI: scripts/brokers.d/services must start it")
-    pytest.skip(f"set {env} (scripts/brokers.d/services start prints it) to test this store")
+    if REQUIRED:
+        pytest.fail(f"{env} is not set in CI (mqkit_require_services = true)")
+    pytest.skip(f"set {env} to test this store")
 
 
 @contextlib.contextmanager

@@ -41,8 +41,8 @@ from mqkit.helpers import (
     idempotent,
     retry,
 )
-from tests.conformance.util import ARRIVAL, QUIET, assert_quiet, collect
-from tests.helpers.stores import KINDS, make_store
+from mqkit.testing.stores import KINDS, make_store
+from mqkit.testing.util import ARRIVAL, QUIET, assert_quiet, collect
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = ARRIVAL, what: str = "") -> None:

@@ -1,6 +1,6 @@
 """Per-message overhead of each reliability helper on the SQLite backend.
 
-    python benchmarks/helpers_overhead.py [--messages 5000] [--repeat 3]
+    python -m mqkit.benchmark.helpers_overhead [--messages 5000] [--repeat 3]
 
 For each variant, ``--messages`` messages are queued in a fresh SQLite database first, then an
 App drains them; the time from the App being ready to the last message handled, divided by the
