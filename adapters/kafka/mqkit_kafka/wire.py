@@ -14,7 +14,7 @@ from typing import Any
 from mqkit.adapter import Delivery, OutgoingMessage, envelope
 
 ID = envelope.ID
-_is_transport_field = envelope.is_transport_field
+_TRANSPORT_FIELDS = envelope.TRANSPORT_FIELDS
 
 RecordHeaders = list[tuple[str, bytes]]
 
@@ -41,11 +41,11 @@ def decode_headers(raw: Any) -> tuple[dict[str, str], str | None]:
     headers: dict[str, str] = {}
     message_id = None
     for name, value in raw:
-        text = "" if value is None else value.decode("utf-8", errors="replace")
-        if name == ID:
-            message_id = text
-        elif not _is_transport_field(name):
-            headers[name] = text
+        if name in _TRANSPORT_FIELDS:  # mqkit's id, or a field another mqkit adapter wrote
+            if name == ID and value is not None:
+                message_id = value.decode("utf-8", errors="replace")
+            continue
+        headers[name] = "" if value is None else value.decode("utf-8", errors="replace")
     return headers, message_id
 
 
