@@ -6,6 +6,11 @@ would wait for it. The poller keeps the membership alive, fills a bounded buffer
 partitions when it is full) and applies seeks; ``receive()`` only takes from the buffer, so it
 returns promptly after ``close()`` from any thread.
 
+The buffer is not the toolkit's ``ReceiveQueue``: taking a record and marking its offset in
+flight must happen under the lock that rebalances and nacks hold while they drop a partition's
+buffered records, and the poller waits for the buffer to drain to half. A ``ReceiveQueue``
+would put a second lock on every message; the deadline is the toolkit's :class:`Deadline`.
+
 Acks: see :mod:`mqkit_kafka._tracker`. The group commits the first unsettled offset of each
 partition; with ``ack_commit=sync`` (default) ``ack()`` returns once that commit is confirmed
 (acks from several threads share one commit), so a consumer killed right after an ack never
