@@ -46,6 +46,8 @@ def test_unknown_host_is_broker_unavailable() -> None:
         ("kafka://127.0.0.1:9092?offset_reset=middle", "offset_reset"),
         ("kafka://127.0.0.1:9092?session_timeout=1&heartbeat_interval=2", "heartbeat_interval"),
         ("kafka://127.0.0.1:9092?ack_commit=never", "ack_commit"),
+        ("kafka://127.0.0.1:9092?heartbeat_interval=7", "heartbeat_interval"),  # session: 6 s
+        ("kafka://127.0.0.1:9092?delivery_timeout=10&linger_ms=5", "delivery_timeout"),
     ],
 )
 def test_bad_urls_and_options_are_config_errors(url: str, match: str) -> None:
@@ -59,6 +61,18 @@ def test_bad_consumer_and_producer_options(kafka_url: str, topic: str, group: st
             broker.consumer(topic, group=group, prefetsh=3)
         with pytest.raises(ConfigError, match="lingr_ms"):
             broker.producer(lingr_ms=3)
+        # options of the other side, or of the connection, are not set per producer/consumer
+        with pytest.raises(ConfigError, match="prefetch is not set per producer"):
+            broker.producer(prefetch=3)
+        with pytest.raises(ConfigError, match="linger_ms is not set per consumer"):
+            broker.consumer(topic, group=group, linger_ms=3)
+        with pytest.raises(ConfigError, match="partitions is not set per consumer"):
+            broker.consumer(topic, group=group, partitions=3)
+        # and combinations are checked with the overrides applied
+        with pytest.raises(ConfigError, match="heartbeat_interval must be below"):
+            broker.consumer(topic, group=group, session_timeout=6, heartbeat_interval=6)
+        with pytest.raises(ConfigError, match="delivery_timeout must be at least"):
+            broker.producer(delivery_timeout=5)
 
 
 def test_a_session_timeout_the_broker_refuses_is_a_config_error(

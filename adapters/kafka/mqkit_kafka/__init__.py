@@ -4,19 +4,6 @@ URL: ``kafka://host:port[,host:port…]`` (``kafka://user:password@host:port`` f
 ``docs/kafka.md`` for the mapping of mqkit concepts onto Kafka and every option.
 """
 
-from __future__ import annotations
+from .backend import Backend
 
-from collections.abc import Mapping
-from typing import Any
-
-from mqkit.config import BrokerURL
-from mqkit_kafka.backend import KafkaBackend, parse_settings
-
-__all__ = ["KafkaBackend", "open_backend"]
-
-
-def open_backend(url: BrokerURL, options: Mapping[str, Any]) -> KafkaBackend:
-    """Entry point for ``kafka://``: checks the settings, then reaches the cluster."""
-    settings, opts = parse_settings(url, options)
-    opts.done()
-    return KafkaBackend(settings)
+__all__ = ["Backend"]

@@ -6,6 +6,11 @@ would wait for it. The poller keeps the membership alive, fills a bounded buffer
 partitions when it is full) and applies seeks; ``receive()`` only takes from the buffer, so it
 returns promptly after ``close()`` from any thread.
 
+The buffer is not the toolkit's ``ReceiveQueue``: taking a record and marking its offset in
+flight must happen under the lock that rebalances and nacks hold while they drop a partition's
+buffered records, and the poller waits for the buffer to drain to half. A ``ReceiveQueue``
+would put a second lock on every message; the deadline is the toolkit's :class:`Deadline`.
+
 Acks: see :mod:`mqkit_kafka._tracker`. The group commits the first unsettled offset of each
 partition; with ``ack_commit=sync`` (default) ``ack()`` returns once that commit is confirmed
 (acks from several threads share one commit), so a consumer killed right after an ack never
@@ -24,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import (  # type: ignore[import-untyped]
     AsyncConsumerRebalanceListener,
@@ -33,36 +38,25 @@ from kafka import (  # type: ignore[import-untyped]
     TopicPartition,
 )
 
-from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, MqkitError
-from mqkit.message import Delivery
+from mqkit.adapter import ConsumerBase, Deadline, Delivery
+from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
+from mqkit_kafka import wire
 from mqkit_kafka._errors import translate
 from mqkit_kafka._tracker import PartitionTracker, State
-from mqkit_kafka.backend import Settings
-from mqkit_kafka.producer import ID_HEADER
+from mqkit_kafka.settings import Settings, ms
 
-log = logging.getLogger("mqkit_kafka.consumer")
+if TYPE_CHECKING:
+    from mqkit_kafka.backend import Backend
+
+log = logging.getLogger("mqkit.kafka.consumer")
 
 Handle = tuple[TopicPartition, int, int]  # (partition, offset, assignment epoch)
-
-
-def _decode_headers(raw: Any) -> tuple[dict[str, str], str | None]:
-    if len(raw) == 1 and raw[0][0] == ID_HEADER and raw[0][1] is not None:
-        return {}, raw[0][1].decode("utf-8", errors="replace")  # mqkit's own: the usual case
-    headers: dict[str, str] = {}
-    message_id = None
-    for name, value in raw:
-        text = "" if value is None else value.decode("utf-8", errors="replace")
-        if name == ID_HEADER:
-            message_id = text
-        else:
-            headers[name] = text
-    return headers, message_id
 
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
     """Runs on kafka-python's IO thread during a rebalance."""
 
-    def __init__(self, driver: KafkaConsumerDriver) -> None:
+    def __init__(self, driver: Consumer) -> None:
         self._driver = driver
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
@@ -84,12 +78,18 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         self._driver._assigned(set(assigned))
 
 
-class KafkaConsumerDriver:
-    def __init__(self, settings: Settings, topics: tuple[str, ...], group: str) -> None:
+class Consumer(ConsumerBase):
+    """One group member: a poller thread fills a buffer, ``receive`` takes from it."""
+
+    def __init__(
+        self, backend: Backend, settings: Settings, topics: tuple[str, ...], group: str
+    ) -> None:
+        super().__init__()
         self._settings = settings
         self._topics = topics
         self._group = group
-        self._where = f"{settings.where} group {group!r}"
+        self._where = f"{backend.where} group {group!r}"
+        self._hosts = backend.hosts
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)  # buffer filled / assignment / close
         self._space = threading.Condition(self._lock)  # buffer drained below half
@@ -104,7 +104,7 @@ class KafkaConsumerDriver:
         self._resume: dict[TopicPartition, tuple[int, int | None]] = {}
         self._joined = False
         self._closing = False
-        self._closed = False
+        self._stopped = False  # the poller thread has left the group
         self._error: MqkitError | None = None
         # one commit in flight at a time; acks wait for a commit that covers them
         self._commit_cv = threading.Condition()
@@ -115,14 +115,14 @@ class KafkaConsumerDriver:
         # True while kafka-python may hold a paused flag: a pause of ours, or a rebalance
         # (kafka-python keeps the flag of a partition assigned back); see _apply_seeks_and_pauses
         self._check_pauses = False
-        kwargs: dict[str, Any] = dict(settings.client_kwargs)
-        kwargs.update(
+        config: dict[str, Any] = dict(backend.client)
+        config.update(
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset=settings.offset_reset,
-            session_timeout_ms=int(settings.session_timeout * 1000),
-            heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
-            max_poll_interval_ms=int(settings.rebalance_timeout * 1000),
+            session_timeout_ms=ms(settings.session_timeout),
+            heartbeat_interval_ms=ms(settings.heartbeat),
+            max_poll_interval_ms=ms(settings.rebalance_timeout),
             max_poll_records=min(500, settings.prefetch),
             # How long the broker may hold a fetch of partitions without new records. It also
             # bounds one busy partition next to idle ones: kafka-python leaves the busy one out
@@ -131,14 +131,14 @@ class KafkaConsumerDriver:
             allow_auto_create_topics=False,
         )
         try:
-            self._consumer = KafkaConsumer(**kwargs)
+            self._consumer = KafkaConsumer(**config)
         except Exception as exc:
-            raise translate(exc, f"{self._where}: starting a consumer", settings.hosts) from None
+            raise translate(exc, f"{self._where}: starting a consumer", self._hosts) from None
         try:
             self._consumer.subscribe(list(topics), listener=_Listener(self))
         except Exception as exc:
             self._consumer.close(autocommit=False)
-            raise translate(exc, f"{self._where}: subscribing", settings.hosts) from None
+            raise translate(exc, f"{self._where}: subscribing", self._hosts) from None
         self._load_metadata(topics)
         self._thread = threading.Thread(
             target=self._run, name=f"mqkit-kafka-poller-{group}", daemon=True
@@ -167,13 +167,10 @@ class KafkaConsumerDriver:
 
     def _wait_joined(self) -> None:
         """Return once the group has given this member its partitions (possibly none)."""
-        deadline = time.monotonic() + self._settings.join_timeout
+        deadline = Deadline(self._settings.join_timeout)
         with self._lock:
-            while not self._joined and self._error is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._ready.wait(remaining)
+            while not self._joined and self._error is None and not deadline.expired:
+                self._ready.wait(deadline.remaining())
             joined, error = self._joined, self._error
         if joined:
             return
@@ -288,7 +285,7 @@ class KafkaConsumerDriver:
                 failures += 1
                 if self._stopping():
                     break
-                error = translate(exc, f"{self._where}: polling", self._settings.hosts)
+                error = translate(exc, f"{self._where}: polling", self._hosts)
                 log.warning("%s (attempt %d; retrying)", error, failures)
                 if not self._joined and (failures >= 3 or isinstance(error, ConfigError)):
                     with self._lock:
@@ -419,7 +416,7 @@ class KafkaConsumerDriver:
         except Exception as exc:
             log.debug("%s: closing the Kafka consumer failed: %s", self._where, exc)
         with self._lock:
-            self._closed = True
+            self._stopped = True
             self._ready.notify_all()
 
     # -- commits -------------------------------------------------------------------------
@@ -493,11 +490,11 @@ class KafkaConsumerDriver:
     # -- the driver API ------------------------------------------------------------------
 
     def receive(self, timeout: float | None) -> Delivery | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None  # made only when the buffer is empty: the usual case has no wait
         parts = self._parts
         with self._lock:
             while True:
-                if self._closing or self._closed:
+                if self._closing or self._stopped:
                     return None
                 if self._error is not None:
                     raise self._error
@@ -514,34 +511,14 @@ class KafkaConsumerDriver:
                         break
                 else:
                     if deadline is None:
-                        self._ready.wait(1.0)
-                    else:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            return None
-                        self._ready.wait(remaining)
+                        deadline = Deadline(timeout)
+                    if deadline.expired:
+                        return None
+                    self._ready.wait(deadline.remaining(1.0))
                     continue
                 break
         # built outside the lock: the record is ours now (in flight), the poller need not wait
-        return self._delivery(tp, epoch, record, attempt)
-
-    @staticmethod
-    def _delivery(tp: TopicPartition, epoch: int, record: Any, attempt: int) -> Delivery:
-        raw_headers, key, value, stamp = record.headers, record.key, record.value, record.timestamp
-        if raw_headers:
-            headers, message_id = _decode_headers(raw_headers)
-        else:
-            headers, message_id = {}, None
-        return Delivery(
-            topic=tp.topic,
-            body=b"" if value is None else value,  # bytes: the adapter sets no deserializer
-            key=None if key is None else key.decode("utf-8", errors="surrogateescape"),
-            headers=headers,
-            id=message_id or f"{tp.topic}-{tp.partition}-{record.offset}",
-            timestamp=stamp / 1000.0 if stamp >= 0 else time.time(),
-            attempt=attempt,
-            handle=(tp, record.offset, epoch),
-        )
+        return wire.decode(tp.topic, tp.partition, record, attempt, (tp, record.offset, epoch))
 
     def _settle(self, delivery: Delivery) -> PartitionTracker | None:
         tp, offset, epoch = delivery.handle
@@ -606,10 +583,10 @@ class KafkaConsumerDriver:
             if delay > 0:
                 self._delayed[tp] = max(self._delayed.get(tp, 0.0), time.monotonic() + delay)
 
-    def close(self) -> None:
+    def _close(self) -> None:
+        """Stop the poller: it commits what is done and leaves the group (unacked messages go
+        to the other members)."""
         with self._lock:
-            if self._closing:
-                return
             self._closing = True
             self._ready.notify_all()
             self._space.notify_all()
@@ -623,5 +600,3 @@ class KafkaConsumerDriver:
         """The kafka-python consumer; only the poller thread may call it."""
         return self._consumer
 
-
-__all__ = ["ClosedError", "KafkaConsumerDriver"]

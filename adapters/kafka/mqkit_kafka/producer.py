@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from typing import TYPE_CHECKING, Any
@@ -9,71 +10,66 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaProducer  # type: ignore[import-untyped]
 from kafka import errors as kerrors
 
-from mqkit.errors import BrokerUnavailable, ClosedError, DeliveryTimeout, MqkitError
-from mqkit.message import OutgoingMessage
+from mqkit.adapter import OutgoingMessage, ProducerBase
+from mqkit.errors import BrokerUnavailable, DeliveryTimeout, MqkitError
+from mqkit_kafka import wire
 from mqkit_kafka._errors import translate
-from mqkit_kafka.backend import Settings, log
+from mqkit_kafka.settings import Settings, ms
 
 if TYPE_CHECKING:
-    from mqkit_kafka.backend import KafkaBackend
+    from mqkit_kafka.backend import Backend
 
-#: Record header carrying ``OutgoingMessage.id``; removed again before the user sees headers.
-ID_HEADER = "mqkit-id"
-
-
-def encode_headers(message: OutgoingMessage) -> list[tuple[str, bytes]]:
-    headers = [(k, v.encode("utf-8")) for k, v in message.headers.items() if k != ID_HEADER]
-    headers.append((ID_HEADER, message.id.encode("ascii")))
-    return headers
+log = logging.getLogger("mqkit.kafka.producer")
 
 
-class KafkaProducerDriver:
+class Producer(ProducerBase):
     """``send`` hands records to kafka-python's batching; ``flush`` waits for every ack."""
 
-    def __init__(self, backend: KafkaBackend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        super().__init__()
         self._backend = backend
         self._settings = settings
-        self._where = settings.where
+        self._where = backend.where
+        self._hosts = backend.hosts
         self._lock = threading.Lock()
         self._failed: list[BaseException] = []
-        self._closed = False
         self._sticky: dict[str, int] = {}
-        kwargs: dict[str, Any] = dict(settings.client_kwargs)
-        kwargs.update(
+        self._sticky_keyless = settings.keyless == "sticky"
+        config: dict[str, Any] = dict(backend.client)
+        config.update(
             acks="all",
             enable_idempotence=settings.idempotence,
             linger_ms=settings.linger_ms,
-            delivery_timeout_ms=int(settings.delivery_timeout * 1000),
+            delivery_timeout_ms=ms(settings.delivery_timeout),
             max_request_size=settings.max_message_bytes,
-            max_block_ms=int(settings.connect_timeout * 1000),
+            max_block_ms=ms(settings.connect_timeout),
             compression_type=None if settings.compression == "none" else settings.compression,
         )
         try:
-            self._producer = KafkaProducer(**kwargs)
+            self._producer = KafkaProducer(**config)
         except Exception as exc:
-            raise translate(exc, f"{self._where}: starting a producer", settings.hosts) from None
+            raise translate(exc, f"{self._where}: starting a producer", self._hosts) from None
 
     def send(self, message: OutgoingMessage) -> None:
-        if self._closed:
-            raise ClosedError("producer is closed")
-        self._backend.ensure_topics([message.topic])
+        topic = message.topic
+        self._backend.ensure_topics([topic])
+        key, headers, timestamp_ms = wire.encode(message)
         try:
             partition = None
-            if message.key is None and self._settings.keyless == "sticky":
-                partition = self._sticky.get(message.topic)
+            if key is None and self._sticky_keyless:
+                partition = self._sticky.get(topic)
                 if partition is None:
-                    partition = self._pick_partition(message.topic)
+                    partition = self._pick_partition(topic)
             future = self._producer.send(
-                message.topic,
+                topic,
                 partition=partition,
                 value=message.body,
-                key=None if message.key is None else message.key.encode("utf-8"),
-                headers=encode_headers(message),
-                timestamp_ms=int(message.timestamp * 1000),
+                key=key,
+                headers=headers,
+                timestamp_ms=timestamp_ms,
             )
         except Exception as exc:
-            raise translate(exc, f"{self._where}: sending to {message.topic!r}",
-                            self._settings.hosts) from None
+            raise translate(exc, f"{self._where}: sending to {topic!r}", self._hosts) from None
         future.add_errback(self._record_failure)
 
     def _pick_partition(self, topic: str) -> int:
@@ -90,8 +86,6 @@ class KafkaProducerDriver:
             self._failed.append(exc)
 
     def flush(self, timeout: float | None) -> None:
-        if self._closed:
-            return
         try:
             self._producer.flush(timeout=timeout)
         except kerrors.KafkaTimeoutError:
@@ -102,8 +96,9 @@ class KafkaProducerDriver:
             failed, self._failed = self._failed, []
         if failed:
             first = failed[0]
-            error = translate(first, f"{self._where}: {len(failed)} message(s) were not stored",
-                              self._settings.hosts)
+            error = translate(
+                first, f"{self._where}: {len(failed)} message(s) were not stored", self._hosts
+            )
             if isinstance(first, kerrors.KafkaTimeoutError):
                 error = BrokerUnavailable(
                     f"{self._where}: {len(failed)} message(s) were not confirmed within "
@@ -111,17 +106,11 @@ class KafkaProducerDriver:
                 )
             raise error
 
-    def close(self) -> None:
-        if self._closed:
-            return
+    def _close(self) -> None:
         try:
             self.flush(None)
         finally:
-            self._closed = True
             try:
                 self._producer.close(timeout=self._settings.delivery_timeout)
-            except Exception as exc:  # pragma: no cover - close is best effort after flush
+            except Exception as exc:  # close is best effort after flush
                 log.debug("closing the producer failed: %s", exc)
-
-
-__all__ = ["ID_HEADER", "KafkaProducerDriver", "MqkitError"]

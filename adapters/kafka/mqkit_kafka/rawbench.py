@@ -45,7 +45,8 @@ from kafka import (  # type: ignore[import-untyped]
 )
 
 from mqkit.config import BrokerURL
-from mqkit_kafka.backend import KafkaBackend, parse_settings
+from mqkit_kafka.backend import Backend
+from mqkit_kafka.settings import Settings, client_config
 
 OnBody = Callable[[bytes], None]
 
@@ -54,24 +55,29 @@ class RawKafkaClient:
     """One client's worth of raw kafka-python: subscribe, produce (flushed), consume (committed)."""
 
     def __init__(self, url: BrokerURL) -> None:
-        self._settings = parse_settings(url, dict(url.params))[0]
+        # The adapter's reading of the URL: the same options and connection settings.
+        Backend.check_url(url)
+        self._url = url
+        self._settings = Settings.read(url.redacted(), url.params)
+        self._settings.check(url.redacted())
+        self._client = client_config(url, self._settings)
         self._producer: Any = None
         self._consumer: Any = None
 
     def subscribe(self, topics: Sequence[str], group: str) -> None:
-        backend = KafkaBackend(self._settings)  # topic creation only, as the adapter does it
+        backend = Backend.open(self._url, dict(self._url.params))  # topic creation, as mqkit's
         try:
             backend.ensure_topics(topics)
         finally:
             backend.close()
         s = self._settings
         self._consumer = KafkaConsumer(
-            **s.client_kwargs,
+            **self._client,
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=int(s.session_timeout * 1000),
-            heartbeat_interval_ms=int(s.heartbeat_interval * 1000),
+            heartbeat_interval_ms=int(s.heartbeat * 1000),
             max_poll_records=s.prefetch,
             fetch_max_wait_ms=min(500, int(s.poll_interval * 1000)),  # as the adapter's
         )
@@ -91,7 +97,7 @@ class RawKafkaClient:
         if self._producer is None:
             s = self._settings
             self._producer = KafkaProducer(
-                **s.client_kwargs, acks="all", enable_idempotence=s.idempotence,
+                **self._client, acks="all", enable_idempotence=s.idempotence,
                 linger_ms=s.linger_ms, max_request_size=s.max_message_bytes,
             )
         partition = None
