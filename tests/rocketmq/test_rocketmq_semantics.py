@@ -26,6 +26,7 @@ from rocketmq import (  # type: ignore[import-untyped,unused-ignore]
 )
 
 import mqkit
+from mqkit import envelope
 from tests.conformance.util import assert_quiet, collect
 from tests.rocketmq.conftest import Cluster, endpoint, with_query
 
@@ -78,7 +79,7 @@ def test_mqkit_messages_are_plain_rocketmq_messages(rocketmq_url: str, namesrv: 
     assert message.body == b'{"n":1}'
     assert message.message_group == "customer-7"  # key -> FIFO message group
     assert message.properties["trace"] == "t1"  # headers -> user properties
-    assert message.properties["mqkit.id"] == sent
+    assert message.properties[envelope.ID] == sent
     assert sent in message.keys  # searchable by key in RocketMQ's tools
 
 
@@ -148,7 +149,7 @@ def test_unacked_message_comes_back_after_its_invisible_time(
         again = second.receive(timeout=40)
         assert again is not None and (again.id, again.attempt) == (sent, 2)
         again.ack()
-        with caplog.at_level(logging.WARNING, logger="mqkit_rocketmq.v5"):
+        with caplog.at_level(logging.WARNING, logger="mqkit.rocketmq"):
             taken.ack()  # too late: logged, not raised (the proxy refuses the expired handle)
         assert "came after its invisible time ran out" in caplog.text
         assert_quiet(first)
@@ -206,7 +207,7 @@ def test_group_that_is_not_fifo_warns_about_key_order(
         consumer = broker.consumer(topic, group=group)
         with broker.producer() as producer:
             producer.send(topic, 1, key="k")
-        with caplog.at_level(logging.WARNING, logger="mqkit_rocketmq.v5"):
+        with caplog.at_level(logging.WARNING, logger="mqkit.rocketmq"):
             message = consumer.receive(timeout=30)
         assert message is not None and message.key == "k"
         message.ack()
@@ -235,7 +236,7 @@ def test_message_goes_to_rocketmqs_dead_letter_topic_after_the_retry_limit(
         finally:
             raw.shutdown()
     assert dead.body == b'"poison"'
-    assert dead.properties["mqkit.id"] == sent
+    assert dead.properties[envelope.ID] == sent
     assert dead.properties["h"] == "v"
 
 
