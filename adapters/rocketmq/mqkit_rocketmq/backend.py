@@ -13,7 +13,6 @@ errors into mqkit's; :mod:`.producer` and :mod:`.consumer` are the hot paths.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -30,8 +29,6 @@ from mqkit_rocketmq._grpc import exceptions as failed
 from mqkit_rocketmq.consumer import Consumer, PerMessage
 from mqkit_rocketmq.producer import Producer
 from mqkit_rocketmq.settings import Settings, check_prefetch, endpoints
-
-log = logging.getLogger("mqkit.rocketmq")
 
 
 class Backend(BackendBase[Settings]):

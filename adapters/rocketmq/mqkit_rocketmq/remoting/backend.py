@@ -29,7 +29,6 @@ what the consumers of one connection share.
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import threading
 import time
@@ -44,8 +43,6 @@ from mqkit_rocketmq import admin
 from mqkit_rocketmq.remoting.consumer import LOCK_LIFETIME, Consumer
 from mqkit_rocketmq.remoting.producer import MAX_BODY_SIZE, Producer
 from mqkit_rocketmq.remoting.settings import Settings, name_servers
-
-log = logging.getLogger("mqkit.rocketmq.remoting")
 
 #: Queues of a topic that ``auto_create`` creates (``mqadmin updateTopic``'s default).
 AUTO_CREATE_QUEUES = 8
