@@ -341,14 +341,14 @@ class Consumer(ConsumerBase):
         if item is None or self._closing.is_set():
             return None
         item.seen = True
-        t = item.template
+        template = item.template
         return Delivery(
-            topic=t.topic,
-            body=t.body,
-            key=t.key,
-            headers=t.headers,
-            id=t.id,
-            timestamp=t.timestamp,
+            topic=template.topic,
+            body=template.body,
+            key=template.key,
+            headers=template.headers,
+            id=template.id,
+            timestamp=template.timestamp,
             attempt=item.attempt,
             handle=item,
         )

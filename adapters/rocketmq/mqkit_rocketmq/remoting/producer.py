@@ -50,36 +50,40 @@ class Producer(ProducerBase):
         with self._lock:
             if self._handle is not None:
                 return self._handle
-            b = self._backend
-            handle: int = lib.CreateProducer(b.settings.producer_group.encode())
+            backend = self._backend
+            settings = backend.settings
+            handle: int = lib.CreateProducer(settings.producer_group.encode())
             if not handle:
                 raise BrokerUnavailable("librocketmq could not create a producer")
             try:
-                check(lib.SetProducerNameServerAddress(handle, b.namesrv.encode()), "name server")
+                check(
+                    lib.SetProducerNameServerAddress(handle, backend.namesrv.encode()),
+                    "name server",
+                )
                 check(
                     lib.SetProducerInstanceName(handle, instance_name("producer").encode()),
                     "instance name",
                 )
                 check(
-                    lib.SetProducerSendMsgTimeout(handle, int(b.settings.send_timeout * 1000)),
+                    lib.SetProducerSendMsgTimeout(handle, int(settings.send_timeout * 1000)),
                     "timeout",
                 )
                 check(lib.SetProducerMaxMessageSize(handle, MAX_BODY_SIZE), "max message size")
-                if b.credentials:
-                    access, secret = b.credentials
+                if backend.credentials:
+                    access, secret = backend.credentials
                     check(
                         lib.SetProducerSessionCredentials(
                             handle,
                             access.encode(),
                             (secret or "").encode(),
-                            b.settings.channel.encode(),
+                            settings.channel.encode(),
                         ),
                         "credentials",
                     )
                 check(lib.StartProducer(handle), "starting the producer")
             except Exception as exc:
                 lib.DestroyProducer(handle)
-                raise b.error(exc, "starting a producer") from None
+                raise backend.error(exc, "starting a producer") from None
             self._handle = handle
             return handle
 
