@@ -9,6 +9,7 @@ batches polled ahead of the application that keep ``attempt`` exact.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -106,6 +107,20 @@ def test_plain_rocketmq_messages_reach_mqkit(rocketmq_url: str) -> None:
         assert got.id == receipt.message_id
         assert got.topic == topic
         got.ack()
+
+
+def test_a_body_of_the_declared_maximum_arrives_whole(rocketmq_url: str) -> None:
+    """``features.max_body_size`` is what a broker takes by default (``maxMessageSize``), with
+    a key and headers on the message too."""
+    topic, group = _name("largest"), _name("g")
+    with mqkit.connect(rocketmq_url, serializer="bytes") as broker:
+        size = broker.features.max_body_size
+        body = os.urandom(size)
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            producer.send(topic, body, key="k" * 70, headers={"trace": "t" * 200})
+        [got] = collect(consumer, 1)
+        assert (len(got.body), got.body == body, got.key) == (size, True, "k" * 70)
 
 
 # -- where a new consumer group starts -----------------------------------------------------------
