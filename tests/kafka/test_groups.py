@@ -10,7 +10,7 @@ import pytest
 
 import mqkit
 from mqkit import envelope
-from tests.conformance.util import assert_quiet, collect
+from mqkit.testing.util import assert_quiet, collect
 from tests.kafka.conftest import committed
 
 

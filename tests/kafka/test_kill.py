@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import mqkit
-from tests.conformance.util import assert_quiet, collect
+from mqkit.testing.util import assert_quiet, collect
 from tests.kafka.conftest import ROOT, committed
 
 CHILD = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import mqkit
-from tests.conformance.util import assert_quiet, collect
+from mqkit.testing.util import assert_quiet, collect
 from tests.kafka.conftest import committed
 
 

@@ -11,7 +11,7 @@ from mqkit_kafka import wire
 import mqkit
 from mqkit import envelope
 from mqkit.message import OutgoingMessage
-from tests.conformance.util import assert_quiet, collect
+from mqkit.testing.util import assert_quiet, collect
 
 
 def record(

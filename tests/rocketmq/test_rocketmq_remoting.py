@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 import mqkit
+from mqkit import envelope
 from tests.backends import env_var
-from tests.conformance.util import ARRIVAL, assert_quiet, collect
+from mqkit.testing.util import ARRIVAL, assert_quiet, collect
 
 ENV = env_var("rocketmq_remoting")
 pytestmark = pytest.mark.run("remoting")
@@ -200,6 +201,25 @@ def test_close_returns_promptly_while_the_group_rebalances(remoting_url: str) ->
         assert max(took) < 3.0, took
 
 
+def test_receive_with_zero_timeout_returns_a_message_already_held(remoting_url: str) -> None:
+    """``receive(timeout=0)`` hands out a message the native consumer already handed over (it
+    used to return None without looking)."""
+    topic, group = _name("zero"), _name("g")
+    with mqkit.connect(remoting_url) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            sent = producer.send(topic, "held")
+        got = None
+        end = time.monotonic() + ARRIVAL
+        while got is None and time.monotonic() < end:
+            got = consumer.receive(timeout=0)
+            if got is None:
+                time.sleep(0.05)
+        assert got is not None and got.id == sent
+        got.ack()
+        assert_quiet(consumer)
+
+
 def test_bodies_with_zero_bytes_and_compressed_bodies_arrive_whole(remoting_url: str) -> None:
     """The C API hands out a body as a C string; the adapter reads its full length. Bodies over
     4 KiB travel zlib-compressed and arrive decompressed."""
@@ -213,10 +233,26 @@ def test_bodies_with_zero_bytes_and_compressed_bodies_arrive_whole(remoting_url:
         assert [m.body for m in collect(consumer, len(bodies))] == bodies
 
 
+def test_an_incompressible_body_of_the_declared_maximum_arrives_whole(remoting_url: str) -> None:
+    """``features.max_body_size`` holds for bodies zlib cannot shrink (librocketmq compresses
+    bodies over 4 KiB, and the broker counts the properties too): 4 MiB of random bytes was
+    refused as "No route info of this topic"."""
+    topic, group = _name("largest"), _name("g")
+    with mqkit.connect(remoting_url, serializer="bytes") as broker:
+        size = broker.features.max_body_size
+        body = os.urandom(size)
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            producer.send(topic, body, key="k" * 70, headers={"trace": "t" * 200})
+        [got] = collect(consumer, 1)
+        assert (len(got.body), got.body == body, got.key) == (size, True, "k" * 70)
+
+
 def test_messages_of_plain_rocketmq_clients(remoting_url: str) -> None:
     """A plain producer's message arrives with its body, no key and no headers (the C API
-    cannot list a message's properties), its message key as id; a plain consumer reads
-    mqkit's message with the key, headers and id as properties."""
+    cannot list a message's properties), the broker's message id as id (not its message key,
+    which need not be unique); a plain consumer reads mqkit's message with the key, headers and
+    id as properties."""
     binding: Any = importlib.import_module("rocketmq.client")
     namesrv = _namesrv(remoting_url)
     topic, group = _name("plain"), _name("g")
@@ -230,12 +266,12 @@ def test_messages_of_plain_rocketmq_clients(remoting_url: str) -> None:
             message.set_body(b'{"from": "plain"}')
             message.set_keys("order-42")
             message.set_property("trace", "t-1")
-            producer.send_sync(message)
+            result = producer.send_sync(message)
         finally:
             producer.shutdown()
         [got] = collect(consumer, 1)
         assert got.value == {"from": "plain"}
-        assert (got.key, dict(got.headers), got.id, got.attempt) == (None, {}, "order-42", 1)
+        assert (got.key, dict(got.headers), got.id, got.attempt) == (None, {}, result.msg_id, 1)
 
         # The reverse direction, on a topic of its own: a plain consumer of a new group.
         topic, group = _name("plain"), _name("plain-group")
@@ -248,7 +284,7 @@ def test_messages_of_plain_rocketmq_clients(remoting_url: str) -> None:
 
         def on_message(raw: Any) -> None:
             received.append(
-                (raw.body, raw.keys, raw.get_property("mqkit.key"), raw.get_property("trace"))
+                (raw.body, raw.keys, raw.get_property(envelope.KEY), raw.get_property("trace"))
             )
             arrived.set()
 

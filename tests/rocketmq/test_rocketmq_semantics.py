@@ -9,6 +9,7 @@ batches polled ahead of the application that keep ``attempt`` exact.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -26,7 +27,8 @@ from rocketmq import (  # type: ignore[import-untyped,unused-ignore]
 )
 
 import mqkit
-from tests.conformance.util import assert_quiet, collect
+from mqkit import envelope
+from mqkit.testing.util import assert_quiet, collect
 from tests.rocketmq.conftest import Cluster, endpoint, with_query
 
 
@@ -78,7 +80,7 @@ def test_mqkit_messages_are_plain_rocketmq_messages(rocketmq_url: str, namesrv: 
     assert message.body == b'{"n":1}'
     assert message.message_group == "customer-7"  # key -> FIFO message group
     assert message.properties["trace"] == "t1"  # headers -> user properties
-    assert message.properties["mqkit.id"] == sent
+    assert message.properties[envelope.ID] == sent
     assert sent in message.keys  # searchable by key in RocketMQ's tools
 
 
@@ -105,6 +107,20 @@ def test_plain_rocketmq_messages_reach_mqkit(rocketmq_url: str) -> None:
         assert got.id == receipt.message_id
         assert got.topic == topic
         got.ack()
+
+
+def test_a_body_of_the_declared_maximum_arrives_whole(rocketmq_url: str) -> None:
+    """``features.max_body_size`` is what a broker takes by default (``maxMessageSize``), with
+    a key and headers on the message too."""
+    topic, group = _name("largest"), _name("g")
+    with mqkit.connect(rocketmq_url, serializer="bytes") as broker:
+        size = broker.features.max_body_size
+        body = os.urandom(size)
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            producer.send(topic, body, key="k" * 70, headers={"trace": "t" * 200})
+        [got] = collect(consumer, 1)
+        assert (len(got.body), got.body == body, got.key) == (size, True, "k" * 70)
 
 
 # -- where a new consumer group starts -----------------------------------------------------------
@@ -148,7 +164,7 @@ def test_unacked_message_comes_back_after_its_invisible_time(
         again = second.receive(timeout=40)
         assert again is not None and (again.id, again.attempt) == (sent, 2)
         again.ack()
-        with caplog.at_level(logging.WARNING, logger="mqkit_rocketmq.v5"):
+        with caplog.at_level(logging.WARNING, logger="mqkit.rocketmq"):
             taken.ack()  # too late: logged, not raised (the proxy refuses the expired handle)
         assert "came after its invisible time ran out" in caplog.text
         assert_quiet(first)
@@ -206,7 +222,7 @@ def test_group_that_is_not_fifo_warns_about_key_order(
         consumer = broker.consumer(topic, group=group)
         with broker.producer() as producer:
             producer.send(topic, 1, key="k")
-        with caplog.at_level(logging.WARNING, logger="mqkit_rocketmq.v5"):
+        with caplog.at_level(logging.WARNING, logger="mqkit.rocketmq"):
             message = consumer.receive(timeout=30)
         assert message is not None and message.key == "k"
         message.ack()
@@ -235,7 +251,7 @@ def test_message_goes_to_rocketmqs_dead_letter_topic_after_the_retry_limit(
         finally:
             raw.shutdown()
     assert dead.body == b'"poison"'
-    assert dead.properties["mqkit.id"] == sent
+    assert dead.properties[envelope.ID] == sent
     assert dead.properties["h"] == "v"
 
 

@@ -1,46 +1,16 @@
-"""mqkit backend for Apache RocketMQ.
-
-Two URL schemes, two drivers, imported only when used:
+"""mqkit backend for Apache RocketMQ: two URL schemes, two drivers, each imported only when used.
 
 * ``rocketmq://[access_key:secret_key@]host:8081[/namespace]`` — RocketMQ 5.x through its gRPC
-  proxy, with Apache's pure-Python client (``pip install 'mqkit-rocketmq[grpc]'``).
+  proxy, with Apache's pure-Python client (``pip install 'mqkit-rocketmq[grpc]'``):
+  :mod:`mqkit_rocketmq.backend` and its ``settings``, ``wire``, ``producer``, ``consumer``.
 * ``rocketmq+remoting://[access_key:secret_key@]namesrv:9876`` — RocketMQ 4.x (and 5.x) through
-  the name server and the remoting protocol, with Apache's ctypes binding of the native
-  ``librocketmq`` (``pip install 'mqkit-rocketmq[remoting]'`` plus the native library), or the
-  third-party wheel that bundles one (``pip install 'mqkit-rocketmq[remoting-bundled]'``).
+  the name server and the remoting protocol, with the native ``librocketmq`` behind Apache's
+  ctypes binding (``pip install 'mqkit-rocketmq[remoting]'`` plus the native library) or the
+  third-party wheel that bundles one (``pip install 'mqkit-rocketmq[remoting-bundled]'``):
+  :mod:`mqkit_rocketmq.remoting.backend` and the same files beside it.
 
 Both client distributions install a top-level package named ``rocketmq``; one environment holds
-one of them. :func:`installed_drivers` tells which is there, and every failure to import one
-says exactly what to install or remove.
+one of them, so this package imports neither driver. :mod:`mqkit_rocketmq._drivers` tells which
+client is installed and says exactly what to install or remove when the needed one is missing.
+:mod:`mqkit_rocketmq.admin` creates topics and groups and positions new groups (both drivers).
 """
-
-from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
-
-from mqkit.config import BrokerURL
-from mqkit.errors import ConfigError
-from mqkit.spi import Backend
-from mqkit_rocketmq._drivers import installed_drivers
-
-__all__ = ["installed_drivers", "open_backend"]
-
-SCHEMES = ("rocketmq", "rocketmq+remoting")
-
-
-def open_backend(url: BrokerURL, options: Mapping[str, Any]) -> Backend:
-    """Entry point for ``rocketmq://`` (5.x gRPC proxy) and ``rocketmq+remoting://`` (4.x)."""
-    if url.scheme == "rocketmq":
-        from mqkit_rocketmq import v5
-
-        return v5.open_backend(url, options)
-    if url.scheme == "rocketmq+remoting":
-        from mqkit_rocketmq import remoting
-
-        return remoting.open_backend(url, options)
-    raise ConfigError(
-        f"{url}: mqkit-rocketmq serves the schemes {', '.join(s + '://' for s in SCHEMES)}, "
-        f"not {url.scheme}://"
-    )
-

@@ -21,7 +21,7 @@ from types import ModuleType
 
 from mqkit.errors import ConfigError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mqkit.rocketmq")
 
 GRPC_DIST = "rocketmq-python-client"
 REMOTING_DIST = "rocketmq-client-python"

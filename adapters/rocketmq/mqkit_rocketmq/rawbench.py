@@ -18,22 +18,22 @@ from concurrent.futures import Future, wait
 from typing import Any
 
 from mqkit.config import BrokerURL
-from mqkit.options import Options
-from mqkit_rocketmq import admin, v5
+from mqkit_rocketmq import _grpc, admin
+from mqkit_rocketmq.settings import Settings, endpoints
 
 
 class RawRocketMQClient:
     def __init__(self, url: BrokerURL) -> None:
-        hosts = ";".join(f"{h}:{p or v5.DEFAULT_PORT}" for h, p in url.hosts)
-        self._config = v5._client.ClientConfiguration(
-            hosts, v5._client.Credentials(url.username or "", url.password or "")
+        settings = Settings.read(url.redacted(), url.params)
+        self._config = _grpc.client.ClientConfiguration(
+            ";".join(endpoints(url)),
+            _grpc.client.Credentials(url.username or "", url.password or ""),
         )
-        self._batch = int(url.params.get("prefetch", "16"))
-        self._invisible = int(url.params.get("visibility_timeout", "30"))
-        self._polling = int(url.params.get("long_polling_timeout", "5"))
-        self._in_flight = int(url.params.get("max_in_flight", "1024"))
-        auto_create = Options("rocketmq bench", url.params).bool("auto_create", False)
-        self._namesrv = url.params.get("namesrv") if auto_create else None
+        self._batch = settings.prefetch
+        self._invisible = settings.visibility_timeout
+        self._polling = settings.long_polling_timeout
+        self._in_flight = settings.max_in_flight
+        self._namesrv = settings.namesrv if settings.auto_create else None
         self._producer: Any = None
         self._consumer: Any = None
 
@@ -44,8 +44,8 @@ class RawRocketMQClient:
             for name in names:
                 admin.ensure_topic(self._namesrv, name)
             admin.ensure_group(self._namesrv, group)
-        filters = {name: v5._model.FilterExpression() for name in names}
-        self._consumer = v5._simple.SimpleConsumer(
+        filters = {name: _grpc.model.FilterExpression() for name in names}
+        self._consumer = _grpc.simple.SimpleConsumer(
             self._config, group, filters, await_duration=self._polling
         )
         self._consumer.startup()
@@ -56,12 +56,12 @@ class RawRocketMQClient:
 
     def produce(self, topic: str, bodies: Iterable[bytes]) -> None:
         if self._producer is None:
-            self._producer = v5._producer.Producer(self._config)
+            self._producer = _grpc.producer.Producer(self._config)
             self._producer.startup()
         name = topic.replace(".", "_")
         futures: list[Future[Any]] = []
         for body in bodies:
-            message = v5._model.Message()
+            message = _grpc.model.Message()
             message.topic = name
             message.body = body
             futures.append(self._producer.send_async(message))

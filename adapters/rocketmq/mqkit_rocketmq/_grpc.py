@@ -1,0 +1,48 @@
+"""The official 5.x client (``rocketmq-python-client``), loaded once, with a precise error when it
+is missing or broken (:func:`mqkit_rocketmq._drivers.load_v5`); and starting its clients."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import threading
+from typing import Any
+
+from mqkit_rocketmq._drivers import load_v5
+
+simple: Any = load_v5()
+client: Any = importlib.import_module("rocketmq.v5.client")
+producer: Any = importlib.import_module("rocketmq.v5.producer")
+model: Any = importlib.import_module("rocketmq.v5.model")
+exceptions: Any = importlib.import_module("rocketmq.v5.exception")
+util: Any = importlib.import_module("rocketmq.v5.util")
+proto: Any = importlib.import_module("rocketmq.grpc_protocol")
+rpc: Any = importlib.import_module("rocketmq.v5.client.connection.rpc_client")
+
+Code: Any = proto.Code
+
+
+def start(started: Any) -> None:
+    """``started.startup()`` in a short-lived thread whose event loop is the client's I/O loop.
+
+    The client makes a consumer's telemetry stream (the subscription) in the callback of its
+    first route lookup. When the lookup is answered before that callback is added (a busy
+    machine), the callback runs in the thread calling ``startup()``, where gRPC's asyncio layer
+    needs a current event loop; in a thread without one the stream is never made and the
+    subscription never confirmed. Starting from a thread of our own gives the client the loop
+    it expects without setting one in the caller's thread.
+    """
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.set_event_loop(rpc.RpcClient.get_channel_io_loop())
+            started.startup()
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="mqkit-rocketmq-startup", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]

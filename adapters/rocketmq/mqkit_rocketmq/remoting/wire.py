@@ -1,0 +1,92 @@
+"""The envelope on librocketmq's native messages: the layout of :mod:`mqkit_rocketmq.wire`, with
+what the C API allows.
+
+* key: always :data:`envelope.KEY <mqkit.envelope.KEY>` (JSON), since the C API sets no message
+  group; the producer sends a keyed message to the queue its key hashes to. A received message
+  without it takes its RocketMQ 5 message group (``__SHARDINGKEY``) as key.
+* send time: the native born timestamp (milliseconds, set by librocketmq when it sends), so no
+  :data:`envelope.TIMESTAMP <mqkit.envelope.TIMESTAMP>` is written; one that is present (from
+  the 5.x driver) is read.
+* headers: the C API cannot list a message's properties, so a message from another client
+  arrives with no headers, and its RocketMQ message id as id.
+"""
+
+from __future__ import annotations
+
+import json
+
+from mqkit import envelope
+from mqkit.adapter import Delivery, OutgoingMessage
+from mqkit_rocketmq import wire
+from mqkit_rocketmq.remoting._native import NativeError, body, check, lib, text
+from mqkit_rocketmq.wire import EMPTY, HEADER_NAMES, HEADERS, SHARDING_KEY, Encoded
+
+#: The properties read from every received message besides the headers listed in HEADER_NAMES.
+_READ = (envelope.ID, envelope.TIMESTAMP, envelope.KEY, HEADERS, HEADER_NAMES, EMPTY, SHARDING_KEY)
+
+
+def encode(message: OutgoingMessage) -> Encoded:
+    """``message`` laid out for RocketMQ; turned into a native message by :func:`to_native`."""
+    encoded = wire.encode(message, timestamp=False)
+    if message.key is not None and envelope.KEY not in encoded.properties:
+        encoded.properties[envelope.KEY] = json.dumps(message.key)
+    return encoded
+
+
+def to_native(topic: str, encoded: Encoded) -> int:
+    """A new native message (the caller destroys it with ``DestroyMessage``)."""
+    native: int = lib.CreateMessage(topic.encode())
+    try:
+        check(lib.SetByteMessageBody(native, encoded.body, len(encoded.body)), "body")
+        if encoded.keys:
+            check(lib.SetMessageKeys(native, encoded.keys[0].encode()), "keys")
+        for name, value in encoded.properties.items():
+            check(
+                lib.SetMessageProperty(native, name.encode(), value.encode()),
+                f"property {name!r}",
+            )
+    except NativeError:
+        lib.DestroyMessage(native)
+        raise
+    return native
+
+
+def from_native(message: int, names: dict[str, str]) -> Delivery:
+    """A :class:`Delivery` of a received native message (``names``: RocketMQ topic → mqkit
+    topic), with RocketMQ's delivery count as attempt and no handle yet."""
+
+    def prop(name: str) -> str | None:
+        value = lib.GetMessageProperty(message, name.encode())
+        return None if value is None else value.decode("utf-8", "replace")
+
+    props: dict[str, str] = {}
+    for name in _READ:
+        value = prop(name)
+        if value:
+            props[name] = value
+    if HEADER_NAMES in props:
+        for name in json.loads(props[HEADER_NAMES]):
+            value = prop(name)
+            if value:
+                props[name] = value
+    elif envelope.ID not in props:  # another client's message: its properties cannot be listed
+        props[HEADER_NAMES] = "[]"
+    topic = text(lib.GetMessageTopic(message))
+    decoded = wire.decode(
+        body(message),
+        props,
+        message_group=props.get(SHARDING_KEY),
+        message_id=text(lib.GetMessageId(message)),
+        born_ms=int(lib.GetMessageBornTimestamp(message)),
+    )
+    return Delivery(
+        topic=names.get(topic, topic),
+        body=decoded.body,
+        key=decoded.key,
+        headers=decoded.headers,
+        id=decoded.id,
+        timestamp=decoded.timestamp,
+        attempt=int(lib.GetMessageReconsumeTimes(message)) + 1,
+        handle=None,
+    )
+
