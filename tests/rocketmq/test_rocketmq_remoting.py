@@ -21,8 +21,8 @@ import pytest
 
 import mqkit
 from mqkit import envelope
-from tests.backends import env_var
 from mqkit.testing.util import ARRIVAL, assert_quiet, collect
+from tests.backends import env_var
 
 ENV = env_var("rocketmq_remoting")
 pytestmark = pytest.mark.run("remoting")

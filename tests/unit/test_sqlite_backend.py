@@ -153,3 +153,13 @@ def test_a_producer_never_closed_still_delivers_at_exit(tmp_path: Path) -> None:
             got.append(message.value)
             message.ack()
     assert sorted(got) == list(range(500))
+
+
+def test_docs_show_the_options_as_declared() -> None:
+    from pathlib import Path
+
+    from mqkit.adapter import options_table
+    from mqkit.backends.sqlite import SqliteSettings
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "embedded.md").read_text()
+    assert options_table(SqliteSettings) in doc
