@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import mqkit
-from mqkit import ClosedError, DecodeError, MessageStateError
+from mqkit import ClosedError, DecodeError, MessageStateError, envelope
+from mqkit.errors import MessageTooLarge
 from mqkit.testing.util import ARRIVAL, assert_quiet, collect, drain_concurrently
 
 
@@ -303,6 +304,30 @@ def test_unicode_headers_and_key_round_trip(url: str, topic: str, group: str) ->
         assert dict(message.headers) == headers
         assert message.key == "clé-🔑"
         assert message.value == {"text": "héllo 世界"}
+
+
+def test_envelope_rule_is_the_same_on_every_backend(url: str, topic: str, group: str) -> None:
+    """mqkit's own names are refused, the helpers' fields and every other name arrive as sent,
+    and a body above ``features.max_body_size`` is refused before it reaches the broker."""
+    headers = {
+        envelope.RETRY_ATTEMPTS: "2",
+        envelope.ORIGIN_ID: "original",
+        "x-mqkit-key": "not ours",
+        "JMSType": "a name ActiveMQ reserves",
+        "content-type": "a header, not the transport's field",
+    }
+    with mqkit.connect(url) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer(serializer="bytes") as producer:
+            for name in (envelope.ID, envelope.KEY, envelope.TIMESTAMP, "mqkit-other"):
+                with pytest.raises(ValueError, match="reserved prefix"):
+                    producer.send(topic, b"x", headers={name: "v"})
+            with pytest.raises(MessageTooLarge):
+                producer.send(topic, b"x" * (broker.features.max_body_size + 1))
+            producer.send(topic, b"kept", key="k", headers=headers)
+        [message] = collect(consumer, 1)
+        assert message.body == b"kept" and message.key == "k"
+        assert dict(message.headers) == headers
 
 
 def test_undecodable_payload_is_flagged_not_lost(url: str, topic: str, group: str) -> None:
