@@ -4,7 +4,6 @@ error, quickly, never a hang or a raw pika traceback."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -15,6 +14,7 @@ from pika.exchange_type import ExchangeType
 
 import mqkit
 from mqkit import BrokerUnavailable, ConfigError, envelope
+from mqkit.testing.util import silent_server
 from tests.rabbitmq.conftest import delete_group
 
 LIMIT = 10.0
@@ -66,28 +66,8 @@ def test_closed_port_is_a_clear_error() -> None:
 @pytest.fixture
 def mute_server() -> Iterator[int]:
     """Accepts TCP connections and never says a word (a hung broker, a wrong service)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
+    with silent_server() as port:
+        yield port
 
 
 def test_mute_server_times_out_with_a_clear_error(mute_server: int) -> None:

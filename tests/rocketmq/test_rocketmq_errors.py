@@ -11,10 +11,8 @@ RocketMQ) and shows only that the adapter reports the proxy's UNAUTHORIZED answe
 from __future__ import annotations
 
 import importlib
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from mqkit_rocketmq import admin
 
 import mqkit
 from mqkit import BrokerUnavailable, ConfigError
+from mqkit.testing.util import closed_port, silent_server
 from tests.rocketmq.conftest import Cluster, with_query
 from tests.rocketmq.rocketmq_helpers import running_server
 
@@ -32,44 +31,15 @@ BOUND = 10.0  # seconds: the promise for every one of these errors
 UPDATE_BROKER_CONFIG = 25  # RequestCode
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A loopback port that accepts connections and never says a word."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-                held.append(conn)
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield int(server.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        server.close()
+    with silent_server() as port:
+        yield port
 
 
 def test_unreachable_endpoint_is_broker_unavailable_naming_the_host() -> None:
-    port = _closed_port()
+    port = closed_port()
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}"):
         mqkit.connect(f"rocketmq://127.0.0.1:{port}")
@@ -239,7 +209,7 @@ def test_bundled_native_library_loads_and_fails_cleanly_on_connection_errors(
     # The 4.x driver as far as it can be verified without a RocketMQ 4 name server: the wheel's
     # librocketmq loads, and unreachable or silent name servers are clear errors in bounds.
     target = _pip_target(tmp_path_factory.mktemp("pip"), "rocketmq==0.4.4")
-    for port, cause in ((_closed_port(), "refused"), (silent_port, "did not answer")):
+    for port, cause in ((closed_port(), "refused"), (silent_port, "did not answer")):
         done = _connect_in(target, f"rocketmq+remoting://127.0.0.1:{port}?connect_timeout=3")
         assert done.stdout.startswith("BrokerUnavailable"), done.stdout + done.stderr
         assert float(done.stdout.split()[1]) < BOUND
