@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,14 +18,13 @@ from pathlib import Path
 
 import pytest
 
-ENV = "MQKIT_TEST_ACTIVEMQ_URL"
+from mqkit.testing.util import closed_port as free_port
+from tests.backends import env_var
+
+ENV = env_var("activemq")
 SCRIPT = Path(__file__).resolve().parents[2] / "adapters" / "activemq" / "ci" / "broker"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OwnBroker:

@@ -14,7 +14,8 @@ import pytest
 from mqkit_activemq.producer import Producer
 
 import mqkit
-from tests.activemq.conftest import OwnBroker, free_port
+from mqkit.testing.util import closed_port as free_port
+from tests.activemq.conftest import OwnBroker
 
 RECONNECT = "reconnect_max_delay=0.5&heartbeat=2"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mqkit.testing.util import closed_port as free_port
 from tests.backends import env_var
 
 ENV = env_var("kafka")
@@ -49,10 +49,6 @@ def committed(admin: Any, group: str) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RestartableKafka:

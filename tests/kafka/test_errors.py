@@ -8,7 +8,7 @@ import pytest
 
 import mqkit
 from mqkit import BrokerUnavailable, ConfigError
-from tests.kafka.conftest import free_port
+from mqkit.testing.util import closed_port as free_port
 
 
 def test_unreachable_bootstrap_is_broker_unavailable_within_10_s() -> None:
