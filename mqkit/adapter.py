@@ -52,7 +52,6 @@ __all__ = [
     "envelope",
     "option",
     "options_table",
-    "poll_until",
 ]
 
 T = TypeVar("T")
@@ -408,12 +407,6 @@ class ReceiveQueue(Generic[T]):
             self._items.extend(items)
             self._cv.notify_all()
 
-    def put_front(self, items: Sequence[T]) -> None:
-        """Put ``items`` back ahead of everything buffered, in their order."""
-        with self._cv:
-            self._items.extendleft(reversed(items))
-            self._cv.notify_all()
-
     def get(self, timeout: float | None) -> T | None:
         with self._cv:
             if self._closed:
@@ -454,24 +447,3 @@ class ReceiveQueue(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-def poll_until(
-    poll: Callable[[float], T | None],
-    timeout: float | None,
-    *,
-    step: float,
-    closed: Callable[[], bool] = lambda: False,
-) -> T | None:
-    """Call ``poll(wait)`` with waits of at most ``step`` seconds until it returns something,
-    ``timeout`` runs out or ``closed()``; for clients that poll (the first poll always runs,
-    so ``timeout=0`` still returns what the client has already fetched)."""
-    deadline = Deadline(timeout)
-    while True:
-        wait = deadline.remaining(step)
-        assert wait is not None
-        found = poll(wait)
-        if found is not None:
-            return found
-        if closed() or deadline.expired:
-            return None

@@ -113,11 +113,6 @@ def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-def is_transport_field(name: str) -> bool:
-    """True for names an adapter wrote and strips before handing headers to the user."""
-    return name in TRANSPORT_FIELDS
-
-
 def user_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """``headers`` without the transport fields: what :attr:`mqkit.Message.headers` shows."""
     return {k: v for k, v in headers.items() if k not in TRANSPORT_FIELDS}

@@ -18,7 +18,6 @@ from mqkit.adapter import (
     Settings,
     option,
     options_table,
-    poll_until,
 )
 from mqkit.errors import ConfigError, MessageTooLarge
 
@@ -73,8 +72,8 @@ def test_options_table_renders_every_option() -> None:
 
 def test_receive_queue_hands_out_buffered_items_even_without_waiting() -> None:
     q: ReceiveQueue[int] = ReceiveQueue()
+    q.put(0)
     q.put_many([1, 2])
-    q.put_front([0])
     assert [q.get(0), q.get(0), q.get(0), q.get(0)] == [0, 1, 2, None]
     q.put_many([3, 4, 5])
     assert q.take_where(lambda i: i % 2 == 1) == [3, 5]
@@ -96,24 +95,13 @@ def test_receive_queue_wakes_on_put_and_on_close() -> None:
     assert q.take_all() == ["after close"]
 
 
-def test_deadline_and_poll_until() -> None:
+def test_deadline() -> None:
     assert Deadline(None).remaining() is None
     assert Deadline(None).remaining(0.5) == 0.5
     d = Deadline(0.05)
     assert 0 < (d.remaining() or 0) <= 0.05
     time.sleep(0.06)
     assert d.expired and d.remaining() == 0.0
-    calls: list[float] = []
-
-    def poll(wait: float) -> str | None:
-        calls.append(wait)
-        return "x" if len(calls) == 3 else None
-
-    assert poll_until(poll, None, step=0.01) == "x"
-    assert calls == [0.01, 0.01, 0.01]
-    calls.clear()
-    assert poll_until(lambda w: calls.append(w), 0, step=1) is None
-    assert calls == [0.0]  # one poll even with timeout=0
 
 
 def test_reserved_header_names_are_refused_on_send() -> None:
