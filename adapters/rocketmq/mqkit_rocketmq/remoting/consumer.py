@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mqkit.adapter import ConsumerBase, Delivery, ReceiveQueue
@@ -105,12 +105,18 @@ class _Positions:
                         log.warning(
                             "RocketMQ: writing the position of %s queue %d: %s (librocketmq "
                             "writes it within 5 s)",
-                            topic, queue_id, exc,
+                            topic,
+                            queue_id,
+                            exc,
                         )
                     continue
                 if reply["code"] != admin.SUCCESS:
-                    log.warning("RocketMQ: writing the position of %s queue %d: %s",
-                                topic, queue_id, reply.get("remark"))
+                    log.warning(
+                        "RocketMQ: writing the position of %s queue %d: %s",
+                        topic,
+                        queue_id,
+                        reply.get("remark"),
+                    )
                 return
 
     def close(self) -> None:
@@ -123,8 +129,17 @@ class _Positions:
 class _InFlight:
     """One message held by a native consume thread until the application decides."""
 
-    __slots__ = ("attempt", "decided", "delay", "offset", "outcome", "queue_id", "seen",
-                 "template", "topic")
+    __slots__ = (
+        "attempt",
+        "decided",
+        "delay",
+        "offset",
+        "outcome",
+        "queue_id",
+        "seen",
+        "template",
+        "topic",
+    )
 
     def __init__(self, template: Delivery, topic: str, queue_id: int, offset: int) -> None:
         self.template = template
@@ -172,9 +187,7 @@ class Consumer(ConsumerBase):
             raise BrokerUnavailable("librocketmq could not create a push consumer")
         try:
             check(lib.SetPushConsumerNameServerAddress(handle, backend.namesrv.encode()), "ns")
-            check(
-                lib.SetPushConsumerInstanceName(handle, self._instance.encode()), "instance name"
-            )
+            check(lib.SetPushConsumerInstanceName(handle, self._instance.encode()), "instance name")
             check(lib.SetPushConsumerMessageModel(handle, CLUSTERING), "message model")
             if backend.credentials:
                 access, secret = backend.credentials
@@ -234,21 +247,26 @@ class Consumer(ConsumerBase):
             self._broker_addresses = list(brokers.values())
         return self._broker_addresses
 
+    def _group_members(self) -> Iterator[list[str]]:
+        """The client ids each broker lists as members of this consumer's group."""
+        timeout = self._backend.connect_timeout
+        for address in self._brokers():
+            reply, body = admin.call(
+                address,
+                _GET_CONSUMER_LIST_BY_GROUP,
+                {"consumerGroup": self._group},
+                timeout=timeout,
+            )
+            listed = json.loads(body) if reply["code"] == admin.SUCCESS and body else {}
+            yield [str(client_id) for client_id in listed.get("consumerIdList", [])]
+
     def _find_client_id(self) -> str | None:
         """This consumer's client id as the brokers know it (``pid-ip@instance``)."""
-        timeout = self._backend.connect_timeout
         try:
-            for address in self._brokers():
-                reply, body = admin.call(
-                    address,
-                    _GET_CONSUMER_LIST_BY_GROUP,
-                    {"consumerGroup": self._group},
-                    timeout=timeout,
-                )
-                if reply["code"] == admin.SUCCESS and body:
-                    for client_id in json.loads(body).get("consumerIdList", []):
-                        if str(client_id).endswith("@" + self._instance):
-                            return str(client_id)
+            for members in self._group_members():
+                for client_id in members:
+                    if client_id.endswith("@" + self._instance):
+                        return client_id
         except (OSError, ValueError, MqkitError, admin.AdminError) as exc:
             log.warning("RocketMQ: cannot find the client id of %s: %s", self._instance, exc)
         return None
@@ -419,17 +437,9 @@ class Consumer(ConsumerBase):
 
     def _listed(self) -> bool:
         """Whether a broker still lists this consumer as a member of its group."""
-        timeout = self._backend.connect_timeout
         try:
-            for address in self._brokers():
-                reply, body = admin.call(
-                    address,
-                    _GET_CONSUMER_LIST_BY_GROUP,
-                    {"consumerGroup": self._group},
-                    timeout=timeout,
-                )
-                members = json.loads(body) if reply["code"] == admin.SUCCESS and body else {}
-                if self._client_id in members.get("consumerIdList", []):
+            for members in self._group_members():
+                if self._client_id in members:
                     return True
         except (OSError, ValueError, MqkitError, admin.AdminError) as exc:
             log.debug("RocketMQ: asking for the members of %s: %s", self._group, exc)
@@ -443,5 +453,3 @@ class Consumer(ConsumerBase):
         with register_lock:
             lib.UnregisterMessageCallbackOrderly(handle)
             lib.DestroyPushConsumer(handle)
-
-
