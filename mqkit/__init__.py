@@ -4,6 +4,7 @@ embedded queues, chosen by a URL."""
 from mqkit.app import App, Handler, Middleware, Route
 from mqkit.client import Broker, Consumer, Producer, connect
 from mqkit.config import BrokerURL, parse_url
+from mqkit.envelope import HeaderValue
 from mqkit.errors import (
     BrokerUnavailable,
     ClosedError,
@@ -25,6 +26,9 @@ from mqkit.serialization import (
 )
 from mqkit.spi import Features
 
+# ``mqkit.aio.connect(...)`` after ``import mqkit``; imported last, it builds on the above.
+from mqkit import aio  # isort: skip
+
 __all__ = [
     "App",
     "Broker",
@@ -40,6 +44,7 @@ __all__ = [
     "Features",
     "FunctionSerializer",
     "Handler",
+    "HeaderValue",
     "JsonSerializer",
     "Message",
     "MessageStateError",
@@ -51,6 +56,7 @@ __all__ = [
     "Route",
     "Serializer",
     "TextSerializer",
+    "aio",
     "connect",
     "parse_url",
     "register",

@@ -352,6 +352,19 @@ class BackendBase(_ClosesOnce, ABC, Generic[S]):
         settings = self.settings.override(f"{self.where} consumer", options, CONSUMER)
         return self.open_consumer(tuple(topics), group, settings)
 
+    def ping(self, timeout: float) -> None:
+        """Raise unless the broker answers and takes the credentials, within about ``timeout``
+        seconds (:meth:`mqkit.Broker.ping` bounds the wait either way).
+
+        The default opens and closes a producer with the backend's settings; an adapter
+        overrides it with its cheapest real round trip (a producer may connect lazily)."""
+        self.open_producer(self.settings).close()
+
+    def depth(self, group: str, topics: Sequence[str]) -> int | None:
+        """Messages of ``topics`` that ``group`` has not acked yet (waiting or in flight), or
+        ``None`` when the backend cannot tell cheaply (the default)."""
+        return None
+
     @abstractmethod
     def open_producer(self, settings: S) -> ProducerDriver:
         """A producer with ``settings`` (the backend's, with the producer's overrides)."""

@@ -7,13 +7,21 @@ itself). An undecodable message goes to the group's dead-letter topic instead of
 
 ``workers`` > 1 puts an :class:`OrderedProcessor` behind each consumer: a per-key worker pool.
 Middleware may define ``prepare(route)``; ``run()`` calls it for each route before any of the
-route's consumers subscribes (e.g. to create the groups its helper topics need).
+route's consumers subscribes (e.g. to create the groups its helper topics need). All routes
+subscribe at once, so an app is ready in the time one group join takes.
+
+Request/reply: what a handler returns for a message with ``reply_to`` is sent there with the
+request's correlation id before the message is acked (``Producer.request`` waits for it);
+``None`` sends nothing.
 
 The App is part of the core: it imports none of the helpers, which build on it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import functools
 import itertools
 import logging
 import signal
@@ -23,14 +31,18 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from mqkit.client import Broker, Consumer, Producer, connect
 from mqkit.deadletter import ensure_dead_letter_group, send_dead_letter
+from mqkit.errors import MqkitError
 from mqkit.message import Message
+from mqkit.observe import RouteStats, dispatching, system_of, watch
 from mqkit.serialization import Serializer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Handler = Callable[[Message], Any]
 
@@ -42,6 +54,9 @@ class Route:
     ``serializer`` is the one the route's consumers decode with. ``stopping`` is set when the
     app stops; a middleware that needs its own background work (e.g. a consumer of retry
     topics) starts it with :meth:`start_thread`, and ``App.run()`` joins it before returning.
+    ``replies`` sends what a handler returns for a message with ``reply_to`` (:meth:`reply`).
+    ``stats`` is the route's :class:`RouteStats` (``App.stats``), which the helpers' relays
+    count their deliveries in.
     """
 
     topics: tuple[str, ...]
@@ -51,6 +66,21 @@ class Route:
     serializer: str | Serializer | None = None
     stopping: threading.Event = field(default_factory=threading.Event, compare=False)
     threads: list[threading.Thread] = field(default_factory=list, repr=False, compare=False)
+    replies: Producer | None = field(default=None, repr=False, compare=False)
+    stats: RouteStats = field(default_factory=RouteStats, repr=False, compare=False)
+
+    @property
+    def system(self) -> str:
+        """The backend as OpenTelemetry's ``messaging.system`` names it."""
+        return system_of(self.broker.url.scheme)
+
+    def reply(self, message: Message, result: object) -> None:
+        """Send a handler's ``result`` to ``message.reply_to`` (request/reply), before the
+        message is acked; nothing when the handler returned ``None`` or nobody asked."""
+        if result is None or not message.reply_to or self.replies is None:
+            return
+        self.replies.reply(message, result)
+        self.replies.flush()
 
     def start_thread(self, target: Callable[[], object], name: str) -> threading.Thread:
         """Run ``target`` beside the route's workers; it must return soon after ``stopping``."""
@@ -73,18 +103,6 @@ def prepare_middleware(middleware: Sequence[Middleware], route: Route) -> None:
         prepare = getattr(mw, "prepare", None)
         if callable(prepare):
             prepare(route)
-
-
-@dataclass
-class RouteStats:
-    processed: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, name: str) -> None:
-        with self.lock:
-            setattr(self, name, getattr(self, name) + 1)
 
 
 @dataclass
@@ -116,8 +134,12 @@ class App:
             broker if broker is not None else connect(url, serializer=serializer, **options)
         )
         self._registrations: list[_Registration] = []
+        self._background: list[tuple[Callable[[threading.Event], object], str]] = []
         self._stop = threading.Event()
         self._signals = 0
+        self._ready = threading.Event()
+        self._running = False
+        self._workers: list[threading.Thread] = []
 
     def handler(
         self,
@@ -159,6 +181,12 @@ class App:
 
         return register
 
+    def background(self, target: Callable[[threading.Event], object], name: str) -> None:
+        """Run ``target(stopping)`` in a thread of its own while :meth:`run` runs (an outbox
+        relay, say); it must return soon after ``stopping`` is set, and ``run()`` joins it
+        before returning. An app with background work and no handler runs just that."""
+        self._background.append((target, name))
+
     def stats(self, group: str) -> RouteStats:
         for reg in self._registrations:
             if reg.group == group:
@@ -168,6 +196,20 @@ class App:
     def stop(self) -> None:
         """Ask ``run()`` to finish in-flight messages and return; safe from any thread."""
         self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        """Readiness (a Kubernetes readiness probe): ``run()`` has subscribed every group and
+        started its workers, and is not stopping."""
+        return self._ready.is_set() and not self._stop.is_set()
+
+    @property
+    def alive(self) -> bool:
+        """Liveness (a Kubernetes liveness probe): ``run()`` is running (or starting) and none
+        of its worker threads has died (while stopping they end, and it stays True). False
+        before ``run()`` and after it returned."""
+        started = (worker for worker in self._workers if worker.ident is not None)
+        return self._running and (self._stop.is_set() or all(w.is_alive() for w in started))
 
     def run(
         self,
@@ -180,35 +222,53 @@ class App:
 
         ``on_ready`` is called once every group is subscribed (e.g. to start producing).
         """
-        if not self._registrations:
+        if not self._registrations and not self._background:
             raise RuntimeError("no handler registered; decorate a function with @app.handler")
         self._stop.clear()
         self._signals = 0
         restore = self._install_signals() if install_signal_handlers else {}
-        dead_letters = self.broker.producer(serializer="bytes")
-        workers: list[threading.Thread] = []
+        self._running = True
+        self._workers = workers = []
+        unwatch: list[Callable[[], None]] = []
         routes: list[Route] = []
+        replies: dict[int, Producer] = {}
+        try:
+            dead_letters = self.broker.producer(serializer="bytes")
+        except BaseException:
+            self._running = False
+            raise
         try:
             for reg in self._registrations:
-                # Dead letters are only kept for a group that exists before they are sent.
-                ensure_dead_letter_group(self.broker, reg.group)
-                route = Route(
-                    reg.topics,
-                    reg.group,
-                    self.broker,
-                    dead_letters,
-                    serializer=reg.serializer,
-                    stopping=self._stop,
+                key = id(reg.serializer)
+                if key not in replies:
+                    replies[key] = self.broker.producer(serializer=reg.serializer)
+                routes.append(
+                    Route(
+                        reg.topics,
+                        reg.group,
+                        self.broker,
+                        dead_letters,
+                        serializer=reg.serializer,
+                        stopping=self._stop,
+                        replies=replies[key],
+                        stats=reg.stats,
+                    )
                 )
-                routes.append(route)
-                prepare_middleware(reg.middleware, route)
+            members = self._subscribe_all(routes) if routes else []
+            for route in routes:
+                unwatch.append(
+                    watch(
+                        route.system,
+                        route.group,
+                        route.topics,
+                        functools.partial(self.broker.depth, route.group, route.topics),
+                    )
+                )
+            for reg, route, consumers in zip(self._registrations, routes, members, strict=True):
                 chain = reg.handler
                 for mw in reversed(reg.middleware):
                     chain = mw(chain, route)
-                for n in range(reg.concurrency):
-                    consumer = self.broker.consumer(
-                        reg.topics, group=reg.group, serializer=reg.serializer, **reg.options
-                    )
+                for n, consumer in enumerate(consumers):
                     worker = threading.Thread(
                         target=self._work,
                         args=(consumer, chain, route, reg.stats, reg.workers),
@@ -216,8 +276,13 @@ class App:
                         daemon=True,
                     )
                     workers.append(worker)
+            for target, name in self._background:
+                workers.append(
+                    threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
+                )
             for worker in workers:
                 worker.start()
+            self._ready.set()
             if on_ready is not None:
                 on_ready()
             deadline = None if duration is None else time.monotonic() + duration
@@ -227,14 +292,55 @@ class App:
                 self._stop.wait(0.1)
         finally:
             self._stop.set()
+            self._ready.clear()
+            for forget in unwatch:
+                forget()
             for worker in workers:
                 worker.join()
             for route in routes:
                 for thread in route.threads:
                     thread.join()
             dead_letters.close()
+            for producer in replies.values():
+                producer.close()
             for sig, previous in restore.items():
                 signal.signal(sig, previous)
+            self._running = False
+
+    def _subscribe_all(self, routes: list[Route]) -> list[list[Consumer]]:
+        """Every route's consumers, all groups joining at once (a group join takes seconds on
+        some brokers: an app starts in the time of one, not of all). Per route, first its
+        dead-letter group (dead letters are kept only for a group that exists before they are
+        sent) and its middleware's ``prepare``; on any failure every consumer made is closed."""
+        made: list[Consumer] = []
+        lock = threading.Lock()
+
+        def subscribe(reg: _Registration, route: Route) -> list[Consumer]:
+            ensure_dead_letter_group(self.broker, reg.group)
+            prepare_middleware(reg.middleware, route)
+
+            def member() -> Consumer:
+                consumer = self.broker.consumer(
+                    reg.topics, group=reg.group, serializer=reg.serializer, **reg.options
+                )
+                with lock:
+                    made.append(consumer)
+                return consumer
+
+            return _all_at_once([member] * reg.concurrency)
+
+        try:
+            return _all_at_once(
+                [
+                    functools.partial(subscribe, reg, route)
+                    for reg, route in zip(self._registrations, routes, strict=True)
+                ]
+            )
+        except BaseException:
+            for consumer in made:
+                with contextlib.suppress(MqkitError):
+                    consumer.close()
+            raise
 
     def close(self) -> None:
         if self._own_broker:
@@ -258,26 +364,32 @@ class App:
                     self._dispatch(message, chain, route, stats)
 
     def _dispatch(self, message: Message, chain: Handler, route: Route, stats: RouteStats) -> None:
-        if message.error is not None:
-            log.error("dead-lettering undecodable message %s: %s", message.id, message.error)
-            send_dead_letter(route.producer, message, route.group, message.error)
-            route.producer.flush()
-            message.ack()
-            stats.add("dead_lettered")
-            return
+        outcome = dispatching(route.system, route.group, stats, message)
         try:
-            chain(message)
-        except Exception:
-            log.exception(
-                "handler for %s in group %r failed on %r", message.topic, route.group, message
-            )
-            stats.add("failed")
+            if message.error is not None:
+                log.error("dead-lettering undecodable message %s: %s", message.id, message.error)
+                outcome.decided = True  # never ran: neither processed nor failed
+                send_dead_letter(route.producer, message, route.group, message.error)
+                route.producer.flush()
+                message.ack()
+                outcome.add("dead_lettered", message.error)
+                return
+            try:
+                result = chain(message)
+                if message.settled is None:
+                    route.reply(message, result)
+            except Exception as exc:
+                log.exception(
+                    "handler for %s in group %r failed on %r", message.topic, route.group, message
+                )
+                outcome.add("failed", exc)
+                if message.settled is None:
+                    message.nack()
+                return
             if message.settled is None:
-                message.nack()
-            return
-        if message.settled is None:
-            message.ack()
-        stats.add("processed")
+                message.ack()
+        finally:
+            outcome.finish()
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -306,6 +418,16 @@ class App:
 # -- the per-key worker pool behind ``workers=N`` ----------------------------------------
 
 KeyFunction = Callable[[Message], str | None]
+
+
+def _all_at_once(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """The results of ``calls`` run concurrently, in order; the first error is raised once
+    all have finished."""
+    if len(calls) == 1:
+        return [calls[0]()]
+    with concurrent.futures.ThreadPoolExecutor(len(calls), "mqkit-subscribe") as pool:
+        futures = [pool.submit(call) for call in calls]
+    return [future.result() for future in futures]
 
 
 def message_key(message: Message) -> str | None:

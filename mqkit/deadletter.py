@@ -27,7 +27,7 @@ groups may subscribe too (an alerting service, say); each gets every dead letter
 * :func:`list_dead_letters` receives up to ``limit`` dead letters and gives them back to the
   group (it never acks), so listing changes nothing but their delivery count.
 * :func:`replay` re-publishes dead letters and acks them once the copies are confirmed. By
-  default a replay goes to ``<group>.replay`` (:func:`replay_topic`), which the route's retry
+  default a replay goes to ``<group>.retry`` (:func:`replay_topic`), which the route's retry
   relay (the retry helper) consumes: only the group that gave up on the message gets
   it again, with a fresh attempt count. ``to="topic"`` publishes to the original topic instead,
   which **every** group of that topic receives (useful when the route has no retry middleware,
@@ -42,14 +42,17 @@ bad payload is never lost); it needs only the client and the envelope.
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
+import weakref
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from mqkit import envelope
-from mqkit.client import Broker, Producer
+from mqkit.client import Broker, Consumer, Producer
+from mqkit.envelope import HeaderValue
 from mqkit.message import Message
 
 #: The dead-letter headers, by their short names here (spelled in :mod:`mqkit.envelope`).
@@ -80,15 +83,35 @@ def dead_letter_group(group: str) -> str:
 
 
 def replay_topic(group: str) -> str:
-    """Where :func:`replay` puts ``group``'s dead letters back (also its relay's group)."""
-    return f"{group}.replay"
+    """Where :func:`replay` puts ``group``'s dead letters back: the group's one retry topic
+    (``<group>.retry``, also its relay's group), so replays need no topic of their own."""
+    return f"{group}.retry"
+
+
+def dead_letter_consumer(broker: Broker, group: str) -> Consumer:
+    """A member of the keeper group of ``group``'s dead letters (raw bodies), with the
+    backend's options for helper groups so every member agrees."""
+    return broker.consumer(
+        dead_letter_topic(group),
+        group=dead_letter_group(group),
+        serializer="bytes",
+        **broker.features.helper_group_options,
+    )
+
+
+_ensured: weakref.WeakKeyDictionary[Broker, set[str]] = weakref.WeakKeyDictionary()
+_ensured_lock = threading.Lock()
 
 
 def ensure_dead_letter_group(broker: Broker, group: str) -> None:
-    """Subscribe :func:`dead_letter_group` so dead letters sent from now on are kept."""
-    broker.consumer(
-        dead_letter_topic(group), group=dead_letter_group(group), serializer="bytes"
-    ).close()
+    """Subscribe :func:`dead_letter_group` so dead letters sent from now on are kept (once per
+    broker object: joining a group is a round of the group protocol on some backends)."""
+    with _ensured_lock:
+        if group in _ensured.setdefault(broker, set()):
+            return
+    dead_letter_consumer(broker, group).close()
+    with _ensured_lock:
+        _ensured.setdefault(broker, set()).add(group)
 
 
 def traceback_summary(error: BaseException) -> str:
@@ -104,8 +127,8 @@ def dead_letter_headers(
     topic: str | None = None,
     original_id: str | None = None,
     attempt: int | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> dict[str, str]:
+    headers: Mapping[str, HeaderValue] | None = None,
+) -> dict[str, HeaderValue]:
     """The dead letter's headers: the original ones plus the dead-letter ones.
 
     ``topic``, ``original_id``, ``attempt`` and ``headers`` override what ``message`` says, for
@@ -137,13 +160,14 @@ def send_dead_letter(
     topic: str | None = None,
     original_id: str | None = None,
     attempt: int | None = None,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, HeaderValue] | None = None,
 ) -> str:
     """Publish ``message`` unchanged to its group's dead-letter topic; ``producer`` sends bytes."""
     return producer.send(
         dead_letter_topic(group),
         message.body,
         key=message.key,
+        **message.copy_fields(),
         headers=dead_letter_headers(
             message,
             group,
@@ -168,28 +192,32 @@ class DeadLetter:
     error_type: str
     traceback: str
     time: float
-    headers: dict[str, str]
+    headers: dict[str, HeaderValue]
     """The original message's own headers, without the dead-letter ones."""
 
     @classmethod
     def of(cls, message: Message) -> DeadLetter:
         h = message.headers
+
+        def text(name: str, default: str = "") -> str:
+            return envelope.header_text(h, name, default)
+
         try:
-            attempt = int(h.get(ATTEMPT, "0"))
+            attempt = int(text(ATTEMPT, "0"))
         except ValueError:
             attempt = 0
         try:
-            when = float(h.get(TIME, "0"))
+            when = float(text(TIME, "0"))
         except ValueError:
             when = 0.0
         return cls(
-            topic=h.get(TOPIC, ""),
-            group=h.get(GROUP, ""),
-            original_id=h.get(ORIGINAL_ID, message.id),
+            topic=text(TOPIC),
+            group=text(GROUP),
+            original_id=text(ORIGINAL_ID, message.id),
             attempt=attempt,
-            error=h.get(ERROR, ""),
-            error_type=h.get(ERROR_TYPE, ""),
-            traceback=h.get(TRACEBACK, ""),
+            error=text(ERROR),
+            error_type=text(ERROR_TYPE),
+            traceback=text(TRACEBACK),
             time=when,
             headers={k: v for k, v in h.items() if not k.startswith(PREFIX)},
         )
@@ -224,9 +252,7 @@ def list_dead_letters(
     a new consumer), then stops once none came for ``wait`` seconds.
     """
     out: list[Listed] = []
-    consumer = broker.consumer(
-        dead_letter_topic(group), group=dead_letter_group(group), serializer="bytes"
-    )
+    consumer = dead_letter_consumer(broker, group)
     try:
         while len(out) < limit:
             message = consumer.receive(timeout=wait if out else max(wait, first_wait))
@@ -264,9 +290,7 @@ def replay(
     :func:`list_dead_letters`.
     """
     done: list[Replayed] = []
-    consumer = broker.consumer(
-        dead_letter_topic(group), group=dead_letter_group(group), serializer="bytes"
-    )
+    consumer = dead_letter_consumer(broker, group)
     producer = broker.producer(serializer="bytes")
     pending: list[Message] = []
     seen = 0
@@ -292,7 +316,9 @@ def replay(
                 )
             else:
                 target = info.topic
-            new_id = producer.send(target, message.body, key=message.key, headers=headers)
+            new_id = producer.send(
+                target, message.body, key=message.key, headers=headers, **message.copy_fields()
+            )
             done.append(Replayed(info.original_id, info.topic, target, new_id))
             pending.append(message)
             if len(pending) >= batch:

@@ -16,8 +16,15 @@ id from the transport (:func:`transport_id`) and the consumer decodes with its o
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from collections.abc import Mapping
+from typing import Literal
+
+#: What a header value may be. Transports with typed headers (AMQP) keep the type; the others
+#: carry text and restore the type from :data:`HEADER_TYPES` (see :func:`flatten_headers`).
+HeaderValue = str | bytes | int | float | bool
 
 PREFIX = "mqkit-"
 
@@ -30,12 +37,24 @@ KEY = PREFIX + "key"
 TIMESTAMP = PREFIX + "ts"
 #: Delivery attempt, for transports that count redeliveries in a copy they publish themselves.
 ATTEMPT = PREFIX + "attempt"
+#: The types of the headers a text-only transport carries as text: a JSON object mapping a
+#: header name to ``"int"``, ``"float"``, ``"bool"`` or ``"bytes"`` (str headers are not listed).
+HEADER_TYPES = PREFIX + "types"
 
 #: Prefix under which an adapter carries a user header whose name its transport reserves (e.g.
 #: ``JMSType`` on ActiveMQ); renamed back on receipt, so users never see it.
 ESCAPED_PREFIX = PREFIX + "h-"
 
-TRANSPORT_FIELDS = frozenset({ID, KEY, TIMESTAMP, ATTEMPT})
+TRANSPORT_FIELDS = frozenset({ID, KEY, TIMESTAMP, ATTEMPT, HEADER_TYPES})
+
+# -- standard fields: the names other clients use, for transports without a native field ------
+# AMQP and JMS/STOMP carry these natively; Kafka and RocketMQ carry them as headers/properties
+# of these names (the ones STOMP uses, so one spelling serves every text transport).
+CONTENT_TYPE = "content-type"
+CONTENT_ENCODING = "content-encoding"
+CORRELATION_ID = "correlation-id"
+REPLY_TO = "reply-to"
+STANDARD_FIELDS = frozenset({CONTENT_TYPE, CONTENT_ENCODING, CORRELATION_ID, REPLY_TO})
 
 # -- helper fields: ordinary headers the helpers set and read ------------------------------------
 #: A producer-chosen identity: messages carrying the same value are one message for dedup.
@@ -46,6 +65,9 @@ ORIGIN_ID = PREFIX + "origin-id"
 SEQ = PREFIX + "seq"
 #: Which producer instance numbered the message (numbers restart with a new source).
 SEQ_SOURCE = PREFIX + "seq-source"
+#: The W3C ``traceparent`` of the message a copy was made of (retry copy, dead letter, replay),
+#: so that tracing links the copy's processing to the original (:mod:`mqkit.telemetry`).
+ORIGIN_TRACEPARENT = PREFIX + "origin-traceparent"
 
 RETRY_PREFIX = PREFIX + "retry-"
 #: Tries made before this copy was published (the handler sees this plus its delivery count).
@@ -69,6 +91,7 @@ HELPER_FIELDS = frozenset(
     {
         IDEMPOTENCY_KEY,
         ORIGIN_ID,
+        ORIGIN_TRACEPARENT,
         SEQ,
         SEQ_SOURCE,
         RETRY_ATTEMPTS,
@@ -86,22 +109,37 @@ HELPER_FIELDS = frozenset(
 )
 
 # -- trace context (W3C names, so other instrumented clients continue the trace) -----------------
+# Plain user headers on every transport (mqkit.telemetry writes and reads them when instrumented).
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
 
-def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+def check_headers(headers: Mapping[str, HeaderValue] | None) -> dict[str, HeaderValue]:
     """The user's headers as a new dict, or an error naming the first bad one.
 
-    Names and values are ``str``; names are not empty and do not use mqkit's reserved prefix
-    except for the helper fields.
+    Names are non-empty ``str`` outside mqkit's reserved prefix (except the helper fields)
+    and the standard fields (pass those as ``send()`` arguments); values are ``str``,
+    ``bytes``, ``int``, ``float`` or ``bool``.
     """
     if not headers:
         return {}
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(f"headers map str to str; got {name!r}: {value!r}")
+    out: dict[str, HeaderValue] = {}
+    for name, given in headers.items():
+        if not isinstance(name, str):
+            raise TypeError(f"header names are str; got {name!r}")
+        value: object = given
+        if isinstance(value, bytearray | memoryview):
+            value = bytes(value)
+        if not isinstance(value, str | bytes | int | float):  # bool is an int
+            raise TypeError(
+                f"header {name!r}: values are str, bytes, int, float or bool, "
+                f"not {type(value).__name__}"
+            )
+        if name.lower() in STANDARD_FIELDS:
+            raise ValueError(
+                f"header {name!r} is a standard field: pass it as send(..., "
+                f"{name.lower().replace('-', '_')}=...) so every transport maps it natively"
+            )
         if not name:
             raise ValueError("header names must not be empty")
         if name.startswith(PREFIX) and name not in HELPER_FIELDS:
@@ -113,7 +151,20 @@ def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-def user_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def header_text(headers: Mapping[str, HeaderValue], name: str, default: str = "") -> str:
+    """Header ``name`` as text (how the helpers read their fields, whichever transport typed
+    them): ``str`` as is, bytes decoded as UTF-8, numbers and booleans as ``str()``."""
+    value = headers.get(name)
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def user_headers(headers: Mapping[str, HeaderValue]) -> dict[str, HeaderValue]:
     """``headers`` without the transport fields: what :attr:`mqkit.Message.headers` shows."""
     return {k: v for k, v in headers.items() if k not in TRANSPORT_FIELDS}
 
@@ -139,3 +190,84 @@ def transport_id(*parts: object) -> str:
     message read twice gets the same id, so idempotency works for foreign producers too."""
     text = "\x1f".join(str(part) for part in parts)
     return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+
+
+def flatten_headers(
+    headers: Mapping[str, HeaderValue], *, binary: Literal["raw", "base64"]
+) -> tuple[dict[str, str | bytes], str | None]:
+    """Headers for a text-only transport, and the :data:`HEADER_TYPES` value (``None`` when
+    every value is ``str``).
+
+    The one rule: numbers travel in decimal (``repr`` for floats), booleans as ``true`` /
+    ``false``, bytes as they are where the transport takes bytes (``binary="raw"``, Kafka) or
+    in base64 where it takes only text (``"base64"``: STOMP, RocketMQ). A plain consumer reads
+    the text; an mqkit consumer gets the original types back (:func:`restore_headers`).
+    """
+    out: dict[str, str | bytes] = {}
+    types: dict[str, str] = {}
+    for name, value in headers.items():
+        if isinstance(value, str):
+            out[name] = str(value)
+            continue
+        if isinstance(value, bool):
+            out[name], types[name] = ("true" if value else "false"), "bool"
+        elif isinstance(value, bytes):
+            encoded = bytes(value) if binary == "raw" else base64.b64encode(value).decode("ascii")
+            out[name], types[name] = encoded, "bytes"
+        elif isinstance(value, int):
+            out[name], types[name] = str(int(value)), "int"
+        else:
+            out[name], types[name] = repr(float(value)), "float"
+    return out, (json.dumps(types, separators=(",", ":")) if types else None)
+
+
+def restore_headers(
+    headers: Mapping[str, str | bytes], types: str | bytes | None
+) -> dict[str, HeaderValue]:
+    """Headers from a text-only transport with their types restored from :data:`HEADER_TYPES`.
+
+    Values without a type stay text; a bytes value (Kafka) is decoded as UTF-8 when it is
+    valid UTF-8 and stays ``bytes`` otherwise, so nothing is ever corrupted. A type entry that
+    does not parse leaves the value as it came.
+    """
+    kinds: dict[str, str] = {}
+    if types:
+        try:
+            loaded = json.loads(types)
+        except ValueError:
+            loaded = None
+        if isinstance(loaded, dict):
+            kinds = {str(k): str(v) for k, v in loaded.items()}
+    out: dict[str, HeaderValue] = {}
+    for name, raw in headers.items():
+        kind = kinds.get(name)
+        if kind == "bytes":
+            if isinstance(raw, bytes):
+                out[name] = raw
+                continue
+            try:
+                out[name] = base64.b64decode(raw, validate=True)
+                continue
+            except ValueError:
+                pass
+        text: str | None
+        if isinstance(raw, bytes):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                out[name] = raw
+                continue
+        else:
+            text = raw
+        value: HeaderValue = text
+        try:
+            if kind == "int":
+                value = int(text)
+            elif kind == "float":
+                value = float(text)
+            elif kind == "bool" and text in ("true", "false"):
+                value = text == "true"
+        except ValueError:
+            pass
+        out[name] = value
+    return out

@@ -8,11 +8,16 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from mqkit.envelope import HeaderValue
 from mqkit.errors import DecodeError, MessageStateError
 
-Headers = Mapping[str, str]
+Headers = Mapping[str, HeaderValue]
+
+#: The metadata of a delivery whose adapter reports none (shared, read-only).
+NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 
 class _IdSource:
@@ -51,6 +56,14 @@ class OutgoingMessage:
     headers: Headers = field(default_factory=dict)
     id: str = field(default_factory=new_message_id)
     timestamp: float = field(default_factory=time.time)
+    #: MIME type of ``body`` (from the serializer unless ``send()`` was given one).
+    content_type: str | None = None
+    #: How ``body`` is encoded on top of its type (e.g. ``gzip``), as in HTTP and AMQP.
+    content_encoding: str | None = None
+    #: Ties a reply to its request (or messages of one conversation together).
+    correlation_id: str | None = None
+    #: Where the receiver should send its reply: a topic name.
+    reply_to: str | None = None
 
 
 @dataclass(slots=True)
@@ -70,6 +83,13 @@ class Delivery:
     timestamp: float
     attempt: int
     handle: Any = None
+    content_type: str | None = None
+    content_encoding: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    #: The transport's own fields as received (AMQP properties, Kafka partition/offset, STOMP
+    #: frame headers, RocketMQ system properties…), for those who need what mqkit does not map.
+    metadata: Mapping[str, Any] = field(default_factory=lambda: NO_METADATA)
 
 
 Settle = Callable[["Message", bool, bool, float], None]
@@ -134,6 +154,27 @@ class Message:
         return self.delivery.attempt
 
     @property
+    def content_type(self) -> str | None:
+        return self.delivery.content_type
+
+    @property
+    def content_encoding(self) -> str | None:
+        return self.delivery.content_encoding
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.delivery.correlation_id
+
+    @property
+    def reply_to(self) -> str | None:
+        return self.delivery.reply_to
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The transport's own fields as received, for what mqkit does not map (read-only)."""
+        return self.delivery.metadata
+
+    @property
     def settled(self) -> str | None:
         """``"ack"``, ``"nack"`` or ``None`` while the message is still in flight."""
         return self._settled
@@ -154,6 +195,18 @@ class Message:
             raise ValueError("delay must be >= 0")
         self._mark("nack")
         self._settle(self, False, requeue, delay)
+
+    def copy_fields(self) -> dict[str, str | None]:
+        """``send()`` arguments that make a copy of this message (a retry copy, a dead letter,
+        a replay) keep its standard fields: content type and encoding, correlation id,
+        reply-to. ``producer.send(topic, m.body, **m.copy_fields())``."""
+        d = self.delivery
+        return {
+            "content_type": d.content_type,
+            "content_encoding": d.content_encoding,
+            "correlation_id": d.correlation_id,
+            "reply_to": d.reply_to,
+        }
 
     def _mark(self, outcome: str) -> None:
         if self._settled is not None:

@@ -19,6 +19,7 @@ Rules every backend follows (the conformance suite checks them):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -51,6 +52,17 @@ class Features:
     #: (RocketMQ's orderly consumer: the broker keeps the dead consumer's queue locks until
     #: they expire, 60 s after their last renewal).
     crash_hold: float = 0.0
+    #: A group created later still receives what was sent to the topic before it existed
+    #: (Kafka's and RocketMQ's topics are logs). False: messages reach the groups that exist
+    #: when they are sent; create groups first (``Broker.declare``, ``mqkit declare``).
+    retains_without_group: bool = False
+    #: Consumer options for the helpers' own groups (retry relays, dead-letter keepers), which
+    #: need no per-key parallelism: e.g. one partition queue on RabbitMQ instead of several.
+    #: Every consumer of such a group uses them, so its members always agree.
+    helper_group_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    #: Consumer options for a group that lives only as long as its consumer (a request's
+    #: reply topic): e.g. RabbitMQ's ``queue_expires`` and a single partition.
+    throwaway_group_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
 
 class ProducerDriver(Protocol):

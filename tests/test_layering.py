@@ -23,6 +23,22 @@ def test_core_imports_no_helper() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_core_imports_no_opentelemetry() -> None:
+    """Tracing is an extra: sending and running an App load no OpenTelemetry module until
+    ``mqkit.telemetry`` is imported."""
+    code = (
+        "import mqkit, mqkit.app, mqkit.aio, sys; "
+        "app = mqkit.App('memory://layering'); "
+        "app.handler('t', group='g')(lambda m: app.stop()); "
+        "app.run(install_signal_handlers=False, "
+        "on_ready=lambda: app.broker.producer().send('t', 1)); "
+        "loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry')); "
+        "assert not loaded, loaded"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 class Recording:
     """A middleware with a ``prepare`` hook; records what App.run did, in order."""
 

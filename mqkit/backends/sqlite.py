@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from mqkit.adapter import (
     CONSUMER,
@@ -41,6 +41,7 @@ from mqkit.adapter import (
     OutgoingMessage,
     ProducerBase,
     Settings,
+    envelope,
     option,
 )
 from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, DeliveryTimeout, MqkitError
@@ -104,6 +105,36 @@ def collect(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM messages WHERE seq < ?", (min(pending),))
     else:
         conn.execute("DELETE FROM messages")
+
+
+_STANDARD = ("content_type", "content_encoding", "correlation_id", "reply_to")
+
+
+def pack_metadata(message: OutgoingMessage) -> str:
+    """The ``headers`` column: a JSON object of the text headers, their types
+    (:func:`~mqkit.envelope.flatten_headers`) and the standard fields that are set."""
+    doc: dict[str, str] = {}
+    if message.headers:
+        flat, types = envelope.flatten_headers(message.headers, binary="base64")
+        doc.update(flat)  # type: ignore[arg-type]  # base64: every value is str
+        if types:
+            doc[envelope.HEADER_TYPES] = types
+    for name in _STANDARD:
+        value = getattr(message, name)
+        if value is not None:
+            doc[name.replace("_", "-")] = value
+    return json.dumps(doc, ensure_ascii=False) if doc else ""
+
+
+def unpack_delivery(column: str, **fields: Any) -> Delivery:
+    """A :class:`Delivery` from a row, its ``headers`` column read by :func:`pack_metadata`'s
+    rule (a user header never has a standard field's name: the core refuses those)."""
+    if not column:
+        return Delivery(headers={}, **fields)
+    doc = json.loads(column)
+    standard = {name: doc.pop(name.replace("_", "-"), None) for name in _STANDARD}
+    types = doc.pop(envelope.HEADER_TYPES, None)
+    return Delivery(headers=envelope.restore_headers(doc, types), **standard, **fields)
 
 
 class Store:
@@ -177,7 +208,7 @@ class Store:
                 m.topic,
                 m.id,
                 m.key,
-                json.dumps(dict(m.headers), ensure_ascii=False) if m.headers else "",
+                pack_metadata(m),
                 m.body,
                 m.timestamp,
             )
@@ -224,11 +255,11 @@ class Store:
                 seqs,
             ).fetchall()
         return [
-            Delivery(
+            unpack_delivery(
+                headers,
                 topic=topic,
                 body=bytes(body),
                 key=key,
-                headers=json.loads(headers) if headers else {},
                 id=mid,
                 timestamp=ts,
                 attempt=attempts[seq],
@@ -572,6 +603,30 @@ class SqliteBackend(BackendBase[MemorySettings]):
             synchronous=settings.synchronous,
         )
         return key, store
+
+    def ping(self, timeout: float) -> None:
+        """Take the database's write lock and give it back: a queue nobody can write to (a
+        writer holding its lock, a read-only file) is not usable."""
+        with self._store.lock:
+            conn = self._store.conn
+            try:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise BrokerUnavailable(
+                    f"SQLite queue {self._store.target!r} is unavailable: {exc}"
+                ) from None
+
+    def depth(self, group: str, topics: Sequence[str]) -> int | None:
+        """Rows of the group's queue: waiting, delayed or leased, not yet acked."""
+        marks = ",".join("?" * len(topics))
+        with self._store.lock:
+            row = self._store.conn.execute(
+                f"SELECT count(*) FROM queue WHERE grp = ? AND topic IN ({marks})",
+                (group, *topics),
+            ).fetchone()
+        return int(row[0])
 
     def open_producer(self, settings: MemorySettings) -> SqliteProducer:
         return SqliteProducer(self._store, max_batch=settings.max_batch)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
@@ -81,6 +82,73 @@ class MqkitClient:
 
     def close(self) -> None:
         self._broker.close()
+
+
+class AsyncMqkitClient:
+    """The same workload through ``mqkit.aio`` (``mqkit bench --api async``): each client runs
+    its own event loop in a thread, and each ``produce``/``consume`` call is one coroutine on
+    it, so every message goes through the async API (one thread hand-off per call, not per
+    message, on the benchmark's side)."""
+
+    def __init__(self, url: str) -> None:
+        import asyncio
+
+        from mqkit import aio
+
+        self._asyncio = asyncio
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="mqkit-bench-loop", daemon=True
+        )
+        self._thread.start()
+        self._broker: aio.AsyncBroker = self._call(aio.connect(url, serializer="bytes"))
+        self._consumer: aio.AsyncConsumer | None = None
+        self._producer: aio.AsyncProducer | None = None
+
+    def _call(self, work: Any) -> Any:
+        async def run() -> Any:
+            return await work
+
+        return self._asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+
+    def subscribe(self, topics: Sequence[str], group: str) -> None:
+        self._consumer = self._call(self._broker.consumer(topics, group=group))
+
+    def produce(self, topic: str, bodies: Iterable[bytes]) -> None:
+        async def go() -> None:
+            if self._producer is None:
+                self._producer = await self._broker.producer()
+            send = self._producer.send
+            for body in bodies:
+                await send(topic, body)
+            await self._producer.flush()
+
+        self._call(go())
+
+    def consume(self, on_body: OnBody, until: Callable[[], bool], deadline: float) -> None:
+        consumer = self._consumer
+        assert consumer is not None, "subscribe first"
+
+        async def go() -> None:
+            while not until():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                message = await consumer.receive(timeout=min(remaining, 0.2))
+                if message is None:
+                    continue
+                on_body(message.body)
+                await message.ack()
+
+        self._call(go())
+
+    def close(self) -> None:
+        try:
+            self._call(self._broker.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
 
 
 class RawSqliteClient:

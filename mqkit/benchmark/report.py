@@ -45,12 +45,34 @@ def ratios(results: Sequence[Measurement]) -> list[dict[str, Any]]:
     return out
 
 
+def async_ratios(results: Sequence[Measurement]) -> list[dict[str, Any]]:
+    """mqkit.aio against the sync API (``--api async``): rate ratio per throughput test, and
+    latency p99 at the same offered rate."""
+    sync = {(m.backend, m.test, m.topics): m for m in results if m.client == "mqkit"}
+    out = []
+    for m in results:
+        base = sync.get((m.backend, m.test, m.topics))
+        if m.client != "mqkit-async" or base is None:
+            continue
+        row: dict[str, Any] = {"backend": m.backend, "test": m.test, "topics": m.topics}
+        if m.test == "latency":
+            row["sync_p99_ms"] = base.latency_ms.get("p99", 0.0)
+            row["async_p99_ms"] = m.latency_ms.get("p99", 0.0)
+        elif base.rate > 0:
+            row.update(sync_rate=base.rate, async_rate=m.rate, ratio=round(m.rate / base.rate, 3))
+        else:
+            continue
+        out.append(row)
+    return out
+
+
 def document(work: Workload, results: Sequence[Measurement]) -> dict[str, Any]:
     return {
         "machine": machine(),
         "workload": work.__dict__,
         "results": [m.as_dict() for m in results],
         "ratios": ratios(results),
+        "async_vs_sync": async_ratios(results),
         "lost": sum(m.lost for m in results),
         "duplicated": sum(m.duplicated for m in results),
     }

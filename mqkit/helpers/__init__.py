@@ -11,8 +11,10 @@ ordered processing. They compose as App middleware (list ``retry`` first)::
     )(charge)
 
 Every idempotency store lives in :mod:`mqkit.helpers.stores` (Redis and PostgreSQL imported on
-use); dead letters (list, replay) in :mod:`mqkit.deadletter`. The ``App``'s per-key worker
-pool (:class:`OrderedProcessor`, ``workers=N``) is part of the core and re-exported here.
+use); dead letters (list, replay) in :mod:`mqkit.deadletter`; the transactional outbox and its
+relay in :mod:`mqkit.helpers.outbox` (the producer side, with ``spool=`` in
+:mod:`mqkit.spool`). The ``App``'s per-key worker pool (:class:`OrderedProcessor`,
+``workers=N``) is part of the core and re-exported here.
 """
 
 from mqkit.envelope import IDEMPOTENCY_KEY, ORIGIN_ID

@@ -34,7 +34,9 @@ process every message once.
 
 Stores live in :mod:`mqkit.helpers.stores`: ``MemoryStore`` (one process, tests),
 ``SqliteStore`` (durable, one machine; the default for durable use), ``RedisStore`` and
-``PostgresStore`` (shared by many machines). All expire their records.
+``PostgresStore`` (shared by many machines). All expire their records. ``mqkit.aio.App`` takes
+the same middleware (:meth:`Idempotent.wrap_async`) with ``AsyncRedisStore`` or
+``AsyncPostgresStore``, or any sync store, whose calls then run in threads.
 """
 
 from __future__ import annotations
@@ -46,12 +48,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mqkit.envelope import IDEMPOTENCY_KEY, ORIGIN_ID
+from mqkit.envelope import IDEMPOTENCY_KEY, ORIGIN_ID, header_text
 from mqkit.errors import RetryLater
-from mqkit.helpers.stores.base import Claim, ClaimStatus, IdempotencyStore
+from mqkit.helpers.stores.base import (
+    AsyncIdempotencyStore,
+    Claim,
+    ClaimStatus,
+    IdempotencyStore,
+    as_async_store,
+    is_async_store,
+)
 from mqkit.message import Message
+from mqkit.observe import report
 
 if TYPE_CHECKING:
+    from mqkit.aio import AsyncHandler, AsyncMessage
+    from mqkit.aio.app import AsyncRoute
     from mqkit.app import Handler, Route
 
 log = logging.getLogger(__name__)
@@ -79,7 +91,7 @@ def default_key(message: Message) -> str:
     """The :data:`~mqkit.envelope.IDEMPOTENCY_KEY` header, else the original id of a retry or
     replay (:data:`~mqkit.envelope.ORIGIN_ID`), else the message id."""
     headers = message.headers
-    return headers.get(IDEMPOTENCY_KEY) or headers.get(ORIGIN_ID) or message.id
+    return header_text(headers, IDEMPOTENCY_KEY) or header_text(headers, ORIGIN_ID) or message.id
 
 
 class ClaimBusy(RetryLater):
@@ -114,7 +126,7 @@ class Idempotent:
 
     def __init__(
         self,
-        store: IdempotencyStore,
+        store: IdempotencyStore | AsyncIdempotencyStore,
         *,
         key: Callable[[Message], str] = default_key,
         ttl: float = DEFAULT_TTL,
@@ -137,24 +149,54 @@ class Idempotent:
         with self._lock:
             setattr(self.stats, name, getattr(self.stats, name) + 1)
 
+    # -- the steps shared by the sync and the async middleware -----------------------------
+
+    def _prefix(self, group: str | None) -> str:
+        namespace = self.namespace if self.namespace is not None else (group or "")
+        return f"{namespace}:" if namespace else ""
+
+    def _claimed(self, claim: Claim, identity: str, message: object) -> float | None:
+        """After ``claim``: ``None`` to run the handler, else how long to delay a busy
+        duplicate (``-1.0`` for a done one: skip it)."""
+        if claim.status == "done":
+            self._count("skipped")
+            report("duplicates")
+            log.debug("skipping %r: identity %r already processed", message, identity)
+            return -1.0
+        if claim.status == "busy":
+            self._count("busy")
+            report("deferred")
+            return min(max(claim.retry_after, 0.05), self.busy_delay)
+        return None
+
+    def _completed(self, held: bool, identity: str) -> None:
+        if not held:
+            self._count("lost_claims")
+            log.warning(
+                "identity %r: the claim expired while the handler ran (lease %.1f s); "
+                "another delivery may have run it too — raise the lease",
+                identity,
+                self.lease,
+            )
+        self._count("processed")
+
+    # -- sync ------------------------------------------------------------------------------
+
     def __call__(self, handler: Handler, route: Route | None = None) -> Handler:
-        namespace = self.namespace
-        if namespace is None:
-            namespace = route.group if route is not None else ""
-        prefix = f"{namespace}:" if namespace else ""
+        if is_async_store(self.store):
+            raise TypeError(f"{self.store!r} is an async store: use it with mqkit.aio.App")
+        store: IdempotencyStore = self.store  # type: ignore[assignment]
+        prefix = self._prefix(route.group if route is not None else None)
         can_delay = route is not None and route.broker.features.delayed_redelivery
 
         def run_once(message: Message) -> Any:
             identity = prefix + str(self.key(message))
             token = secrets.token_hex(8)
-            claim = self.store.claim(identity, token, self.lease)
-            if claim.status == "done":
-                self._count("skipped")
-                log.debug("skipping %r: identity %r already processed", message, identity)
+            claim = store.claim(identity, token, self.lease)
+            wait = self._claimed(claim, identity, message)
+            if wait is not None and wait < 0:
                 return None
-            if claim.status == "busy":
-                self._count("busy")
-                wait = min(max(claim.retry_after, 0.05), self.busy_delay)
+            if wait is not None:
                 if can_delay and message.settled is None:
                     message.nack(delay=wait)
                     return None
@@ -163,27 +205,53 @@ class Idempotent:
                 result = handler(message)
             except BaseException:
                 self._count("failed")
-                self.store.release(identity, token)
+                store.release(identity, token)
                 raise
             if message.settled == "nack":  # the handler asked for another delivery
-                self.store.release(identity, token)
+                store.release(identity, token)
                 return result
-            if not self.store.complete(identity, token, self.ttl):
-                self._count("lost_claims")
-                log.warning(
-                    "identity %r: the claim expired while the handler ran (lease %.1f s); "
-                    "another delivery may have run it too — raise the lease",
-                    identity,
-                    self.lease,
-                )
-            self._count("processed")
+            self._completed(store.complete(identity, token, self.ttl), identity)
+            return result
+
+        return run_once
+
+    # -- async (mqkit.aio.App) -------------------------------------------------------------
+
+    def wrap_async(self, handler: AsyncHandler, route: AsyncRoute) -> AsyncHandler:
+        """The same middleware for ``async def`` handlers; a sync store runs in threads."""
+        store = as_async_store(self.store)
+        prefix = self._prefix(route.group)
+        can_delay = route.broker.features.delayed_redelivery
+
+        async def run_once(message: AsyncMessage) -> Any:
+            identity = prefix + str(self.key(message.sync))
+            token = secrets.token_hex(8)
+            claim = await store.claim(identity, token, self.lease)
+            wait = self._claimed(claim, identity, message)
+            if wait is not None and wait < 0:
+                return None
+            if wait is not None:
+                if can_delay and message.settled is None:
+                    await message.nack(delay=wait)
+                    return None
+                raise ClaimBusy(identity, claim.retry_after)
+            try:
+                result = await handler(message)
+            except BaseException:
+                self._count("failed")
+                await store.release(identity, token)
+                raise
+            if message.settled == "nack":
+                await store.release(identity, token)
+                return result
+            self._completed(await store.complete(identity, token, self.ttl), identity)
             return result
 
         return run_once
 
 
 def idempotent(
-    store: IdempotencyStore,
+    store: IdempotencyStore | AsyncIdempotencyStore,
     *,
     key: Callable[[Message], str] = default_key,
     ttl: float = DEFAULT_TTL,
@@ -197,6 +265,8 @@ def idempotent(
     middleware=[idempotent(store)])``; as a decorator: ``@idempotent(store, namespace="x")``.
     ``ttl`` is the dedup window, ``lease`` the claim's lifetime (longer than the handler runs),
     ``busy_delay`` the most a busy duplicate is delayed before it is looked at again.
+    On :class:`mqkit.aio.App` it takes an async store (``AsyncRedisStore``,
+    ``AsyncPostgresStore``) or a sync one (run in threads).
     """
     return Idempotent(
         store, key=key, ttl=ttl, lease=lease, namespace=namespace, busy_delay=busy_delay

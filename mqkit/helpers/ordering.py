@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from mqkit.app import KeyFunction, OrderedProcessor, OrderedStats, message_key
 from mqkit.client import Producer
-from mqkit.envelope import SEQ, SEQ_SOURCE
+from mqkit.envelope import SEQ, SEQ_SOURCE, HeaderValue, header_text
 from mqkit.message import Message
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ class Sequencer:
         self._lock = threading.Lock()
 
     def headers(
-        self, topic: str, key: str | None, headers: Mapping[str, str] | None = None
-    ) -> dict[str, str]:
+        self, topic: str, key: str | None, headers: Mapping[str, HeaderValue] | None = None
+    ) -> dict[str, HeaderValue]:
         with self._lock:
             n = self._next.get((topic, key), 1)
             self._next[(topic, key)] = n + 1
@@ -77,7 +77,7 @@ class SequencedProducer:
         value: Any,
         *,
         key: str | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, HeaderValue] | None = None,
     ) -> str:
         with self._lock:  # number and hand over atomically, so numbers follow sends
             numbered = self.sequencer.headers(topic, key, headers)
@@ -141,8 +141,8 @@ class SequenceChecker:
         self._lock = threading.Lock()
 
     def observe(self, message: Message) -> SequenceEvent:
-        raw = message.headers.get(SEQ)
-        source = message.headers.get(SEQ_SOURCE, "")
+        raw = header_text(message.headers, SEQ) or None
+        source = header_text(message.headers, SEQ_SOURCE)
         try:
             seq = int(raw) if raw is not None else -1
         except ValueError:

@@ -13,16 +13,16 @@ When the handler raises:
   - **broker delay** (``features.delayed_redelivery``): ``message.nack(delay=…)``. The broker
     holds the message; nobody waits for it. On backends that keep key order on nack, the later
     messages of the same key wait behind it (the key stays in order), other keys go on.
-  - **retry topics** (every other backend, or ``via="topics"``): the message is copied to
-    ``<group>.retry.<n>`` (``n`` = the attempt that failed) with the time it is due in
-    :data:`~mqkit.envelope.RETRY_DUE`, and acked. One consumer per retry topic (group
-    ``<group>.retry.<n>``) runs beside the route and hands each copy to the same handler chain
-    once it is due. Every copy in one retry topic waits about the same delay, so they fall due
-    in the order they arrive: the relay only ever waits for the message at the head, which
-    nothing behind it could overtake — no consumer sleeps while holding messages that are due.
-    (A relay holds a message at most ``max_hold`` seconds, then gives it back and looks again,
-    so broker leases and poll deadlines are never exceeded.) The key's later messages are *not* held
-    back: retry topics trade key order for not blocking the key.
+  - **a retry topic** (every other backend, or ``via="topics"``): the message is copied to the
+    group's one retry topic ``<group>.retry`` with the time it is due in
+    :data:`~mqkit.envelope.RETRY_DUE`, and acked. One consumer of it (group ``<group>.retry``)
+    runs beside the route: the *relay*. It holds up to ``max_held`` copies at once, ordered by
+    due time, and hands each to the same handler chain once it is due, so a short backoff is
+    not stuck behind a long one. (A copy is held at most ``max_hold`` seconds, then given back
+    and looked at again, so broker leases and poll deadlines are never exceeded.) One topic per
+    group, whatever the number of attempts: an app's topics and queues grow with its groups,
+    not with groups times attempts. The key's later messages are *not* held back: the retry topic
+    trades key order for not blocking the key.
 
 A :class:`~mqkit.errors.RetryLater` (e.g. the idempotency helper's ``ClaimBusy``) is not a
 failure: the message comes back after its ``retry_after`` the same way, without counting an
@@ -31,10 +31,12 @@ attempt, and is never dead-lettered.
 The handler always sees the original message: its topic, its id, and ``attempt`` counting
 every try (1, 2, 3…), whichever way it came back.
 
-Replays: the same relay also consumes ``<group>.replay`` (group ``<group>.replay``), where
-``mqkit dlq replay GROUP`` (:func:`mqkit.deadletter.replay`) puts dead letters back. A replay
-thus reaches only the group that dead-lettered the message, not every group of the original
-topic, with a fresh attempt count.
+Replays: ``mqkit dlq replay GROUP`` (:func:`mqkit.deadletter.replay`) puts dead letters back
+into the same ``<group>.retry`` topic, due at once. A replay thus reaches only the group that
+dead-lettered the message, not every group of the original topic, with a fresh attempt count.
+
+On ``mqkit.aio.App`` the same ``retry(...)`` works for ``async def`` handlers
+(:meth:`Retry.wrap_async`): the rules and the relays are these; only the handler is awaited.
 
 Put ``retry`` first in the middleware list (outermost): middleware listed before it does not
 run for messages that come back through a retry topic. ``App.run`` calls :meth:`Retry.prepare`
@@ -43,9 +45,12 @@ before any consumer of the route starts, so every retry group exists before a co
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
+import heapq
+import itertools
 import logging
 import random
 import threading
@@ -56,11 +61,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mqkit.client import Consumer
 from mqkit.deadletter import ensure_dead_letter_group, replay_topic, send_dead_letter
-from mqkit.envelope import ORIGIN_ID, RETRY_ATTEMPTS, RETRY_DUE, RETRY_PREFIX, RETRY_TOPIC
+from mqkit.envelope import (
+    ORIGIN_ID,
+    RETRY_ATTEMPTS,
+    RETRY_DUE,
+    RETRY_PREFIX,
+    RETRY_TOPIC,
+    header_text,
+)
 from mqkit.errors import ClosedError, ConfigError, DecodeError, MqkitError, RetryLater
 from mqkit.message import Message
+from mqkit.observe import dispatching, report
 
 if TYPE_CHECKING:
+    from mqkit.aio import AsyncHandler, AsyncMessage
+    from mqkit.aio.app import AsyncRoute
     from mqkit.app import Handler, Route
 
 log = logging.getLogger(__name__)
@@ -76,9 +91,9 @@ __all__ = [
 ]
 
 
-def retry_topic(group: str, n: int) -> str:
-    """Where copies wait after attempt ``n`` of ``group`` failed (also its relay's group)."""
-    return f"{group}.retry.{n}"
+def retry_topic(group: str) -> str:
+    """Where ``group``'s retry copies and replays wait (also its relay's group)."""
+    return replay_topic(group)
 
 
 ExceptionTypes = tuple[type[BaseException], ...]
@@ -182,13 +197,13 @@ def original_view(message: Message) -> Message:
     if RETRY_ATTEMPTS not in headers and RETRY_TOPIC not in headers:
         return message
     try:
-        before = int(headers.get(RETRY_ATTEMPTS, "0"))
+        before = int(header_text(headers, RETRY_ATTEMPTS, "0"))
     except ValueError:
         before = 0
     delivery = dataclasses.replace(
         message.delivery,
-        topic=headers.get(RETRY_TOPIC, message.topic),
-        id=headers.get(ORIGIN_ID, message.id),
+        topic=header_text(headers, RETRY_TOPIC, message.topic),
+        id=header_text(headers, ORIGIN_ID, message.id),
         headers={k: v for k, v in headers.items() if not k.startswith(RETRY_PREFIX)},
         attempt=before + message.attempt,
     )
@@ -212,6 +227,7 @@ class Retry:
         *,
         via: Via = "auto",
         max_hold: float = 2.0,
+        max_held: int = 100,
         replays: bool = True,
     ) -> None:
         if via not in ("auto", "broker", "topics"):
@@ -219,6 +235,7 @@ class Retry:
         self.policy = policy
         self.via = via
         self.max_hold = max_hold
+        self.max_held = max_held
         self.replays = replays
         self.stats = RetryStats()
         self._lock = threading.Lock()
@@ -229,27 +246,32 @@ class Retry:
         with self._lock:
             setattr(self.stats, name, getattr(self.stats, name) + n)
 
-    def _plan(self, route: Route) -> tuple[bool, int]:
-        """Whether ``route`` retries through topics, and how many retry topics it has."""
+    def _plan(self, route: Route) -> bool:
+        """Whether ``route`` retries through its retry topic (else through the broker)."""
         features = route.broker.features
         if self.via == "broker" and not features.delayed_redelivery:
             raise ConfigError(
                 f"retry(via='broker'): {route.broker.url} has no delayed redelivery; "
                 "use via='auto' or 'topics'"
             )
-        use_topics = self.via == "topics" or not features.delayed_redelivery
-        return use_topics, max(1, self.policy.max_attempts - 1) if use_topics else 0
+        return self.via == "topics" or not features.delayed_redelivery
 
     def prepare(self, route: Route) -> None:
         """Subscribe the route's dead-letter group and relays before the route starts, so no
         copy or dead letter is published to a topic that no group reads yet."""
-        _, tiers = self._plan(route)
+        use_topics = self._plan(route)
         ensure_dead_letter_group(route.broker, route.group)
-        names = [retry_topic(route.group, n) for n in range(1, tiers + 1)]
-        if self.replays:
-            names.append(replay_topic(route.group))
+        names = [retry_topic(route.group)] if use_topics or self.replays else []
         relays = [
-            (route.broker.consumer(name, group=name, serializer=route.serializer), name)
+            (
+                route.broker.consumer(
+                    name,
+                    group=name,
+                    serializer=route.serializer,
+                    **route.broker.features.helper_group_options,
+                ),
+                name,
+            )
             for name in names
         ]
         with self._lock:
@@ -261,31 +283,81 @@ class Retry:
                 "retry() needs the route (broker, group, producer): use it as App middleware "
                 "or call it with a mqkit.Route"
             )
-        use_topics, tiers = self._plan(route)
+        use_topics = self._plan(route)
         with self._lock:
             relays = self._relays.pop(id(route), None)
         if relays is None:  # used outside App.run, which calls prepare() first
             self.prepare(route)
             with self._lock:
                 relays = self._relays.pop(id(route))
-        route_run = _RouteRetry(self, handler, route, use_topics, tiers)
+        route_run = _RouteRetry(self, handler, route, use_topics)
         for consumer, name in relays:
             route.start_thread(functools.partial(route_run.relay, consumer), f"retry-relay-{name}")
         return route_run.handle
+
+    def wrap_async(self, handler: AsyncHandler, route: AsyncRoute) -> AsyncHandler:
+        """The same middleware for ``async def`` handlers (``mqkit.aio.App``): failures are
+        retried through the broker or the retry topic by the same rules; the relays are the
+        sync ones, in threads, handing due copies to the async handler on the loop."""
+        sync_route = route.sync
+        use_topics = self._plan(sync_route)
+        with self._lock:
+            relays = self._relays.pop(id(sync_route), None)
+        if relays is None:
+            raise TypeError("retry() on async handlers works as mqkit.aio.App middleware only")
+        loop = route.loop
+
+        def on_loop(view: Message) -> Any:  # a relay thread hands a due copy to the loop
+            from mqkit.aio.app import SettledInThread
+
+            call = handler(SettledInThread(view))
+            return asyncio.run_coroutine_threadsafe(call, loop).result()  # type: ignore[arg-type]
+
+        core = _RouteRetry(self, on_loop, sync_route, use_topics)
+        for consumer, name in relays:
+            sync_route.start_thread(functools.partial(core.relay, consumer), f"retry-relay-{name}")
+
+        async def handle(message: AsyncMessage) -> Any:
+            from mqkit.aio.app import SettledInThread
+
+            self._count("handled")
+            view = original_view(message.sync)
+            if message.error is not None:
+                await asyncio.to_thread(core._send_dead_letter, message.sync, view, message.error)
+                await message.ack()
+                return None
+            try:
+                seen = message if view is message.sync else SettledInThread(view, message)
+                return await handler(seen)
+            except Exception as exc:
+                action = core._decide(message.settled, view, exc)
+                if action is None:
+                    return None
+                dead, delay, done = action
+                if dead:
+                    await asyncio.to_thread(core._send_dead_letter, message.sync, view, exc)
+                    await message.ack()
+                elif use_topics:
+                    await asyncio.to_thread(
+                        core._copy_to_retry_topic, message.sync, view, delay, done
+                    )
+                    await message.ack()
+                else:
+                    await message.nack(delay=delay)
+                return None
+
+        return handle
 
 
 class _RouteRetry:
     """The retry logic of one route: its handler, producer and relays."""
 
-    def __init__(
-        self, owner: Retry, handler: Handler, route: Route, use_topics: bool, tiers: int
-    ) -> None:
+    def __init__(self, owner: Retry, handler: Handler, route: Route, use_topics: bool) -> None:
         self.owner = owner
         self.policy = owner.policy
         self.handler = handler
         self.route = route
         self.use_topics = use_topics
-        self.tiers = tiers
 
     # -- the wrapped handler ---------------------------------------------------------------
 
@@ -294,6 +366,7 @@ class _RouteRetry:
         self.owner._count("handled")
         view = original_view(message)
         if message.error is not None:
+            report("failed", message.error)
             self._dead_letter(message, view, message.error)
             return None
         try:
@@ -303,13 +376,29 @@ class _RouteRetry:
             return None
 
     def _failed(self, message: Message, view: Message, exc: Exception) -> None:
-        if message.settled is not None:
-            log.warning("handler raised after settling %r: %s", view, exc)
+        action = self._decide(message.settled, view, exc)
+        if action is None:
             return
+        dead, delay, done = action
+        if dead:
+            self._dead_letter(message, view, exc)
+        else:
+            self._schedule(message, view, delay, done)
+
+    def _decide(
+        self, settled: str | None, view: Message, exc: Exception
+    ) -> tuple[bool, float, int] | None:
+        """What to do with a failed message: ``(dead-letter?, delay, attempts counted)``, or
+        ``None`` if the handler had settled it (shared by the sync and async middleware)."""
+        if settled is not None:
+            log.warning("handler raised after settling %r: %s", view, exc)
+            report("failed", exc)
+            return None
         attempt = view.attempt
         if isinstance(exc, RetryLater):  # not a failure: no attempt counted, never dead
-            self._schedule(message, view, max(exc.retry_after, 0.05), attempt - 1)
-            return
+            report("deferred", exc)
+            return False, max(exc.retry_after, 0.05), attempt - 1
+        report("failed", exc)
         if not self.policy.retries(exc) or attempt >= self.policy.max_attempts:
             log.error(
                 "dead-lettering %r after attempt %d/%d: %s: %s",
@@ -319,8 +408,7 @@ class _RouteRetry:
                 type(exc).__name__,
                 exc,
             )
-            self._dead_letter(message, view, exc)
-            return
+            return True, 0.0, attempt
         delay = self.policy.backoff(attempt)
         log.warning(
             "attempt %d/%d of %r failed (%s: %s); retrying in %.2f s",
@@ -332,14 +420,20 @@ class _RouteRetry:
             delay,
         )
         self.owner._count("retried")
-        self._schedule(message, view, delay, attempt)
+        report("retried")
+        return False, delay, attempt
 
     def _schedule(self, message: Message, view: Message, delay: float, done: int) -> None:
         """Bring the message back after ``delay`` s, ``done`` attempts counted so far."""
         if not self.use_topics:
             message.nack(delay=delay)
             return
-        tier = self._tier_for(delay)
+        self._copy_to_retry_topic(message, view, delay, done)
+        message.ack()
+
+    def _copy_to_retry_topic(
+        self, message: Message, view: Message, delay: float, done: int
+    ) -> None:
         headers = dict(view.headers)
         headers.update(
             {
@@ -351,19 +445,19 @@ class _RouteRetry:
         )
         producer = self.route.producer
         producer.send(
-            retry_topic(self.route.group, tier), message.body, key=message.key, headers=headers
+            retry_topic(self.route.group),
+            message.body,
+            key=message.key,
+            headers=headers,
+            **message.copy_fields(),
         )
         producer.flush()
-        message.ack()
-
-    def _tier_for(self, delay: float) -> int:
-        """The first retry topic whose nominal delay covers ``delay`` (else the last)."""
-        for n in range(1, self.tiers + 1):
-            if self.policy.nominal_delay(n) * (1 + self.policy.jitter) >= delay:
-                return n
-        return self.tiers
 
     def _dead_letter(self, message: Message, view: Message, error: BaseException) -> None:
+        self._send_dead_letter(message, view, error)
+        message.ack()
+
+    def _send_dead_letter(self, message: Message, view: Message, error: BaseException) -> None:
         send_dead_letter(
             self.route.producer,
             message,
@@ -375,50 +469,87 @@ class _RouteRetry:
             headers=view.headers,
         )
         self.route.producer.flush()
-        message.ack()
         self.owner._count("dead_lettered")
+        report("dead_lettered", error)
 
     # -- relays ----------------------------------------------------------------------------
 
     def relay(self, consumer: Consumer) -> None:
-        """Hand the copies of one retry (or replay) topic to the handler once they are due."""
+        """Hand the copies of the retry topic to the handler once they are due, earliest
+        first; hold at most ``max_held`` at a time, each at most ``max_hold`` seconds."""
         stopping = self.route.stopping
+        owner = self.owner
+        held: list[tuple[float, int, float, Message]] = []  # (due, n, given back at, copy)
+        numbers = itertools.count()
         try:
             while not stopping.is_set():
+                now = time.time()
+                while held and held[0][0] <= now:
+                    self._relay_one(heapq.heappop(held)[3])
+                    now = time.time()
+                self._give_back_overdue(held)
+                wait = 0.2 if not held else min(0.2, max(0.0, held[0][0] - now))
+                if len(held) >= owner.max_held:
+                    stopping.wait(wait)
+                    continue
                 try:
-                    message = consumer.receive(timeout=0.2)
+                    message = consumer.receive(timeout=wait)
                 except ClosedError:
                     return
                 if message is None:
                     continue
                 try:
-                    due = float(message.headers.get(RETRY_DUE, "0"))
+                    due = float(header_text(message.headers, RETRY_DUE, "0"))
                 except ValueError:
                     due = 0.0
-                wait = due - time.time()
-                if wait > 0:
-                    if stopping.wait(min(wait, self.owner.max_hold)):
-                        return  # unsettled: closing the consumer gives it back
-                    if due - time.time() > 0.001:
-                        self.owner._count("held_back")
-                        message.nack()  # held long enough: give it back and look again
-                        continue
-                self.owner._count("relayed")
-                try:
-                    self.handle(message)
-                except MqkitError as exc:  # e.g. the retry topic could not be written
-                    log.error("retry relay could not handle %r: %s", message, exc)
-                    if message.settled is None:
-                        message.nack()
-                    continue
-                if message.settled is None:
-                    message.ack()
+                if due <= time.time():
+                    self._relay_one(message)
+                else:
+                    until = time.monotonic() + owner.max_hold
+                    heapq.heappush(held, (due, next(numbers), until, message))
         except MqkitError as exc:
             if not (stopping.is_set() or consumer.closed):
                 log.exception("retry relay on %s stopped: %s", consumer.topics, exc)
         finally:
             with contextlib.suppress(MqkitError):
-                consumer.close()
+                consumer.close()  # held copies go back to the group
+
+    def _give_back_overdue(self, held: list[tuple[float, int, float, Message]]) -> None:
+        """Give back copies held longer than ``max_hold`` (they come again and are looked at
+        anew), so no lease or poll deadline of the broker runs out while one waits."""
+        now = time.monotonic()
+        if not any(until <= now for _, _, until, _ in held):
+            return
+        keep = []
+        for entry in held:
+            if entry[2] <= now:
+                self.owner._count("held_back")
+                entry[3].nack()
+            else:
+                keep.append(entry)
+        held[:] = keep
+        heapq.heapify(held)
+
+    def _relay_one(self, message: Message) -> None:
+        """Dispatch a due copy as the App dispatches a message (its stats, its span)."""
+        self.owner._count("relayed")
+        route = self.route
+        outcome = dispatching(route.system, route.group, route.stats, message)
+        try:
+            try:
+                result = self.handle(message)
+                if message.settled is None:
+                    route.reply(original_view(message), result)
+            except MqkitError as exc:  # e.g. the retry topic could not be written
+                log.error("retry relay could not handle %r: %s", message, exc)
+                outcome.add("failed", exc)
+                if message.settled is None:
+                    message.nack()
+                return
+            if message.settled is None:
+                message.ack()
+        finally:
+            outcome.finish()
 
 
 def retry(

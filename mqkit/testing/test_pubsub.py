@@ -314,7 +314,7 @@ def test_envelope_rule_is_the_same_on_every_backend(url: str, topic: str, group:
         envelope.ORIGIN_ID: "original",
         "x-mqkit-key": "not ours",
         "JMSType": "a name ActiveMQ reserves",
-        "content-type": "a header, not the transport's field",
+        "message-id": "a header, not the transport's field",
     }
     with mqkit.connect(url) as broker:
         consumer = broker.consumer(topic, group=group)
@@ -334,7 +334,8 @@ def test_undecodable_payload_is_flagged_not_lost(url: str, topic: str, group: st
     with mqkit.connect(url) as broker:
         consumer = broker.consumer(topic, group=group)
         with broker.producer(serializer="bytes") as raw, broker.producer() as js:
-            raw.send(topic, b"\xff\xfe not json", key="k")
+            # labelled JSON, so the consumer must decode it as JSON (and fail)
+            raw.send(topic, b"\xff\xfe not json", key="k", content_type="application/json")
             raw.flush()
             js.send(topic, {"ok": True}, key="k")
         bad, good = collect(consumer, 2)

@@ -25,8 +25,6 @@ ENV = env_var("activemq")
 SCRIPT = Path(__file__).resolve().parents[2] / "adapters" / "activemq" / "ci" / "broker"
 
 
-
-
 class OwnBroker:
     """A private ActiveMQ (STOMP and STOMP over TLS, login required) that a test may stop, kill
     and restart."""
@@ -56,7 +54,10 @@ class OwnBroker:
 
     def _run(self, action: str) -> str:
         done = subprocess.run(
-            ["bash", str(SCRIPT), action], env=self._env(), capture_output=True, text=True,
+            ["bash", str(SCRIPT), action],
+            env=self._env(),
+            capture_output=True,
+            text=True,
             timeout=180,
         )
         if done.returncode != 0:

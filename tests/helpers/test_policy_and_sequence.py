@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 import pytest
 
-from mqkit.envelope import SEQ, SEQ_SOURCE
+from mqkit.envelope import SEQ, SEQ_SOURCE, HeaderValue
 from mqkit.errors import DecodeError, RetryLater
 from mqkit.helpers import ClaimBusy, RetryPolicy, SequenceChecker, Sequencer
 from mqkit.message import Delivery, Message
@@ -44,7 +45,7 @@ def test_invalid_policies_are_refused() -> None:
         RetryPolicy(jitter=2)
 
 
-def sequenced(headers: dict[str, str], key: str = "k") -> Message:
+def sequenced(headers: Mapping[str, HeaderValue], key: str = "k") -> Message:
     delivery = Delivery("t", b"1", key, headers, uuid.uuid4().hex, 0.0, 1)
     return Message(delivery, 1, None, lambda *a: None)
 

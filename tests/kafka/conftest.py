@@ -49,8 +49,6 @@ def committed(admin: Any, group: str) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
-
-
 class RestartableKafka:
     """A second Apache Kafka of the tests' own, to stop and start: ``adapters/kafka/ci/broker`` with
     a state directory and first port of its own. Its data (topics, records, committed offsets)
@@ -69,7 +67,11 @@ class RestartableKafka:
         # The script's progress goes to stderr (captured by pytest, shown on failure).
         done = subprocess.run(
             ["bash", str(BROKER_SCRIPT), action],
-            env=self._env, check=True, stdout=subprocess.PIPE, text=True, timeout=180,
+            env=self._env,
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=180,
         )
         return done.stdout
 

@@ -23,9 +23,7 @@ def test_topics_are_created_with_the_configured_partition_count(
     assert len(described["partitions"]) == 5
 
 
-def test_consumer_returns_owning_every_partition_of_a_new_topic(
-    kafka_url: str, group: str
-) -> None:
+def test_consumer_returns_owning_every_partition_of_a_new_topic(kafka_url: str, group: str) -> None:
     """Apache Kafka confirms CreateTopics before its metadata shows the topic; a consumer that
     subscribed in between would get an empty first assignment (and rebalance later)."""
     with mqkit.connect(kafka_url, partitions=3) as broker:
@@ -87,7 +85,6 @@ def test_rebalance_commits_acked_work_and_loses_no_unacked_message(
         assert seen.count(message_id) == 1, "a message acked before the rebalance came back"
 
 
-
 @pytest.mark.parametrize("prefetch", [500, 3])
 def test_a_partition_assigned_back_after_a_rebalance_resumes_at_its_first_unsettled_record(
     kafka_url: str, admin: Any, topic: str, group: str, prefetch: int
@@ -119,6 +116,7 @@ def test_a_partition_assigned_back_after_a_rebalance_resumes_at_its_first_unsett
         assert committed(admin, group) == {0: 10}
         second.close()
 
+
 def test_two_groups_and_two_members_on_several_partitions(
     kafka_url: str, topic: str, group: str
 ) -> None:
@@ -143,7 +141,11 @@ def test_two_groups_and_two_members_on_several_partitions(
 
 
 def test_a_rebalance_for_new_partitions_completes_when_the_poll_gives_up_during_it(
-    kafka_url: str, admin: Any, bootstrap: str, topic: str, group: str,
+    kafka_url: str,
+    admin: Any,
+    bootstrap: str,
+    topic: str,
+    group: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The group leader rebalances when a subscribed topic gains partitions (or appears).

@@ -81,7 +81,6 @@ def test_nack_skips_messages_already_in_flight_or_acked(
         assert_quiet(consumer)
 
 
-
 def test_a_later_nack_does_not_skip_an_earlier_nacked_message(
     kafka_url: str, admin: Any, topic: str, group: str
 ) -> None:

@@ -69,6 +69,24 @@ class Node:
     def kill(self) -> None:
         self._run("kill", str(self.directory))
 
+    def plugins(self, action: str, plugin: str) -> None:
+        """``rabbitmq-plugins enable|disable plugin`` on this node (for tests of a missing
+        plugin)."""
+        env = {
+            **os.environ,
+            "HOME": str(self.directory),
+            "RABBITMQ_NODENAME": f"{self.name}@localhost",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+        subprocess.run(
+            ["/usr/lib/rabbitmq/bin/rabbitmq-plugins", "-q", action, plugin],
+            check=True,
+            timeout=120,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory, rabbit_url: str) -> Iterator[Node]:

@@ -15,7 +15,7 @@ from pika.exchange_type import ExchangeType
 import mqkit
 from mqkit import BrokerUnavailable, ConfigError, envelope
 from mqkit.testing.util import silent_server
-from tests.rabbitmq.conftest import delete_group
+from tests.rabbitmq.conftest import Node, delete_group
 
 LIMIT = 10.0
 
@@ -126,18 +126,60 @@ def test_reserved_header_names_are_refused(
         message.ack()
 
 
-def test_exchange_of_another_type_is_a_clear_error(rabbit_url: str, names: tuple[str, str]) -> None:
+def test_exchange_of_another_type_is_used_as_it_is(rabbit_url: str, names: tuple[str, str]) -> None:
+    """Someone else's fanout exchange (not durable, so also other flags) is neither redeclared
+    nor an error: producers publish to it and groups bind to it."""
     topic, group = names
     conn = pika.BlockingConnection(pika.URLParameters(rabbit_url.split("?")[0]))
     try:
         conn.channel().exchange_declare(topic, exchange_type=ExchangeType("fanout"), durable=False)
         with mqkit.connect(rabbit_url) as broker:
-            with pytest.raises(ConfigError, match=topic):
-                broker.consumer(topic, group=group)
-            producer = broker.producer()
-            producer.send(topic, 1)
-            with pytest.raises(ConfigError, match=topic):
-                producer.flush(timeout=10)
+            consumer = broker.consumer(topic, group=group, partitions=1)
+            with broker.producer() as producer:
+                sent = producer.send(topic, 1, key="k")
+            message = consumer.receive(timeout=10)
+            assert message is not None and (message.id, message.value) == (sent, 1)
+            message.ack()
+            consumer.close()
+    finally:
+        delete_group(rabbit_url, topic, group, 1)
+        conn.channel().exchange_delete(topic)
+        conn.close()
+
+
+def test_direct_exchange_needs_binding_keys(rabbit_url: str, names: tuple[str, str]) -> None:
+    topic, group = names
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit_url.split("?")[0]))
+    try:
+        conn.channel().exchange_declare(topic, exchange_type=ExchangeType("direct"), durable=True)
+        with mqkit.connect(rabbit_url) as broker, pytest.raises(ConfigError, match="binding_keys="):
+            broker.consumer(topic, group=group)
     finally:
         conn.channel().exchange_delete(topic)
         conn.close()
+
+
+def test_existing_queue_that_is_missing_is_a_clear_error(
+    rabbit_url: str, names: tuple[str, str]
+) -> None:
+    topic, group = names
+    with mqkit.connect(rabbit_url) as broker:
+        with pytest.raises(ConfigError, match="has no queue"):
+            broker.consumer(topic, group=group, queue=f"{topic}-nowhere")
+        with pytest.raises(ConfigError, match="one existing queue"):
+            broker.consumer([topic, topic + "2"], group=group, queue=topic)
+
+
+def test_missing_consistent_hash_plugin_is_a_clear_error(node: Node) -> None:
+    """On a node without the plugin, a group cannot be set up: the error names the plugin and
+    the command that enables it (on a private node: the shared broker is left alone)."""
+    plugin = "rabbitmq_consistent_hash_exchange"
+    node.plugins("disable", plugin)
+    try:
+        with mqkit.connect(node.url + "?queue_expires=20") as broker:
+            with pytest.raises(ConfigError, match=f"rabbitmq-plugins enable {plugin}"):
+                broker.consumer("no-plugin", group="g", partitions=1)
+            with broker.producer() as producer:  # producers do not need it
+                producer.send("no-plugin", 1)
+    finally:
+        node.plugins("enable", plugin)

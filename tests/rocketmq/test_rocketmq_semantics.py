@@ -277,7 +277,9 @@ def test_mqkit_dead_letters_keep_their_multiline_headers(rocketmq_url: str) -> N
         assert dead is not None
         assert dead.body == message.body and dead.key == "k"
         assert dead.headers["trace"] == "t"
-        assert "second line" in dead.headers[TRACEBACK] and "\n" in dead.headers[TRACEBACK]
+        traceback = dead.headers[TRACEBACK]
+        assert isinstance(traceback, str)
+        assert "second line" in traceback and "\n" in traceback
         dead.ack()
 
 

@@ -113,8 +113,10 @@ def test_reserved_header_names_are_refused_on_send() -> None:
         for name in (envelope.ID, envelope.KEY, "mqkit-anything"):
             with pytest.raises(ValueError, match="reserved prefix"):
                 producer.send("t", 1, headers={name: "x"})
-        with pytest.raises(TypeError, match="headers map str to str"):
-            producer.send("t", 1, headers={"n": 1})  # type: ignore[dict-item]
+        with pytest.raises(TypeError, match="values are str, bytes, int, float or bool"):
+            producer.send("t", 1, headers={"n": [1]})  # type: ignore[dict-item]
+        with pytest.raises(ValueError, match=r"standard field.*correlation_id="):
+            producer.send("t", 1, headers={"Correlation-ID": "c"})
 
 
 def test_bodies_above_the_backends_limit_are_refused() -> None:

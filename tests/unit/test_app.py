@@ -55,7 +55,9 @@ def test_undecodable_messages_go_to_the_dead_letter_topic() -> None:
     dlq = app.broker.consumer(dead_letter_topic("billing"), group="ops", serializer="bytes")
     thread = _run_in_thread(app)
     with app.broker.producer(serializer="bytes") as producer:
-        producer.send("orders", b"\x00 not json", headers={"trace": "t1"})
+        producer.send(
+            "orders", b"\x00 not json", headers={"trace": "t1"}, content_type="application/json"
+        )
     dead = dlq.receive(timeout=10)
     app.stop()
     thread.join()
@@ -111,3 +113,28 @@ def test_sigterm_finishes_in_flight_work_then_stops(tmp_path: Path) -> None:
             left.append(message.value)
             message.ack()
     assert sorted(left) == [1, 2, 3, 4]
+
+
+def test_a_handler_result_is_the_reply_to_a_request() -> None:
+    app = mqkit.App("memory://app-reply")
+
+    @app.handler("prices", group="pricing")
+    def price(message: mqkit.Message) -> dict[str, object]:
+        return {"sku": message.value["sku"], "price": 12.5}
+
+    @app.handler("audit", group="audit")
+    def audit(message: mqkit.Message) -> str:
+        return "ignored: nobody asked"
+
+    thread = _run_in_thread(app)
+    try:
+        with app.broker.producer() as client:
+            reply = client.request("prices", {"sku": "A-1"}, timeout=10)
+            client.send("audit", {"x": 1})  # no reply_to: the result goes nowhere
+    finally:
+        app.stop()
+        thread.join()
+    assert reply.value == {"sku": "A-1", "price": 12.5}
+    assert reply.content_type == "application/json"
+    assert app.stats("pricing").processed == 1
+    app.close()

@@ -6,6 +6,8 @@ Mapping (ActiveMQ's default virtual topics, no broker configuration needed; :mod
 * group ``G``  → the consumer subscribes to the queue ``/queue/Consumer.G.VirtualTopic.T``, which
   ActiveMQ creates on first subscription and from then on fills with a copy of every message sent
   to the virtual topic: each group gets every message, members of a group compete for them;
+* ``destination=/queue/X`` or ``/topic/X`` → an existing queue, or a durable subscription to an
+  existing topic; ``durable=false`` → a plain subscription to the topic (:mod:`.consumer`);
 * key          → ``JMSXGroupID`` (message groups: one member of a group holds a key at a time, so
   per-key order holds with several consumers);
 * send         → persistent SEND with a receipt; ``flush`` waits for every receipt
@@ -48,6 +50,9 @@ class Backend(BackendBase[Settings]):
             # The CI broker's frame limit (64 MiB; a stock ActiveMQ's: 100 MB) counts the
             # headers too: leave them 1 MiB, or the broker drops the connection on a full body.
             max_body_size=(64 << 20) - (1 << 20),
+            # A request's reply inbox: a plain subscription to the virtual topic, so nothing
+            # (no queue, no durable subscription) stays on the broker once it is closed.
+            throwaway_group_options={"durable": False},
         )
         # Fail now, with a clear error, if the broker is unreachable or refuses the login.
         probe = Link(self.endpoint, "connection check")
@@ -59,6 +64,14 @@ class Backend(BackendBase[Settings]):
     @classmethod
     def check_url(cls, url: BrokerURL) -> None:
         _settings.check_url(url)
+
+    def ping(self, timeout: float) -> None:
+        """A STOMP CONNECT (login included) answered by CONNECTED, then DISCONNECT."""
+        probe = Link(self.endpoint, "ping")
+        try:
+            probe.start()
+        finally:
+            probe.close(timeout=min(1.0, timeout))
 
     def open_producer(self, settings: Settings) -> Producer:
         return Producer(

@@ -1,14 +1,15 @@
-"""The consumer: ``client-individual`` subscriptions to the group's queues, acks confirmed by
-receipts, nack as a copy sent to the group's own queue."""
+"""The consumer: ``client-individual`` subscriptions to the group's queues (or to an existing
+destination), acks confirmed by receipts, nack as a copy sent to a queue only the group reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from mqkit.adapter import ConsumerBase, Deadline, Delivery, OutgoingMessage, ReceiveQueue
-from mqkit.errors import BrokerUnavailable, ClosedError
+from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError
 from mqkit_activemq import wire
 from mqkit_activemq.link import Link
 from mqkit_activemq.settings import Endpoint, Settings
@@ -19,12 +20,70 @@ log = logging.getLogger("mqkit.activemq")
 class _Handle:
     """What a consumer needs to settle one delivery (``Delivery.handle``)."""
 
-    __slots__ = ("ack_id", "destination", "gen")
+    __slots__ = ("ack_id", "gen", "requeue_to")
 
-    def __init__(self, gen: int, ack_id: str, destination: str) -> None:
+    def __init__(self, gen: int, ack_id: str, requeue_to: str) -> None:
         self.gen = gen
         self.ack_id = ack_id
-        self.destination = destination
+        #: Where a nacked copy goes: a destination only this group reads.
+        self.requeue_to = requeue_to
+
+
+@dataclasses.dataclass(frozen=True)
+class Subscription:
+    """One SUBSCRIBE: what it reads, for which topic, and where its nacked copies go."""
+
+    topic: str
+    destination: str
+    requeue_to: str
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def plan(
+    topics: tuple[str, ...], group: str, settings: Settings
+) -> tuple[list[Subscription], str | None]:
+    """The subscriptions of a consumer, and the JMS client id its connection needs (a durable
+    topic subscription is named by client id and subscription name).
+
+    A copy made by ``nack`` must reach this group only: the group's queue is such a place, an
+    existing queue too (its readers are the group), a topic is not (every subscriber would get
+    it), so a topic subscription also reads a requeue queue of its own: durable for a durable
+    subscription, a connection's temporary queue otherwise.
+    """
+    segment = wire.group_segment(group)
+    dest = settings.destination
+    if dest is not None:
+        if not dest.startswith(("/queue/", "/topic/")) or dest in ("/queue/", "/topic/"):
+            raise ConfigError(
+                f"destination={dest!r}: write an existing ActiveMQ queue or topic as "
+                "/queue/NAME or /topic/NAME"
+            )
+        if len(topics) != 1:
+            raise ConfigError(
+                f"destination={dest!r} names one existing destination: give one topic, not "
+                f"{len(topics)}"
+            )
+    subs: list[Subscription] = []
+    client_id = None
+    for i, topic in enumerate(topics):
+        source = dest or (
+            wire.group_destination(topic, group)
+            if settings.durable
+            else wire.topic_destination(topic)
+        )
+        if source.startswith("/queue/"):
+            subs.append(Subscription(topic, source, source))
+            continue
+        headers: dict[str, str] = {}
+        if settings.durable:
+            client_id = f"mqkit:{group}:{topic}"
+            headers["activemq.subscriptionName"] = group
+            requeue = f"/queue/mqkit.requeue.{segment}.{topic}"
+        else:
+            requeue = f"/temp-queue/mqkit.requeue.{i}"
+        subs.append(Subscription(topic, source, requeue, headers))
+        subs.append(Subscription(topic, requeue, requeue))
+    return subs, client_id
 
 
 class Consumer(ConsumerBase):
@@ -42,11 +101,17 @@ class Consumer(ConsumerBase):
         self._ack_timeout = settings.ack_timeout
         self._scheduler = settings.scheduler
         self._dlq = settings.dlq
-        self._subs = {f"s{i}": topic for i, topic in enumerate(topics)}
+        subs, client_id = plan(topics, group, settings)
+        self._subs = {f"s{i}": sub for i, sub in enumerate(subs)}
+        if client_id is not None:
+            endpoint = dataclasses.replace(endpoint, client_id=client_id)
         self._queue: ReceiveQueue[Delivery] = ReceiveQueue()
         self._link = Link(
-            endpoint, f"consumer of group {group!r}", on_message=self._on_message,
-            on_up=self._subscribe, on_down=self._on_down,
+            endpoint,
+            f"consumer of group {group!r}",
+            on_message=self._on_message,
+            on_up=self._subscribe,
+            on_down=self._on_down,
         )
         try:
             self._link.start()
@@ -55,33 +120,40 @@ class Consumer(ConsumerBase):
             raise
 
     def _subscribe(self, conn: Any, gen: int) -> None:
-        """Subscribe every topic, waiting for each receipt: afterwards the group's queues exist."""
+        """Subscribe everything, waiting for each receipt: afterwards the group's queues (or
+        durable subscriptions) exist."""
         rids = []
-        for sub_id, topic in self._subs.items():
+        for sub_id, sub in self._subs.items():
             rid = self._link.expect(gen)
-            rids.append((rid, topic))
+            rids.append((rid, sub))
             conn.subscribe(
-                wire.group_destination(topic, self._group), id=sub_id, ack="client-individual",
-                headers={"activemq.prefetchSize": str(self._prefetch), "receipt": rid},
+                sub.destination,
+                id=sub_id,
+                ack="client-individual",
+                headers={
+                    **sub.headers,
+                    "activemq.prefetchSize": str(self._prefetch),
+                    "receipt": rid,
+                },
             )
-        for rid, topic in rids:
+        for rid, sub in rids:
             error = self._link.wait(rid, self._link.endpoint.connect_timeout + 5)
             if error is not None:
                 raise BrokerUnavailable(
                     f"ActiveMQ at {self._link.endpoint.where()}: subscribing group "
-                    f"{self._group!r} to {topic!r} failed: {error}"
+                    f"{self._group!r} of {sub.topic!r} to {sub.destination} failed: {error}"
                 )
 
     def _on_message(self, gen: int, frame: Any) -> None:
         headers: dict[str, str] = frame.headers
-        topic = self._subs.get(headers.get("subscription", ""))
+        sub = self._subs.get(headers.get("subscription", ""))
         ack_id = headers.get("ack")
-        if topic is None or ack_id is None:
+        if sub is None or ack_id is None:
             log.warning("consumer: MESSAGE for an unknown subscription ignored: %r", headers)
             return
         body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
-        handle = _Handle(gen, ack_id, headers.get("destination", ""))
-        self._queue.put(wire.decode(topic, body, headers, handle))
+        handle = _Handle(gen, ack_id, sub.requeue_to)
+        self._queue.put(wire.decode(sub.topic, body, headers, handle))
 
     def _on_down(self, gen: int) -> None:
         # What the lost connection had dispatched comes again on the next one.
@@ -163,24 +235,33 @@ class Consumer(ConsumerBase):
             headers=delivery.headers,
             id=delivery.id,
             timestamp=delivery.timestamp,
+            content_type=delivery.content_type,
+            content_encoding=delivery.content_encoding,
+            correlation_id=delivery.correlation_id,
+            reply_to=delivery.reply_to,
         )
         headers = wire.encode(copy, attempt=delivery.attempt + 1, delay_ms=delay_ms)
 
         def republish(conn: Any, rid: str | None) -> None:
-            conn.send(handle.destination, delivery.body, headers=dict(headers, receipt=rid))
+            conn.send(handle.requeue_to, delivery.body, headers=dict(headers, receipt=rid))
 
         try:
             self._settle_frame(handle, "nack", republish)
         except BrokerUnavailable:
             # Not acked either, so the broker gives it back anyway (attempt + 1): what nack asks.
-            log.info("consumer: nack of %s during a reconnect; the broker redelivers it",
-                     delivery.id)
+            log.info(
+                "consumer: nack of %s during a reconnect; the broker redelivers it", delivery.id
+            )
             return
         try:
             self.ack(delivery)
         except BrokerUnavailable as exc:
-            log.warning("consumer: message %s was requeued but acking the original failed (%s); "
-                        "it may be delivered twice", delivery.id, exc)
+            log.warning(
+                "consumer: message %s was requeued but acking the original failed (%s); "
+                "it may be delivered twice",
+                delivery.id,
+                exc,
+            )
 
     def _close(self) -> None:
         self._queue.close()

@@ -66,8 +66,11 @@ class _Listener:
         self.link._receipt(self.gen, frame.headers.get("receipt-id", ""))
 
     def on_heartbeat_timeout(self) -> None:
-        log.warning("%s: no heartbeat from %s; dropping the connection", self.link.role,
-                    self.link.endpoint.where())
+        log.warning(
+            "%s: no heartbeat from %s; dropping the connection",
+            self.link.role,
+            self.link.endpoint.where(),
+        )
 
     def on_disconnected(self) -> None:
         self.ended.set()
@@ -156,11 +159,33 @@ def tune_socket(transport: Any) -> None:
     transport.receive = quick_receive
 
 
+class _ClosedEarly(BrokerUnavailable):
+    """The broker closed the connection before it answered CONNECT, saying nothing."""
+
+
 def open_connection(
     endpoint: Endpoint, listener_factory: Callable[[Any], _Listener], role: str
 ) -> tuple[Any, _Listener]:
     """A connected stomp.py connection, or :class:`BrokerUnavailable` within the timeout."""
     deadline = time.monotonic() + endpoint.connect_timeout
+    try:
+        return _connect(endpoint, listener_factory, deadline)
+    except _ClosedEarly as closed:
+        if endpoint.username is None:
+            raise BrokerUnavailable(str(closed)) from None
+    # ActiveMQ answers a failed login with an ERROR frame and closes the socket at once; now and
+    # then the close overtakes the frame. Once more, to read the reason.
+    try:
+        return _connect(endpoint, listener_factory, max(deadline, time.monotonic() + 1.0))
+    except _ClosedEarly as closed:
+        raise BrokerUnavailable(
+            f"{closed}; with user {endpoint.username!r}: a wrong user or password also ends so"
+        ) from None
+
+
+def _connect(
+    endpoint: Endpoint, listener_factory: Callable[[Any], _Listener], deadline: float
+) -> tuple[Any, _Listener]:
     beat = int(endpoint.heartbeat * 1000)
     conn = stomp.Connection12(
         list(endpoint.hosts),
@@ -172,6 +197,8 @@ def open_connection(
         heartbeats=(beat, beat),
         heart_beat_receive_scale=2.0,
         auto_decode=False,
+        # wire.encode decides per message: without it ActiveMQ makes a JMS TextMessage.
+        auto_content_length=False,
     )
     if endpoint.ssl is not None:
         conn.set_ssl(for_hosts=list(endpoint.hosts), **endpoint.ssl)
@@ -180,7 +207,13 @@ def open_connection(
     conn.set_listener("mqkit", listener)
     where = endpoint.where()
     try:
-        conn.connect(endpoint.username, endpoint.password, wait=False, with_connect_command=True)
+        conn.connect(
+            endpoint.username,
+            endpoint.password,
+            wait=False,
+            with_connect_command=True,
+            headers={"client-id": endpoint.client_id} if endpoint.client_id else None,
+        )
     except stomp.exception.ConnectFailedException:
         _close_quietly(conn)
         cause = _probe(endpoint, max(0.5, deadline - time.monotonic()))
@@ -201,7 +234,7 @@ def open_connection(
     if listener.error is not None:
         raise BrokerUnavailable(f"ActiveMQ at {where} refused the connection: {listener.error}")
     if ended:
-        raise BrokerUnavailable(
+        raise _ClosedEarly(
             f"ActiveMQ at {where} closed the connection before answering CONNECT "
             "(is this a STOMP port, and does it expect TLS?)"
         )
@@ -287,13 +320,15 @@ class Link:
             start = not self._reconnecting
             self._reconnecting = True
             self.lock.notify_all()
-        log.warning("%s: connection to ActiveMQ at %s lost; reconnecting", self.role,
-                    self.endpoint.where())
+        log.warning(
+            "%s: connection to ActiveMQ at %s lost; reconnecting", self.role, self.endpoint.where()
+        )
         if self._on_down is not None:
             self._on_down(gen)
         if start:
             threading.Thread(
-                target=self._reconnect_loop, name=f"mqkit-activemq-reconnect-{self.role}",
+                target=self._reconnect_loop,
+                name=f"mqkit-activemq-reconnect-{self.role}",
                 daemon=True,
             ).start()
 
@@ -323,7 +358,10 @@ class Link:
                 log.log(
                     logging.WARNING if failures == 1 else logging.DEBUG,
                     "%s: reconnecting to %s failed (%s); retrying every %.1f s at most",
-                    self.role, self.endpoint.where(), exc, self.endpoint.reconnect_max_delay,
+                    self.role,
+                    self.endpoint.where(),
+                    exc,
+                    self.endpoint.reconnect_max_delay,
                 )
                 with self.lock:
                     self.lock.wait_for(lambda: self.closed, delay)
@@ -333,8 +371,12 @@ class Link:
                 self._reconnecting = False
                 up = self.conn is not None
             if up:
-                log.warning("%s: reconnected to ActiveMQ at %s after %d failed attempt(s)",
-                            self.role, self.endpoint.where(), failures)
+                log.warning(
+                    "%s: reconnected to ActiveMQ at %s after %d failed attempt(s)",
+                    self.role,
+                    self.endpoint.where(),
+                    failures,
+                )
                 return
             # Lost again while on_up ran; _lost saw _reconnecting=True and left it to us.
             with self.lock:

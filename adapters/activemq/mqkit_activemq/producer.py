@@ -31,7 +31,10 @@ class Producer(ProducerBase):
         self._pending: OrderedDict[str, tuple[int, str, dict[str, str], bytes]] = OrderedDict()
         self._error: MqkitError | None = None
         self._link = Link(
-            endpoint, "producer", on_up=self._resend, on_receipt=self._confirmed,
+            endpoint,
+            "producer",
+            on_up=self._resend,
+            on_receipt=self._confirmed,
             on_error=self._failed,
         )
         try:

@@ -117,7 +117,9 @@ class RawStompClient:
         conn, listener = self._consumer = _connect(self._endpoint)
         for index, topic in enumerate(topics):
             conn.subscribe(
-                group_destination(topic, group), id=f"s{index}", ack="client-individual",
+                group_destination(topic, group),
+                id=f"s{index}",
+                ack="client-individual",
                 headers={"activemq.prefetchSize": str(self._prefetch), "receipt": "sub"},
             )
         listener.wait_receipts(len(topics), self._timeout)  # the group's queues exist now
@@ -133,7 +135,8 @@ class RawStompClient:
                 listener.wait_receipts(sent - self._window + 1, self._timeout)
             sent += 1
             conn.send(
-                destination, body,
+                destination,
+                body,
                 headers={"persistent": "true", "receipt": f"p{next(self._ids)}"},
             )
         listener.wait_receipts(sent, self._timeout)

@@ -44,7 +44,9 @@ class Settings(adapter.Settings):
         30.0, "Seconds `ack()`/`nack()` wait for the broker's receipt.", minimum=0.1
     )
     max_in_flight: int = option(
-        1000, "Unconfirmed messages per producer before `send()` blocks.", minimum=1,
+        1000,
+        "Unconfirmed messages per producer before `send()` blocks.",
+        minimum=1,
         scopes=[PRODUCER],
     )
     send_timeout: float = option(
@@ -55,13 +57,28 @@ class Settings(adapter.Settings):
     )
     scheduler: bool = option(
         False,
-        "The broker runs with `schedulerSupport=\"true\"`: `nack(delay=…)` uses "
+        'The broker runs with `schedulerSupport="true"`: `nack(delay=…)` uses '
         "`AMQ_SCHEDULED_DELAY` and `features.delayed_redelivery` is true.",
     )
     dlq: bool = option(
         False,
         "`nack(requeue=False)` dead-letters through the broker (STOMP NACK) instead of "
         "dropping the message.",
+    )
+    destination: str | None = option(
+        None,
+        "Read this existing ActiveMQ destination instead of the topic's group queue: "
+        "`/queue/NAME` (the group's members share it with every other reader of the queue) or "
+        "`/topic/NAME` (a durable subscription named after the group; one member at a time). "
+        "One topic per consumer. See [Existing destinations](#existing-destinations).",
+        scopes=[CONSUMER],
+    )
+    durable: bool = option(
+        True,
+        "false: subscribe to the topic itself, without a durable queue or subscription: messages "
+        "arrive only while the consumer is connected and nothing stays on the broker (the "
+        "backend's `throwaway_group_options`, used for request/reply inboxes).",
+        scopes=[CONSUMER],
     )
     ca_certs: str | None = option(
         None, "`stomp+ssl://` only: CA bundle to trust (default: the system's)."
@@ -85,6 +102,8 @@ class Endpoint:
     reconnect_max_delay: float
     #: stomp.py's ``set_ssl`` parameters, or None for plain STOMP.
     ssl: dict[str, Any] | None
+    #: The JMS client id sent on CONNECT (a durable topic subscription needs one).
+    client_id: str | None = None
 
     def where(self) -> str:
         return ",".join(f"{h}:{p}" for h, p in self.hosts)
@@ -102,8 +121,11 @@ def check_url(url: BrokerURL) -> None:
 
 def endpoint(url: BrokerURL, settings: Settings) -> Endpoint:
     """Hosts (default port by scheme), login and TLS (from the scheme and the TLS options)."""
-    files = {"ca_certs": settings.ca_certs, "certfile": settings.certfile,
-             "keyfile": settings.keyfile}
+    files = {
+        "ca_certs": settings.ca_certs,
+        "certfile": settings.certfile,
+        "keyfile": settings.keyfile,
+    }
     for name, path in files.items():
         if path and not os.path.isfile(path):
             raise ConfigError(f"{url}: {name}={path!r} is not a readable file")

@@ -55,8 +55,10 @@ def main() -> int:
         except (OSError, struct.error) as exc:
             error = str(exc) or type(exc).__name__
         if time.monotonic() >= deadline:
-            print(f"probe: {host}:{port} does not answer Kafka metadata requests: {error}",
-                  file=sys.stderr)
+            print(
+                f"probe: {host}:{port} does not answer Kafka metadata requests: {error}",
+                file=sys.stderr,
+            )
             return 1
         time.sleep(0.2)
 

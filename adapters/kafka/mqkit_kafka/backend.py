@@ -41,6 +41,10 @@ class Backend(BackendBase[Settings]):
             persistent=True,
             # Topics the adapter creates take max_message_bytes; leave room for headers.
             max_body_size=settings.max_message_bytes - (64 << 10),
+            # A reply inbox: one partition, and the group and its topic go away on close.
+            throwaway_group_options={"throwaway": True},
+            # A topic is a log: a new group starts at its beginning (offset_reset=earliest).
+            retains_without_group=settings.offset_reset == "earliest",
         )
         self._lock = threading.Lock()
         self._known_topics: set[str] = set()
@@ -55,38 +59,80 @@ class Backend(BackendBase[Settings]):
 
     # -- topics ----------------------------------------------------------------------------
 
-    def ensure_topics(self, topics: Sequence[str]) -> None:
-        """Create missing topics with the configured partition count (once per process)."""
+    def ensure_topics(self, topics: Sequence[str], *, partitions: int | None = None) -> set[str]:
+        """Create the topics that do not exist yet (checked once per process); returns those
+        this call created.
+
+        Existing topics are only looked at (a Metadata request), never created again nor
+        altered: a topic made by another tool keeps its partitions and configuration, and a
+        client allowed to read or write a topic but not to create topics can use it.
+        ``partitions`` overrides the configured count for the topics created here.
+        """
         if not self.settings.create_topics or all(t in self._known_topics for t in topics):
-            return
+            return set()
         with self._lock:
-            missing = [t for t in dict.fromkeys(topics) if t not in self._known_topics]
-            if not missing:
-                return
-            spec = {
-                name: {
-                    "num_partitions": self.settings.partitions,
-                    "replication_factor": self.settings.replication_factor,
-                    "configs": {"max.message.bytes": str(self.settings.max_message_bytes)},
-                }
-                for name in missing
+            wanted = [t for t in dict.fromkeys(topics) if t not in self._known_topics]
+            if not wanted:
+                return set()
+            missing = self._missing(wanted)
+            if missing:
+                self._create(missing, partitions or self.settings.partitions)
+                self._wait_for_metadata(missing)
+            self._known_topics.update(wanted)
+            return set(missing)
+
+    def _missing(self, topics: list[str]) -> list[str]:
+        """The topics the broker does not know (a Metadata request that creates nothing)."""
+        try:
+            described = self._admin.describe_topics(topics)
+        except Exception as exc:
+            raise translate(
+                exc, f"{self.where}: looking up topic(s) {', '.join(topics)}", self.hosts
+            ) from None
+        unknown = kerrors.UnknownTopicOrPartitionError.errno
+        known = {entry.get("name"): entry.get("error_code", 0) for entry in described}
+        # A topic missing from the answer, or unknown to the broker, is created; one that
+        # exists, or that we may not describe, is left to the client (which reports it).
+        return [t for t in topics if known.get(t, unknown) == unknown]
+
+    def _create(self, missing: list[str], partitions: int) -> None:
+        spec = {
+            name: {
+                "num_partitions": partitions,
+                "replication_factor": self.settings.replication_factor,
+                "configs": {"max.message.bytes": str(self.settings.max_message_bytes)},
             }
+            for name in missing
+        }
+        try:
+            result = self._admin.create_topics(spec, raise_errors=False)
+        except Exception as exc:
+            raise translate(
+                exc, f"{self.where}: creating topic(s) {', '.join(missing)}", self.hosts
+            ) from None
+        for entry in result.get("topics", []):
+            code = entry.get("error_code", 0)
+            if code and code != kerrors.TopicAlreadyExistsError.errno:
+                error = kerrors.for_code(code)
+                raise MqkitError(
+                    f"{self.where}: creating topic {entry.get('name')!r} failed: "
+                    f"{error.__name__} {entry.get('error_message') or ''}".rstrip()
+                )
+
+    def discard(self, group: str, topics: Sequence[str]) -> None:
+        """Delete a throw-away consumer's group and the topics it created (best effort: what
+        cannot be deleted now stays, like the state of any group that is gone)."""
+        with self._lock:
+            self._known_topics.difference_update(topics)
+        try:
+            self._admin.delete_groups([group])
+        except Exception as exc:
+            log.info("%s: deleting the throw-away group %r failed: %s", self.where, group, exc)
+        if topics:
             try:
-                result = self._admin.create_topics(spec, raise_errors=False)
+                self._admin.delete_topics(list(topics), raise_errors=False)
             except Exception as exc:
-                raise translate(
-                    exc, f"{self.where}: creating topic(s) {', '.join(missing)}", self.hosts
-                ) from None
-            for entry in result.get("topics", []):
-                code = entry.get("error_code", 0)
-                if code and code != kerrors.TopicAlreadyExistsError.errno:
-                    error = kerrors.for_code(code)
-                    raise MqkitError(
-                        f"{self.where}: creating topic {entry.get('name')!r} failed: "
-                        f"{error.__name__} {entry.get('error_message') or ''}".rstrip()
-                    )
-            self._wait_for_metadata(missing)
-            self._known_topics.update(missing)
+                log.info("%s: deleting throw-away topic(s) %s failed: %s", self.where, topics, exc)
 
     def _wait_for_metadata(self, topics: list[str]) -> None:
         """Wait until the broker's metadata shows the topics with a leader for every partition.
@@ -107,6 +153,14 @@ class Backend(BackendBase[Settings]):
         """The kafka-python admin client (for tests and advanced use)."""
         return self._admin
 
+    def ping(self, timeout: float) -> None:
+        """A DescribeCluster request through the admin client (its connection's SASL login
+        included)."""
+        try:
+            self._admin.describe_cluster()
+        except Exception as exc:
+            raise translate(exc, f"{self.where}: ping", self.hosts) from None
+
     # -- producers and consumers -----------------------------------------------------------
 
     def open_producer(self, settings: Settings) -> Producer:
@@ -115,8 +169,8 @@ class Backend(BackendBase[Settings]):
 
     def open_consumer(self, topics: tuple[str, ...], group: str, settings: Settings) -> Consumer:
         settings.check(f"{self.where} consumer")
-        self.ensure_topics(topics)
-        return Consumer(self, settings, topics, group)
+        created = self.ensure_topics(topics, partitions=1 if settings.throwaway else None)
+        return Consumer(self, settings, topics, group, created=created)
 
     def _close(self) -> None:
         try:

@@ -43,7 +43,7 @@ from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
 from mqkit_kafka import wire
 from mqkit_kafka._errors import translate
 from mqkit_kafka._tracker import PartitionTracker, State
-from mqkit_kafka.settings import Settings, ms
+from mqkit_kafka.settings import Settings, honour_auto_create, ms
 
 if TYPE_CHECKING:
     from mqkit_kafka.backend import Backend
@@ -68,7 +68,9 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
             except Exception as exc:
                 log.warning(
                     "committing before a rebalance failed (%s); acked messages of %s may be "
-                    "delivered again", exc, sorted(f"{tp.topic}[{tp.partition}]" for tp in offsets)
+                    "delivered again",
+                    exc,
+                    sorted(f"{tp.topic}[{tp.partition}]" for tp in offsets),
                 )
 
     async def on_partitions_lost(self, lost: Any) -> None:
@@ -82,9 +84,18 @@ class Consumer(ConsumerBase):
     """One group member: a poller thread fills a buffer, ``receive`` takes from it."""
 
     def __init__(
-        self, backend: Backend, settings: Settings, topics: tuple[str, ...], group: str
+        self,
+        backend: Backend,
+        settings: Settings,
+        topics: tuple[str, ...],
+        group: str,
+        *,
+        created: set[str] | None = None,
     ) -> None:
         super().__init__()
+        self._backend = backend
+        # What close() deletes for a throw-away group: the topics this consumer created.
+        self._created = sorted(created or ())
         self._settings = settings
         self._topics = topics
         self._group = group
@@ -134,6 +145,7 @@ class Consumer(ConsumerBase):
             self._consumer = KafkaConsumer(**config)
         except Exception as exc:
             raise translate(exc, f"{self._where}: starting a consumer", self._hosts) from None
+        honour_auto_create(getattr(self._consumer, "_cluster", None), False)
         try:
             self._consumer.subscribe(list(topics), listener=_Listener(self))
         except Exception as exc:
@@ -255,6 +267,11 @@ class Consumer(ConsumerBase):
     def _run(self) -> None:
         consumer = self._consumer
         interval = int(self._settings.poll_interval * 1000)
+        # Short polls during the first half second of the join: the poll that completes it
+        # would otherwise wait for records (up to poll_interval) before consumer() returns.
+        # Not for longer: a join held by the broker (its initial delay, a member that does not
+        # rejoin) would have the thread spin (a third of a core for a 6 s wait).
+        quick_join, quick_until = min(interval, 10), time.monotonic() + 0.5
         prefetch = self._settings.prefetch
         most = min(500, prefetch)  # kafka-python's max_poll_records
         failures = 0
@@ -269,8 +286,14 @@ class Consumer(ConsumerBase):
                 self._apply_seeks_and_pauses(stalled)
                 self._finish_pending_join()
                 space = prefetch - len(self._buffer)
+                if stalled:
+                    timeout = 0
+                elif self._joined or time.monotonic() > quick_until:
+                    timeout = interval
+                else:
+                    timeout = quick_join
                 records = consumer.poll(
-                    timeout_ms=0 if stalled else interval,
+                    timeout_ms=timeout,
                     max_records=min(most, space) if space > 0 else most,
                 )
                 self._position_new_partitions(records)
@@ -411,8 +434,9 @@ class Consumer(ConsumerBase):
         except Exception as exc:
             log.warning("%s: final commit failed: %s", self._where, exc)
         try:
-            self._consumer.close(autocommit=False, timeout_ms=int(
-                self._settings.commit_timeout * 1000))
+            self._consumer.close(
+                autocommit=False, timeout_ms=int(self._settings.commit_timeout * 1000)
+            )
         except Exception as exc:
             log.debug("%s: closing the Kafka consumer failed: %s", self._where, exc)
         with self._lock:
@@ -533,7 +557,10 @@ class Consumer(ConsumerBase):
         tp = delivery.handle[0]
         log.info(
             "message %s on %s[%d] was settled after its partition moved to another member; "
-            "it will be delivered again there", delivery.id, tp.topic, tp.partition,
+            "it will be delivered again there",
+            delivery.id,
+            tp.topic,
+            tp.partition,
         )
 
     def ack(self, delivery: Delivery) -> None:
@@ -558,7 +585,9 @@ class Consumer(ConsumerBase):
             log.warning(
                 "%s: ack of message %s could not be committed yet (%s); it is committed with a "
                 "later ack, or delivered again if this consumer stops first",
-                self._where, delivery.id, exc,
+                self._where,
+                delivery.id,
+                exc,
             )
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
@@ -573,7 +602,8 @@ class Consumer(ConsumerBase):
             dropped = set(part.rewind(offset))
             if dropped:
                 self._buffer = deque(
-                    item for item in self._buffer
+                    item
+                    for item in self._buffer
                     if not (item[0] == tp and item[2].offset in dropped)
                 )
             # Seek to the first offset that must be fetched again, not to this one: after
@@ -592,6 +622,8 @@ class Consumer(ConsumerBase):
             self._space.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(self._settings.commit_timeout + self._settings.poll_interval + 5)
+        if self._settings.throwaway:
+            self._backend.discard(self._group, self._created)
 
     # -- introspection (tests) -----------------------------------------------------------
 
@@ -599,4 +631,3 @@ class Consumer(ConsumerBase):
     def kafka_consumer(self) -> Any:
         """The kafka-python consumer; only the poller thread may call it."""
         return self._consumer
-

@@ -14,7 +14,7 @@ from mqkit.adapter import OutgoingMessage, ProducerBase
 from mqkit.errors import BrokerUnavailable, DeliveryTimeout, MqkitError
 from mqkit_kafka import wire
 from mqkit_kafka._errors import translate
-from mqkit_kafka.settings import Settings, ms
+from mqkit_kafka.settings import Settings, honour_auto_create, ms
 
 if TYPE_CHECKING:
     from mqkit_kafka.backend import Backend
@@ -44,11 +44,16 @@ class Producer(ProducerBase):
             max_request_size=settings.max_message_bytes,
             max_block_ms=ms(settings.connect_timeout),
             compression_type=None if settings.compression == "none" else settings.compression,
+            # The adapter creates the topics it needs itself (with its partition count); a
+            # broker's auto-creation would only bring back a throw-away reply topic that was
+            # deleted, when this producer refreshes its metadata.
+            allow_auto_create_topics=not settings.create_topics,
         )
         try:
             self._producer = KafkaProducer(**config)
         except Exception as exc:
             raise translate(exc, f"{self._where}: starting a producer", self._hosts) from None
+        honour_auto_create(getattr(self._producer, "_metadata", None), not settings.create_topics)
 
     def send(self, message: OutgoingMessage) -> None:
         topic = message.topic

@@ -97,8 +97,11 @@ class RawKafkaClient:
         if self._producer is None:
             s = self._settings
             self._producer = KafkaProducer(
-                **self._client, acks="all", enable_idempotence=s.idempotence,
-                linger_ms=s.linger_ms, max_request_size=s.max_message_bytes,
+                **self._client,
+                acks="all",
+                enable_idempotence=s.idempotence,
+                linger_ms=s.linger_ms,
+                max_request_size=s.max_message_bytes,
             )
         partition = None
         if self._settings.keyless == "sticky":

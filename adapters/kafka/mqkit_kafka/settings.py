@@ -35,8 +35,7 @@ class Settings(BaseSettings):
     # -- connection -------------------------------------------------------------------------
     connect_timeout: float = option(
         8.0,
-        "Seconds to wait for the bootstrap brokers or a topic's metadata before "
-        "BrokerUnavailable.",
+        "Seconds to wait for the bootstrap brokers or a topic's metadata before BrokerUnavailable.",
         minimum=0.5,
     )
     request_timeout: float = option(
@@ -82,7 +81,7 @@ class Settings(BaseSettings):
     )
     heartbeat_interval: float | None = option(
         None,
-        "Seconds between heartbeats, below session_timeout; default the smaller of 1 s and a "
+        "Seconds between heartbeats, below session_timeout; default the smaller of 0.3 s and a "
         "third of session_timeout.",
         minimum=0.05,
         scopes=[CONSUMER],
@@ -103,6 +102,12 @@ class Settings(BaseSettings):
         "earliest",
         "Where a group without committed offsets starts.",
         choices=("earliest", "latest"),
+        scopes=[CONSUMER],
+    )
+    throwaway: bool = option(
+        False,
+        "A group that lives as long as this consumer (request/reply inboxes): topics it "
+        "creates get one partition, and close() deletes the group and those topics.",
         scopes=[CONSUMER],
     )
     prefetch: int = option(500, "Records buffered per consumer.", minimum=1, scopes=[CONSUMER])
@@ -129,7 +134,10 @@ class Settings(BaseSettings):
         """The heartbeat interval in seconds, the default derived from the session timeout."""
         if self.heartbeat_interval is not None:
             return self.heartbeat_interval
-        return min(1.0, self.session_timeout / 3)
+        # Members learn of a rebalance (another member joining or leaving) with their next
+        # heartbeat, and the rebalance waits for them: a group's next member joins in about
+        # one interval (1 s made each extra member of an App's group cost a second).
+        return min(0.3, self.session_timeout / 3)
 
     def check(self, where: str) -> None:
         """Refuse combinations of options that kafka-python would reject later, less clearly."""
@@ -178,3 +186,16 @@ def client_config(url: BrokerURL, settings: Settings) -> dict[str, Any]:
 def ms(seconds: float) -> int:
     """Seconds as the whole milliseconds kafka-python takes (at least 1)."""
     return max(1, int(seconds * 1000))
+
+
+def honour_auto_create(cluster: Any, allow: bool) -> None:
+    """Make a client's ``allow_auto_create_topics`` count.
+
+    kafka-python 3.0.12 builds a client's cluster metadata without that setting, so every
+    Metadata request of its producers and consumers asks the broker to auto-create the topics
+    (which a broker with ``auto.create.topics.enable=true``, Kafka's default, does with its
+    default partition count). The setting is read from the metadata's own config.
+    """
+    config = getattr(cluster, "config", None)
+    if isinstance(config, dict):
+        config["allow_auto_create_topics"] = allow

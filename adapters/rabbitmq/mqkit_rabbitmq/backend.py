@@ -27,6 +27,12 @@ class Backend(BackendBase[Settings]):
         delayed_redelivery=False,
         persistent=True,
         max_body_size=128 << 20,  # RabbitMQ's default max_message_size
+        # A request's reply inbox: one partition, and its queues (and so its hash exchange)
+        # go 30 s after its consumer does.
+        throwaway_group_options={"queue_expires": 30.0, "partitions": 1},
+        # Retry relays and dead-letter keepers need no per-key parallelism: one partition
+        # queue each (plus the member-count queue), so helpers add 2 queues per group, not 1+P.
+        helper_group_options={"partitions": 1},
     )
 
     def __init__(self, url: BrokerURL, settings: Settings) -> None:
@@ -37,6 +43,14 @@ class Backend(BackendBase[Settings]):
             conn.close()
         except Exception:  # the probe answered; how it closes does not matter
             log.debug("closing the probe connection failed", exc_info=True)
+
+    def ping(self, timeout: float) -> None:
+        """A connection handshake (login included), closed at once: what connect() probes."""
+        conn, _ = open_blocking(self.endpoint)
+        try:
+            conn.close()
+        except Exception:
+            log.debug("closing the ping connection failed", exc_info=True)
 
     def open_producer(self, settings: Settings) -> Producer:
         return Producer(self.endpoint, settings)

@@ -1,8 +1,13 @@
 """The consumer: one member of a group, with its own connection driven by its own I/O thread.
 
-Per topic and group there are ``1 + P`` durable quorum queues: the *shared* queue (unkeyed
-messages; every member consumes it, so members compete) and ``P`` *partition* queues (keyed
-messages, by ``crc32(key) % 64`` slot). A partition is consumed by at most one member at a time:
+Per topic and group there is a consistent-hash exchange (RabbitMQ's
+``rabbitmq_consistent_hash_exchange`` plugin) bound to the topic's exchange, and ``1 + P``
+durable quorum queues: the *shared* queue (not bound; every member consumes it, so its consumer
+count is the group's size) and ``P`` *partition* queues bound to the hash exchange with equal
+weights. Any routing key, from mqkit or from any other publisher, lands on one partition, the
+same one every time (mqkit routes by the key, unkeyed messages by their id). An exchange that
+exists with another type (direct, fanout, headers) is bound to as it is, by the consumer's
+``binding_keys``. A partition is consumed by at most one member at a time:
 the member that holds its *lock*, an exclusive (connection-owned) queue. Members count each
 other through the shared queue's consumer count and take ``ceil(P / members)`` partitions
 each; a member with too many hands the surplus over only after every message it took from
@@ -10,6 +15,9 @@ that partition is settled, so one key is never processed by two members at once.
 member that dies vanish with its connection, and its unacked messages return to the front of
 the quorum queues (a delivery limit is set, see ``DELIVERY_LIMIT``), so the next owner
 continues in order.
+
+With the consumer option ``queue`` none of this exists: the members consume that existing queue
+as it is, competing for its messages.
 
 pika is not thread-safe, so one thread at a time *drives* the ``BlockingConnection`` (holds
 ``_io``). While the application is busy receiving and acking, that is the application's own
@@ -25,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -46,11 +55,13 @@ from .connection import describe, open_blocking
 from .settings import Endpoint, Settings
 from .wire import (
     CONTROL_EXCHANGE,
-    SLOTS,
-    UNKEYED,
+    ENABLE_PLUGIN,
+    HASH_EXCHANGE_TYPE,
+    PLUGIN,
     check_topic,
     decode,
     group_base,
+    hash_exchange,
     lock_queue,
     partition_queue,
     queue_arguments,
@@ -67,6 +78,11 @@ SLICE = 0.1
 #: hundreds of topics does not spend its time in ``queue_declare`` round trips; signalled
 #: topics are checked at once whatever their number.
 CHECKS_PER_TICK = 8
+
+
+#: How RabbitMQ refuses to declare an exchange that exists with other settings.
+_INEQUIVALENT = re.compile(r"inequivalent arg '(\w+)' for exchange '(.*)' in vhost")
+_CURRENT_TYPE = re.compile(r"current is '([^']*)'")
 
 
 def _noop() -> None:
@@ -100,6 +116,7 @@ class _Block:
 class _Topic:
     topic: str
     base: str
+    hashed: str
     shared: str
     partitions: list[str]
     locks: list[str]
@@ -120,9 +137,18 @@ class Consumer(ConsumerBase):
         self._endpoint = endpoint
         self._settings = settings
         self._group = group
-        partitions = self._partitions = settings.partitions
-        for topic in topics:
-            check_topic(topic)
+        self._queue = settings.queue
+        self._binding_keys = [k.strip() for k in settings.binding_keys.split(",") if k.strip()]
+        if self._queue and len(topics) != 1:
+            raise ConfigError(
+                f"option queue={self._queue!r} names one existing queue: give one topic, "
+                f"not {len(topics)}"
+            )
+        # A consumer of an existing queue has no partitions: its members compete.
+        partitions = self._partitions = 0 if self._queue else settings.partitions
+        if not self._queue:
+            for topic in topics:
+                check_topic(topic)
         self._topics: list[_Topic] = []
         for topic in topics:
             base = group_base(topic, group)
@@ -130,12 +156,15 @@ class Consumer(ConsumerBase):
                 _Topic(
                     topic=topic,
                     base=base,
-                    shared=base,
+                    hashed=hash_exchange(base),
+                    shared=self._queue or base,
                     partitions=[partition_queue(base, j) for j in range(partitions)],
                     locks=[lock_queue(base, j) for j in range(partitions)],
                 )
             )
-        self._offset = random.randrange(partitions)
+        #: exchange type of each topic found at connect: "topic" when mqkit declared it
+        self._kinds: dict[str, str] = {}
+        self._offset = random.randrange(partitions) if partitions else 0
         # shared with user threads, guarded by _cv
         self._cv = threading.Condition()
         self._buffer: deque[Delivery] = deque()
@@ -464,47 +493,43 @@ class Consumer(ConsumerBase):
         try:
             ctl = conn.channel()
             self._ctl = ctl
-            args = queue_arguments(self._settings.queue_expires)
             ctl.exchange_declare(
                 CONTROL_EXCHANGE, exchange_type=ExchangeType("direct"), durable=True
             )
             signals = ctl.queue_declare("", exclusive=True, auto_delete=True).method.queue
             assert signals is not None
-            # A topic takes 2 + P declarations and 2 + 64 bindings. They go out without waiting
-            # for each answer (AMQP no-wait, on pika's underlying channel: the blocking one
-            # always waits); the channel runs them in order, and a final declaration that does
-            # wait reports the first refusal (the broker closes the channel on it). One round
-            # trip per topic instead of ~70 is what makes hundreds of topics practical.
-            # Each topic's queues are consumed right after they are declared, so none of them
-            # reaches queue_expires while later topics are still being set up.
-            nowait: pika.channel.Channel = ctl._impl  # type: ignore[attr-defined]
-            topic_type = ExchangeType("topic")
             ctl.basic_consume(signals, self._on_signal, auto_ack=True)
             data = conn.channel()
             data.basic_qos(prefetch_count=self._settings.prefetch)
             data.add_on_cancel_callback(self._on_broker_cancel)
             self._data = data
             self._lockch = conn.channel()
-            for st in self._topics:
-                nowait.exchange_declare(st.topic, exchange_type=topic_type, durable=True)
-                nowait.queue_declare(st.shared, durable=True, arguments=args)
-                nowait.queue_bind(st.shared, st.topic, routing_key=UNKEYED)
-                for j, name in enumerate(st.partitions):
-                    nowait.queue_declare(name, durable=True, arguments=args)
-                    for slot in range(j, SLOTS, self._partitions):
-                        nowait.queue_bind(name, st.topic, routing_key=f"k.{slot}")
-                nowait.queue_bind(signals, CONTROL_EXCHANGE, routing_key=st.base)
-                ctl.queue_declare(st.shared, durable=True, arguments=args)
-                tag = data.basic_consume(st.shared, self._on_message)
-                self._tags[tag] = (st, st.shared, False)
-                self._rebalance([st])
-                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"joined " + self._member)
+            if self._queue:
+                self._consume_existing(ctl, data)
+            else:
+                self._find_kinds(conn)
+                self._set_up_groups(ctl, data, signals)
         except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404 and self._queue:
+                raise ConfigError(
+                    f"{self._endpoint.where(self._host)} has no queue {self._queue!r} (option "
+                    f"queue= consumes an existing queue; it declares nothing): {exc.reply_text}"
+                ) from exc
             raise ConfigError(
                 f"{self._endpoint.where(self._host)} refused to set up group {self._group!r} of "
                 f"{self._topic_list()}: {exc.reply_code} {exc.reply_text} "
                 "(an exchange or queue of that name exists with other settings, or the user "
                 "may not configure it)"
+            ) from exc
+        except pika.exceptions.ConnectionClosedByBroker as exc:
+            if HASH_EXCHANGE_TYPE in str(exc.reply_text):
+                raise ConfigError(
+                    f"{self._endpoint.where(self._host)} does not know the exchange type "
+                    f"{HASH_EXCHANGE_TYPE!r} that mqkit's groups use: enable RabbitMQ's "
+                    f"{PLUGIN} plugin (it ships with the broker): `{ENABLE_PLUGIN}`"
+                ) from exc
+            raise BrokerUnavailable(
+                f"{self._endpoint.where(self._host)} is unavailable: {describe(exc)}"
             ) from exc
         except MqkitError:
             raise
@@ -517,6 +542,98 @@ class Consumer(ConsumerBase):
             self._down_since = None
             self._live = conn  # from now on any thread may drive it (holding _io)
             self._cv.notify_all()
+
+    def _consume_existing(self, ctl: BlockingChannel, data: BlockingChannel) -> None:
+        """Option ``queue``: check the queue exists (declaring nothing) and consume it."""
+        [st] = self._topics
+        ctl.queue_declare(st.shared, passive=True)
+        tag = data.basic_consume(st.shared, self._on_message)
+        self._tags[tag] = (st, st.shared, False)
+
+    def _find_kinds(self, conn: pika.BlockingConnection) -> None:
+        """Declare each topic's exchange (a topic exchange), learning which ones exist with
+        another type or other settings: those are used as they are. The declarations go out
+        without waiting, on a channel of their own; a refusal closes that channel and names the
+        exchange, and the declarations before it succeeded (a channel runs them in order)."""
+        self._kinds = {}
+        pending = [st.topic for st in self._topics]
+        topic_type = ExchangeType("topic")
+        while pending:
+            channel = conn.channel()
+            try:
+                nowait: pika.channel.Channel = channel._impl  # type: ignore[attr-defined]
+                for topic in pending[:-1]:
+                    nowait.exchange_declare(topic, exchange_type=topic_type, durable=True)
+                channel.exchange_declare(pending[-1], exchange_type=topic_type, durable=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                found = _INEQUIVALENT.search(str(exc.reply_text))
+                if exc.reply_code != 406 or found is None or found.group(2) not in pending:
+                    raise
+                index = pending.index(found.group(2))
+                for topic in pending[:index]:
+                    self._kinds[topic] = "topic"
+                current = _CURRENT_TYPE.search(str(exc.reply_text))
+                # RabbitMQ compares the type first: another argument differing means a topic
+                # exchange with other flags (e.g. not durable).
+                kind = current.group(1) if found.group(1) == "type" and current else "topic"
+                self._kinds[pending[index]] = f"existing {kind}"
+                pending = pending[index + 1 :]
+                continue
+            for topic in pending:
+                self._kinds[topic] = "topic"
+            pending = []
+            channel.close()
+
+    def _bindings(self, topic: str) -> list[tuple[str, dict[str, Any] | None]]:
+        """How the group's hash exchange binds to ``topic``'s exchange: (routing key,
+        arguments) pairs, from the exchange's type and the ``binding_keys`` option."""
+        kind = self._kinds.get(topic, "topic").removeprefix("existing ")
+        if kind == "fanout":
+            return [("", None)]
+        if kind == "headers":
+            return [("", {"x-match": "all"})]  # no header to match: every message
+        if self._binding_keys:
+            return [(key, None) for key in self._binding_keys]
+        if kind == "direct":
+            raise ConfigError(
+                f"exchange {topic!r} exists as a direct exchange: tell the consumer which "
+                f"routing keys group {self._group!r} takes, e.g. "
+                f"broker.consumer({topic!r}, group={self._group!r}, binding_keys='key1,key2')"
+            )
+        return [("#", None)]  # a topic exchange: every routing key
+
+    def _set_up_groups(self, ctl: BlockingChannel, data: BlockingChannel, signals: str) -> None:
+        """Declare and consume each topic's group topology."""
+        args = queue_arguments(self._settings.queue_expires)
+        # A topic takes 2 + P declarations and 2 + P bindings. They go out without waiting for
+        # each answer (AMQP no-wait, on pika's underlying channel: the blocking one always
+        # waits); the channel runs them in order, and a final declaration that does wait
+        # reports the first refusal (the broker closes the channel on it). One round trip per
+        # topic is what makes hundreds of topics practical. Each topic's queues are consumed
+        # right after they are declared, so none of them reaches queue_expires while later
+        # topics are still being set up.
+        nowait: pika.channel.Channel = ctl._impl  # type: ignore[attr-defined]
+        for st in self._topics:
+            bindings = self._bindings(st.topic)
+            # auto_delete: the hash exchange goes once its partition queues do (queue_expires)
+            nowait.exchange_declare(
+                st.hashed,
+                exchange_type=HASH_EXCHANGE_TYPE,  # type: ignore[arg-type]
+                durable=True,
+                auto_delete=True,
+            )
+            for name in st.partitions:
+                nowait.queue_declare(name, durable=True, arguments=args)
+                nowait.queue_bind(name, st.hashed, routing_key="1")  # equal weights
+            for key, arguments in bindings:
+                nowait.exchange_bind(st.hashed, st.topic, routing_key=key, arguments=arguments)
+            nowait.queue_declare(st.shared, durable=True, arguments=args)
+            nowait.queue_bind(signals, CONTROL_EXCHANGE, routing_key=st.base)
+            ctl.queue_declare(st.shared, durable=True, arguments=args)
+            tag = data.basic_consume(st.shared, self._on_message)
+            self._tags[tag] = (st, st.shared, False)
+            self._rebalance([st])
+            ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"joined " + self._member)
 
     def _topic_list(self) -> str:
         names = [t.topic for t in self._topics]
@@ -641,7 +758,7 @@ class Consumer(ConsumerBase):
         if tag is None or consumer_tag is None or consumer_tag not in self._tags:
             return
         st, queue, partition = self._tags[consumer_tag]
-        delivery = decode(method.exchange or st.topic, method.routing_key or "", props, body)
+        delivery = decode(st.topic, method, props, body)
         message_id = delivery.id
         key = delivery.key
         with self._cv:
@@ -682,6 +799,8 @@ class Consumer(ConsumerBase):
     # -- partitions ------------------------------------------------------------------------------
 
     def _rebalance(self, topics: list[_Topic]) -> None:
+        if not self._partitions:  # an existing queue: nothing to share out
+            return
         ctl, data = self._ctl, self._data
         assert ctl is not None and data is not None
         for st in topics:

@@ -6,6 +6,11 @@ message sent before it was confirmed. If the connection drops, unconfirmed messa
 the front of the buffer and are published again, in order, once the thread has reconnected:
 nothing confirmed is lost and nothing sent is dropped (a message may arrive twice, with the
 same id, if the drop came between the broker storing it and its confirm reaching us).
+
+A topic is a topic exchange, declared at the first send to it; an exchange of that name that
+exists with another type or other settings (another team's direct, fanout or headers exchange)
+is published to as it is. A topic named ``amq.*`` is a queue's address (a plain RPC client's
+``reply_to``): such messages go to the default exchange, routed by that name.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, DeliveryTi
 
 from .connection import describe
 from .settings import Endpoint, Settings
-from .wire import check_topic, properties, routing_key
+from .wire import is_queue_address, properties, routing_key
 
 log = logging.getLogger("mqkit.rabbitmq.producer")
 
@@ -51,6 +56,8 @@ class Producer(ProducerBase):
         self._conn: pika.SelectConnection | None = None
         self._channel: pika.channel.Channel | None = None
         self._declared: set[str] = set()
+        #: exchanges that exist with settings of their own: published to, never declared
+        self._existing: set[str] = set()
         self._declaring: str | None = None
         self._wake = False
         self._closing = False
@@ -90,7 +97,6 @@ class Producer(ProducerBase):
     # -- user side -----------------------------------------------------------------------------
 
     def send(self, message: OutgoingMessage) -> None:
-        check_topic(message.topic)
         with self._cv:
             while True:
                 self._check_usable()
@@ -237,7 +243,7 @@ class Producer(ProducerBase):
         with self._cv:
             self._channel = channel
             self._seq = 0
-            self._declared.clear()
+            self._declared = set(self._existing)
             self._declaring = None
             if self._down_since is not None and self._ready.is_set():
                 log.warning("reconnected to %s", self._endpoint.where(self._host))
@@ -257,6 +263,15 @@ class Producer(ProducerBase):
             if (
                 isinstance(exc, pika.exceptions.ChannelClosedByBroker)
                 and declaring is not None
+                and exc.reply_code == 406
+                and "inequivalent arg" in str(exc.reply_text)
+            ):
+                # Someone else's exchange (another type, or other flags): publish to it as is.
+                log.info("exchange %r exists with settings of its own: %s", declaring, exc)
+                self._existing.add(declaring)
+            elif (
+                isinstance(exc, pika.exceptions.ChannelClosedByBroker)
+                and declaring is not None
                 and exc.reply_code in (403, 406)
             ):
                 where = self._endpoint.where(self._host)
@@ -267,7 +282,8 @@ class Producer(ProducerBase):
                 )
                 self._cv.notify_all()
                 return
-            log.warning("producer channel closed (%s); reopening", describe(exc))
+            else:
+                log.warning("producer channel closed (%s); reopening", describe(exc))
         conn.channel(on_open_callback=self._on_channel_open)
 
     def _requeue_unconfirmed(self) -> None:
@@ -287,7 +303,7 @@ class Producer(ProducerBase):
             room = self._max_inflight - len(self._unconfirmed)
             while self._pending and len(batch) < room:
                 message = self._pending[0]
-                if message.topic not in self._declared:
+                if message.topic not in self._declared and not is_queue_address(message.topic):
                     if not batch:
                         self._declaring = message.topic
                     break
@@ -298,9 +314,11 @@ class Producer(ProducerBase):
             declaring = self._declaring
             self._cv.notify_all()
         for message in batch:
-            channel.basic_publish(
-                message.topic, routing_key(message.key), message.body, properties(message)
-            )
+            if is_queue_address(message.topic):
+                exchange, routing = "", message.topic
+            else:
+                exchange, routing = message.topic, routing_key(message.key, message.id)
+            channel.basic_publish(exchange, routing, message.body, properties(message))
         if declaring is not None and not batch:
             channel.exchange_declare(
                 declaring,

@@ -13,7 +13,8 @@ from mqkit.adapter import CONSUMER, PRODUCER, BrokerURL, option
 from mqkit.adapter import Settings as BaseSettings
 from mqkit.errors import ConfigError
 
-from .wire import SLOTS
+#: Most partition queues per group (each is a quorum queue: three open files on the broker).
+MAX_PARTITIONS = 64
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,10 @@ class Settings(BaseSettings):
     )
     partitions: int = option(
         4,
-        f"Partition queues per topic and group (1 to {SLOTS}); the same value for every member "
-        "of a group.",
+        f"Partition queues per topic and group (1 to {MAX_PARTITIONS}); the same value for every "
+        "member of a group, fixed when the group is created.",
         minimum=1,
-        maximum=SLOTS,
+        maximum=MAX_PARTITIONS,
         scopes=[CONSUMER],
     )
     queue_expires: float = option(
@@ -50,6 +51,21 @@ class Settings(BaseSettings):
         "Seconds after which RabbitMQ deletes a group's queues that nobody uses (x-expires; "
         "0: never); for tests and throw-away groups.",
         minimum=0.0,
+        scopes=[CONSUMER],
+    )
+    queue: str = option(
+        "",
+        "Consume this existing queue as it is (declared by someone else, of any type) instead "
+        "of the group's own queues: nothing is declared or bound; the group's members compete "
+        "for its messages in the queue's own order (see docs/rabbitmq.md).",
+        scopes=[CONSUMER],
+    )
+    binding_keys: str = option(
+        "",
+        "Comma-separated binding keys by which the group binds to the topic's exchange "
+        "(default: every message; needed for an existing direct exchange; ignored by fanout "
+        "and headers exchanges).",
+        scopes=[CONSUMER],
     )
     rebalance_interval: float = option(
         0.25,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from mqkit_rocketmq._drivers import load_v5
 
@@ -20,29 +21,42 @@ proto: Any = importlib.import_module("rocketmq.grpc_protocol")
 rpc: Any = importlib.import_module("rocketmq.v5.client.connection.rpc_client")
 
 Code: Any = proto.Code
+T = TypeVar("T")
 
 
 def start(started: Any) -> None:
-    """``started.startup()`` in a short-lived thread whose event loop is the client's I/O loop.
+    """``started.startup()`` where the client expects to run: see :func:`with_io_loop`.
 
     The client makes a consumer's telemetry stream (the subscription) in the callback of its
-    first route lookup. When the lookup is answered before that callback is added (a busy
-    machine), the callback runs in the thread calling ``startup()``, where gRPC's asyncio layer
-    needs a current event loop; in a thread without one the stream is never made and the
-    subscription never confirmed. Starting from a thread of our own gives the client the loop
-    it expects without setting one in the caller's thread.
+    first route lookup.
     """
+    with_io_loop(started.startup)
+
+
+def with_io_loop(call: Callable[[], T]) -> T:
+    """``call()`` in a short-lived thread whose current event loop is the client's I/O loop.
+
+    A route lookup (at start, or a producer's first send to a topic) ends in a callback that
+    makes a telemetry stream. When the lookup is answered before that callback is added (a busy
+    machine), the callback runs in the calling thread, where gRPC's asyncio layer needs a
+    current event loop; in a thread without one (any thread after ``asyncio.run()``) the stream
+    is never made, and the subscription is never confirmed or the send fails with "failed to
+    fetch topic route". A thread of our own gives the client the loop it expects without
+    setting one in the caller's thread.
+    """
+    result: list[T] = []
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
             asyncio.set_event_loop(rpc.RpcClient.get_channel_io_loop())
-            started.startup()
+            result.append(call())
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
 
-    thread = threading.Thread(target=run, name="mqkit-rocketmq-startup", daemon=True)
+    thread = threading.Thread(target=run, name="mqkit-rocketmq-route", daemon=True)
     thread.start()
     thread.join()
     if failure:
         raise failure[0]
+    return result[0]

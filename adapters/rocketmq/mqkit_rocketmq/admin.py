@@ -37,6 +37,9 @@ GET_ROUTEINFO_BY_TOPIC = 105
 GET_BROKER_CLUSTER_INFO = 106
 UPDATE_AND_CREATE_SUBSCRIPTIONGROUP = 200
 GET_ALL_SUBSCRIPTIONGROUP_CONFIG = 201
+DELETE_SUBSCRIPTIONGROUP = 207
+DELETE_TOPIC_IN_BROKER = 215
+DELETE_TOPIC_IN_NAMESRV = 216
 GET_SUBSCRIPTIONGROUP_CONFIG = 352
 SUCCESS = 0
 TOPIC_NOT_EXIST = 17
@@ -250,6 +253,31 @@ def ensure_group(
             raise _failed(reply, f"creating group {group!r} on broker {name} ({address})")
         created = True
     return created
+
+
+def delete_group(namesrv: str, group: str, *, timeout: float = 5.0) -> None:
+    """Delete consumer group ``group`` (its positions too) and its retry and dead-letter
+    topics, as ``mqadmin deleteSubGroup`` does: for a group that lived only as long as its
+    consumer (a reply inbox)."""
+    for address in master_brokers(namesrv, timeout=timeout).values():
+        fields = {"groupName": group, "cleanOffset": "true"}
+        reply, _ = call(address, DELETE_SUBSCRIPTIONGROUP, fields, timeout=timeout)
+        if reply["code"] != SUCCESS:
+            raise _failed(reply, f"deleting group {group!r} on {address}")
+    for topic in (f"%RETRY%{group}", f"%DLQ%{group}"):
+        delete_topic(namesrv, topic, timeout=timeout)
+
+
+def delete_topic(namesrv: str, topic: str, *, timeout: float = 5.0) -> None:
+    """Delete ``topic`` and its messages on every master broker and on the name server, as
+    ``mqadmin deleteTopic`` does (a topic that does not exist is no error)."""
+    for address in master_brokers(namesrv, timeout=timeout).values():
+        reply, _ = call(address, DELETE_TOPIC_IN_BROKER, {"topic": topic}, timeout=timeout)
+        if reply["code"] != SUCCESS:
+            raise _failed(reply, f"deleting topic {topic!r} on {address}")
+    reply, _ = call(namesrv, DELETE_TOPIC_IN_NAMESRV, {"topic": topic}, timeout=timeout)
+    if reply["code"] != SUCCESS:
+        raise _failed(reply, f"deleting topic {topic!r} on {namesrv}")
 
 
 def groups(broker: str, *, timeout: float = 5.0) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ errors into mqkit's; :mod:`.producer` and :mod:`.consumer` are the hot paths.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -29,6 +30,11 @@ from mqkit_rocketmq._grpc import exceptions as failed
 from mqkit_rocketmq.consumer import Consumer, PerMessage
 from mqkit_rocketmq.producer import Producer
 from mqkit_rocketmq.settings import Settings, check_prefetch, endpoints
+
+log = logging.getLogger("mqkit.rocketmq")
+
+#: ``MessageType`` numbers of the 5.x protocol.
+NORMAL_TYPE, FIFO_TYPE = 1, 2
 
 
 class Backend(BackendBase[Settings]):
@@ -76,10 +82,15 @@ class Backend(BackendBase[Settings]):
             delayed_redelivery=True,
             persistent=True,
             max_body_size=4 << 20,  # a broker's default maxMessageSize
+            # A reply inbox's topic and group are made for it and deleted after it: needs
+            # the name server (a proxy creates and deletes nothing).
+            throwaway_group_options={"temporary": True} if self.namesrv else {},
         )
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._known_topics: set[str] = set()
+        #: Topics whose queues take FIFO messages only (made with message.type=FIFO).
+        self.fifo_topics: set[str] = set()
         self._known_groups: set[str] = set()
         self._position_lock = threading.Lock()
         self.unseen = PerMessage()
@@ -93,6 +104,11 @@ class Backend(BackendBase[Settings]):
 
     def open_consumer(self, topics: tuple[str, ...], group: str, settings: Settings) -> Consumer:
         check_prefetch("rocketmq consumer", settings.prefetch)
+        if settings.temporary and self.namesrv is None:
+            raise ConfigError(
+                f"{self.where}: temporary=true creates and deletes the group's topic and group "
+                "through a name server: add namesrv=HOST:9876"
+            )
         return Consumer(self, topics, group, settings)
 
     def _close(self) -> None:
@@ -136,6 +152,10 @@ class Backend(BackendBase[Settings]):
             raise self.unreachable(exc, "connecting") from None
         self._check_auth(response.status)
 
+    def ping(self, timeout: float) -> None:
+        """A heartbeat to the proxy, which checks the credentials (as connect() does)."""
+        self.probe()
+
     def _check_auth(self, status: Any) -> None:
         if status.code in (Code.UNAUTHORIZED, Code.FORBIDDEN):
             raise BrokerUnavailable(
@@ -144,13 +164,14 @@ class Backend(BackendBase[Settings]):
                 "secret key in the URL (rocketmq://ACCESS_KEY:SECRET_KEY@host:port)"
             )
 
-    def provision(self, kind: str, name: str) -> None:
-        """With ``auto_create``, create the topic or consumer group ``name`` if it is missing.
+    def provision(self, kind: str, name: str, *, create: bool = False) -> None:
+        """With ``auto_create`` (or ``create``), create the topic or consumer group ``name`` if
+        it is missing.
 
         Done before the proxy is first asked about it: a proxy caches a missing topic's route
         for a while, so creating it after a failed lookup would not help at once.
         """
-        if not self.auto_create or self.namesrv is None:
+        if not (self.auto_create or create) or self.namesrv is None:
             return
         if kind == "group" and name in self._known_groups:
             return
@@ -193,11 +214,12 @@ class Backend(BackendBase[Settings]):
                         f"{topic!r} through the name server at {self.namesrv}: {exc}"
                     ) from None
 
-    def check_topic(self, topic: str, mqkit_name: str) -> None:
-        """Raise a clear mqkit error unless ``topic`` exists on the cluster."""
+    def check_topic(self, topic: str, mqkit_name: str, *, create: bool = False) -> None:
+        """Raise a clear mqkit error unless ``topic`` exists on the cluster (``create``: make
+        it first if it is missing, as ``auto_create`` does)."""
         if topic in self._known_topics:
             return
-        self.provision("topic", topic)
+        self.provision("topic", topic, create=create)
         request = proto.QueryRouteRequest()
         request.topic.name = topic
         request.topic.resource_namespace = self.namespace
@@ -222,7 +244,24 @@ class Backend(BackendBase[Settings]):
                 f"the {self.server} could not route topic {topic!r}: "
                 f"{Code.Name(status.code)}: {status.message}"
             )
+        accepted = {t for queue in response.message_queues for t in queue.accept_message_types}
+        if FIFO_TYPE in accepted and NORMAL_TYPE not in accepted:
+            self.fifo_topics.add(topic)
         self._known_topics.add(topic)
+
+    def delete_temporary(self, group: str, topics: Sequence[str]) -> None:
+        """Delete a temporary consumer's group and topics (best effort: what remains is
+        harmless, and a later run of the same name cannot happen: the names are random)."""
+        if self.namesrv is None:
+            return
+        try:
+            admin.delete_group(self.namesrv, group, timeout=self.connect_timeout)
+            for topic in topics:
+                admin.delete_topic(self.namesrv, topic, timeout=self.connect_timeout)
+                self._known_topics.discard(topic)
+        except (OSError, admin.AdminError) as exc:
+            log.warning("RocketMQ: deleting temporary group %r and its topics: %s", group, exc)
+        self._known_groups.discard(group)
 
     def missing_topic(self, topic: str, mqkit_name: str, detail: str) -> str:
         named = f"{mqkit_name!r}" if topic == mqkit_name else f"{mqkit_name!r} ({topic!r})"

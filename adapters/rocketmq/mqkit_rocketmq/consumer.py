@@ -148,9 +148,10 @@ class Consumer(ConsumerBase):
         self._group = wire.rocketmq_name("group", group)
         self._mqkit_group = group
         self._names: dict[str, str] = {}
+        self._temporary = settings.temporary
         for name in topics:
             topic = wire.rocketmq_name("topic", name)
-            backend.check_topic(topic, name)
+            backend.check_topic(topic, name, create=self._temporary)
             self._names[topic] = name
         self._visibility = settings.visibility_timeout
         self._prefetch = prefetch = settings.prefetch
@@ -168,7 +169,7 @@ class Consumer(ConsumerBase):
         self._retry_at = 0.0
         self._closing = False
         self._warned_fifo = False
-        backend.provision("group", self._group)
+        backend.provision("group", self._group, create=self._temporary)
         filters = {topic: model.FilterExpression() for topic in self._names}
         try:
             self._client = _SimpleConsumer(
@@ -492,5 +493,5 @@ class Consumer(ConsumerBase):
             self._client.shutdown()
         except Exception as exc:
             log.warning("RocketMQ consumer shutdown: %s", exc)
-
-
+        if self._temporary:
+            self._backend.delete_temporary(self._group, list(self._names))

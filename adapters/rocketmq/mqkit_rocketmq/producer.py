@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
 
+from mqkit import envelope
 from mqkit.adapter import OutgoingMessage, ProducerBase
 from mqkit.errors import DeliveryTimeout, MqkitError
 from mqkit_rocketmq import wire
-from mqkit_rocketmq._grpc import model, producer, start
+from mqkit_rocketmq._grpc import model, producer, start, with_io_loop
 
 if TYPE_CHECKING:
     from mqkit_rocketmq.backend import Backend
@@ -41,12 +42,18 @@ class Producer(ProducerBase):
         self._errors: list[MqkitError] = []
         self._keyed: dict[str, deque[tuple[Any, str, str]]] = {}
         self._stopped = False  # the client is shut down: no more retries
+        self._routed: set[str] = set()  # topics whose route the client has looked up
 
     def send(self, message: OutgoingMessage) -> None:
         topic = wire.rocketmq_name("topic", message.topic)
         self._backend.check_topic(topic, message.topic)
         rmsg = model.Message()
         wire.to_client(message, topic, rmsg)
+        if message.key is None and topic in self._backend.fifo_topics:
+            # A topic made for FIFO messages only refuses NORMAL ones: a message group of its
+            # own (its id) orders it after nothing, and mqkit-key says it has no key.
+            rmsg.message_group = message.id
+            rmsg.properties[envelope.KEY] = "null"
         group = rmsg.message_group
         with self._cv:
             while self._pending >= self._max_in_flight:
@@ -71,7 +78,12 @@ class Producer(ProducerBase):
     ) -> None:
         first = time.monotonic() if first is None else first
         try:
-            future: Future[Any] = self._client.send_async(rmsg)
+            future: Future[Any]
+            if topic in self._routed:
+                future = self._client.send_async(rmsg)
+            else:  # the first send looks the route up: see with_io_loop
+                future = with_io_loop(lambda: self._client.send_async(rmsg))
+                self._routed.add(topic)
         except Exception as exc:
             error = self._backend.error(exc, f"sending to {name!r}", topic, name)
             self._finished(rmsg, error, record=not raise_now)
@@ -92,9 +104,7 @@ class Producer(ProducerBase):
             ):
                 # The proxy is restarting or the channel is reconnecting (the request never
                 # left): try again shortly, keeping this key's later messages waiting.
-                retry = threading.Timer(
-                    0.25, self._launch, (rmsg, topic, name), {"first": first}
-                )
+                retry = threading.Timer(0.25, self._launch, (rmsg, topic, name), {"first": first})
                 retry.daemon = True
                 retry.start()
                 return

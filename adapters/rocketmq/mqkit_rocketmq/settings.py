@@ -17,8 +17,7 @@ MAX_BATCH = 32
 class Settings(adapter.Settings):
     connect_timeout: float = option(
         5.0,
-        "Seconds for the connect probe, topic lookups and retries while the proxy is "
-        "unreachable.",
+        "Seconds for the connect probe, topic lookups and retries while the proxy is unreachable.",
         minimum=0.1,
     )
     subscribe_timeout: float = option(
@@ -44,6 +43,12 @@ class Settings(adapter.Settings):
     )
     long_polling_timeout: int = option(
         5, "Seconds one poll waits on the proxy.", minimum=1, scopes=[CONSUMER]
+    )
+    temporary: bool = option(
+        False,
+        "The group lives only as long as this consumer (a request's reply inbox): its topic "
+        "and group are created through namesrv if missing and deleted when it closes.",
+        scopes=[CONSUMER],
     )
     max_in_flight: int = option(
         1024, "Unconfirmed sends per producer before send() blocks.", minimum=1, scopes=[PRODUCER]

@@ -10,10 +10,17 @@ The 4.x driver's native messages are converted in :mod:`mqkit_rocketmq.remoting.
   group (blank, 64 bytes or more, control characters) travels JSON-encoded in
   :data:`envelope.KEY <mqkit.envelope.KEY>` and a digest of it is the message group, so per-key
   order still holds. (The 4.x driver always sends :data:`~mqkit.envelope.KEY`.)
-* headers → user properties, unchanged, with their names listed in :data:`HEADER_NAMES` so a
-  receiver can tell them from properties the broker adds. Headers RocketMQ cannot carry as
-  properties (names it reserves, control characters, empty values — the broker drops empty
-  properties) are sent together as JSON in :data:`HEADERS` instead.
+* headers → user properties as text (:func:`~mqkit.envelope.flatten_headers`
+  with ``binary="base64"``: numbers in decimal, booleans ``true``/``false``, bytes in base64),
+  their types in :data:`envelope.HEADER_TYPES <mqkit.envelope.HEADER_TYPES>` and their names
+  listed in :data:`HEADER_NAMES` so a receiver can tell them from properties the broker adds.
+  A header RocketMQ cannot carry as a property of its own (a name it reserves, control
+  characters, an empty value — the broker drops empty properties) travels in the JSON object
+  :data:`HEADERS` instead; the others stay plain properties.
+* content type, content encoding, correlation id, reply-to → user properties of the standard
+  names (:data:`envelope.CONTENT_TYPE <mqkit.envelope.CONTENT_TYPE>` …): RocketMQ has no user
+  field for them (its ``CORRELATION_ID`` is a system property its own request/reply sets, which
+  clients may not write; it is read as the correlation id of a message without ours).
 * the mqkit message id → :data:`envelope.ID <mqkit.envelope.ID>` and the message keys (so it
   can be searched by key in RocketMQ's tools). A message without :data:`~mqkit.envelope.ID`
   (another client's) takes its RocketMQ message id; its user properties are its headers.
@@ -29,11 +36,12 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mqkit import envelope
 from mqkit.adapter import Delivery, OutgoingMessage
+from mqkit.envelope import HeaderValue
 from mqkit.errors import ConfigError
 
 #: JSON object of the headers, when some of them cannot be properties of their own.
@@ -45,8 +53,26 @@ EMPTY = envelope.PREFIX + "empty"
 
 #: Every property this adapter writes, none of them a header.
 OWN_PROPERTIES = frozenset(
-    {envelope.ID, envelope.KEY, envelope.TIMESTAMP, HEADERS, HEADER_NAMES, EMPTY}
+    {
+        envelope.ID,
+        envelope.KEY,
+        envelope.TIMESTAMP,
+        envelope.HEADER_TYPES,
+        HEADERS,
+        HEADER_NAMES,
+        EMPTY,
+    }
 )
+#: The standard fields: ``OutgoingMessage``/``Delivery`` attribute → property name.
+STANDARD = {
+    "content_type": envelope.CONTENT_TYPE,
+    "content_encoding": envelope.CONTENT_ENCODING,
+    "correlation_id": envelope.CORRELATION_ID,
+    "reply_to": envelope.REPLY_TO,
+}
+#: RocketMQ's own request/reply property, read as the correlation id when ours is absent.
+NATIVE_CORRELATION_ID = "CORRELATION_ID"
+_STANDARD_NAMES = frozenset(STANDARD.values())
 
 TOPIC_MAX_LENGTH = 127
 GROUP_MAX_LENGTH = 120
@@ -56,6 +82,7 @@ SHARDING_KEY = "__SHARDINGKEY"
 
 #: Property names RocketMQ reserves (``MessageConst.STRING_HASH_SET``) plus those a broker adds
 #: to stored messages and hands back among the user properties.
+# fmt: off
 SYSTEM_PROPERTIES = frozenset({
     "1ST_POP_TIME", "ARRIVE_TIME", "BORN_TIMESTAMP", "BUYER_ID", "CLUSTER", "CONSUME_START_TIME",
     "CORRECTION_FLAG", "CORRELATION_ID", "DELAY", "DLQ_ORIGIN_MESSAGE_ID", "DLQ_ORIGIN_TOPIC",
@@ -69,6 +96,7 @@ SYSTEM_PROPERTIES = frozenset({
     "TTL", "UNIQ_KEY", "WAIT", "__BORNHOST", "__CRC32#", SHARDING_KEY, "TRACE_CONTEXT",
     "CHECK_IMMUNITY_TIME_IN_SECONDS", "__STARTDELIVERTIME", "SHARDING_KEY",
 })
+# fmt: on
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -111,23 +139,41 @@ class Encoded:
     keys: tuple[str, ...]
 
 
+def _carryable(name: str, value: str) -> bool:
+    """Whether RocketMQ keeps ``name=value`` as a user property of its own."""
+    return name not in SYSTEM_PROPERTIES and value != "" and not _control(name + value)
+
+
 def encode(message: OutgoingMessage, *, timestamp: bool) -> Encoded:
     """The body, properties, message group and keys of ``message``; ``timestamp``: write the
     send time as a property (where the client's born timestamp is coarser)."""
     props: dict[str, str] = {envelope.ID: message.id}
     if timestamp:
         props[envelope.TIMESTAMP] = envelope.encode_timestamp(message.timestamp)
-    headers = message.headers
-    if headers:
-        plain = all(
-            k not in SYSTEM_PROPERTIES and v != "" and not _control(k) and not _control(v)
-            for k, v in headers.items()
-        )
-        if plain:
-            props.update(headers)
-            props[HEADER_NAMES] = json.dumps(list(headers))
-        else:
-            props[HEADERS] = json.dumps(dict(headers))
+    packed: dict[str, str] = {}
+    for attr, name in STANDARD.items():
+        value = getattr(message, attr)
+        if value is not None:
+            if _carryable(name, value):
+                props[name] = value
+            else:
+                packed[name] = value
+    if message.headers:
+        flat, types = envelope.flatten_headers(message.headers, binary="base64")
+        names = []
+        for name, text in flat.items():
+            assert isinstance(text, str)  # base64: bytes travel as text
+            if _carryable(name, text):
+                props[name] = text
+                names.append(name)
+            else:
+                packed[name] = text
+        if names:
+            props[HEADER_NAMES] = json.dumps(names)
+        if types is not None:
+            props[envelope.HEADER_TYPES] = types
+    if packed:
+        props[HEADERS] = json.dumps(packed)
     group = None
     if message.key is not None:
         group, key_prop = message_group_for(message.key)
@@ -144,10 +190,16 @@ def encode(message: OutgoingMessage, *, timestamp: bool) -> Encoded:
 @dataclass(frozen=True, slots=True)
 class Decoded:
     body: bytes
-    headers: dict[str, str]
+    headers: dict[str, HeaderValue]
     key: str | None
     id: str
     timestamp: float
+    content_type: str | None = None
+    content_encoding: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    #: The properties RocketMQ reserves that the message carries (``KEYS``, ``TAGS``, …).
+    system: dict[str, str] = field(default_factory=dict)
 
 
 def decode(
@@ -161,18 +213,26 @@ def decode(
     """What mqkit sees of a RocketMQ message (mqkit's or another client's)."""
     props = properties
     mqkit_id = props.get(envelope.ID)
-    if HEADERS in props:
-        headers = {str(k): str(v) for k, v in json.loads(props[HEADERS]).items()}
-    elif HEADER_NAMES in props:
-        headers = {k: props[k] for k in json.loads(props[HEADER_NAMES]) if k in props}
-    elif mqkit_id is not None:
-        headers = {}
-    else:  # a message from another RocketMQ client: its user properties are its headers
-        headers = {
+    packed: dict[str, Any] = json.loads(props[HEADERS]) if HEADERS in props else {}
+    standard = {attr: props.get(name) or packed.pop(name, None) for attr, name in STANDARD.items()}
+    text: dict[str, str | bytes]
+    if HEADER_NAMES in props:
+        text = {k: props[k] for k in json.loads(props[HEADER_NAMES]) if k in props}
+    elif mqkit_id is None and HEADERS not in props:
+        # a message from another RocketMQ client: its user properties are its headers
+        text = {
             k: v
             for k, v in props.items()
-            if k not in SYSTEM_PROPERTIES and k not in OWN_PROPERTIES
+            if k not in SYSTEM_PROPERTIES and k not in OWN_PROPERTIES and k not in _STANDARD_NAMES
         }
+    else:
+        text = {}
+    for name, value in packed.items():
+        text[str(name)] = str(value)
+    headers = envelope.restore_headers(text, props.get(envelope.HEADER_TYPES))
+    system = {k: v for k, v in props.items() if k in SYSTEM_PROPERTIES}
+    if standard["correlation_id"] is None and NATIVE_CORRELATION_ID in props:
+        standard["correlation_id"] = props[NATIVE_CORRELATION_ID]
     if envelope.KEY in props:
         key: str | None = json.loads(props[envelope.KEY])
     else:
@@ -182,7 +242,7 @@ def decode(
     timestamp = envelope.decode_timestamp(props.get(envelope.TIMESTAMP), born_ms / 1000.0)
     if props.get(EMPTY) == "1":
         body = b""
-    return Decoded(body, headers, key, mqkit_id, timestamp)
+    return Decoded(body, headers, key, mqkit_id, timestamp, system=system, **standard)
 
 
 # -- the 5.x client's messages --------------------------------------------------------------------
@@ -218,4 +278,35 @@ def from_client(message: Any, topic: str, attempt: int, handle: Any) -> Delivery
         timestamp=decoded.timestamp,
         attempt=attempt,
         handle=handle,
+        content_type=decoded.content_type,
+        content_encoding=decoded.content_encoding,
+        correlation_id=decoded.correlation_id,
+        reply_to=decoded.reply_to,
+        metadata=client_metadata(message, decoded),
     )
+
+
+def client_metadata(message: Any, decoded: Decoded) -> dict[str, Any]:
+    """:attr:`Delivery.metadata` of a 5.x client message: what the client exposes of it.
+
+    The client does not expose the queue and offset a message was read from.
+    """
+    return {
+        "message_id": message.message_id,
+        "topic": message.topic,
+        "tag": message.tag,
+        "keys": sorted(message.keys),
+        "message_group": message.message_group,
+        "message_type": _MESSAGE_TYPES.get(message.message_type, str(message.message_type)),
+        "born_host": message.born_host,
+        "born_timestamp": message.born_timestamp,
+        "store_timestamp": getattr(message, "_Message__store_timestamp", None),
+        "delivery_timestamp": message.delivery_timestamp,
+        "delivery_attempt": message.delivery_attempt,
+        "properties": dict(message.properties),
+        "system_properties": decoded.system,
+    }
+
+
+#: The 5.x protocol's ``MessageType`` numbers.
+_MESSAGE_TYPES = {1: "NORMAL", 2: "FIFO", 3: "DELAY", 4: "TRANSACTION", 5: "LITE", 6: "PRIORITY"}

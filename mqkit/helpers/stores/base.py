@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -32,3 +34,45 @@ class IdempotencyStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class AsyncIdempotencyStore(Protocol):
+    """:class:`IdempotencyStore` for the event loop: the same operations, awaited."""
+
+    async def claim(self, key: str, token: str, lease: float) -> Claim: ...
+
+    async def complete(self, key: str, token: str, ttl: float) -> bool: ...
+
+    async def release(self, key: str, token: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def is_async_store(store: object) -> bool:
+    return inspect.iscoroutinefunction(getattr(store, "claim", None))
+
+
+class ThreadedStore:
+    """A sync store used from the event loop: each call runs in the default executor."""
+
+    def __init__(self, store: IdempotencyStore) -> None:
+        self.store = store
+
+    async def claim(self, key: str, token: str, lease: float) -> Claim:
+        return await asyncio.to_thread(self.store.claim, key, token, lease)
+
+    async def complete(self, key: str, token: str, ttl: float) -> bool:
+        return await asyncio.to_thread(self.store.complete, key, token, ttl)
+
+    async def release(self, key: str, token: str) -> None:
+        await asyncio.to_thread(self.store.release, key, token)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.store.close)
+
+
+def as_async_store(store: IdempotencyStore | AsyncIdempotencyStore) -> AsyncIdempotencyStore:
+    """``store`` itself if it is async, else a :class:`ThreadedStore` around it."""
+    if is_async_store(store):
+        return store  # type: ignore[return-value]
+    return ThreadedStore(store)  # type: ignore[arg-type]

@@ -8,15 +8,19 @@ gets the connection of an open transaction, and its writes and the done mark com
 not at all. A crash anywhere before the commit rolls both back (the redelivery runs the handler
 again on a clean slate); after the commit, every redelivery is skipped. For writes to that same
 database this is exactly-once.
+
+:class:`AsyncPostgresStore` is the store for ``mqkit.aio`` (psycopg's async connections), with
+the same table and statements.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from mqkit.errors import ConfigError
@@ -40,6 +44,45 @@ CREATE INDEX IF NOT EXISTS {table}_expiry ON {table} (expires_at);
 """
 
 
+def _sweep_sql(t: str) -> str:
+    return f"DELETE FROM {t} WHERE expires_at <= {_NOW}"
+
+
+def _claim_sql(t: str) -> tuple[str, str]:
+    """Take a free or expired identity (a row back if taken); else read what holds it."""
+    take = (
+        f"INSERT INTO {t} (key, done, token, expires_at) "
+        f"VALUES (%s, false, %s, {_NOW} + %s) "
+        "ON CONFLICT (key) DO UPDATE SET done = false, token = EXCLUDED.token, "
+        f"expires_at = EXCLUDED.expires_at WHERE {t}.expires_at <= {_NOW} "
+        "RETURNING 1"
+    )
+    look = f"SELECT done, expires_at - {_NOW} FROM {t} WHERE key = %s"
+    return take, look
+
+
+def _held(row: tuple[Any, ...] | None) -> Claim | None:
+    """The claim an identity's live record means; ``None`` if it is gone (claim again)."""
+    if row is None or row[1] <= 0:
+        return None
+    return Claim("done") if row[0] else Claim("busy", float(row[1]))
+
+
+def _complete_sql(t: str) -> str:
+    """Mark done; true if the caller's claim was still the one held."""
+    return (
+        f"WITH prev AS (SELECT done, token FROM {t} WHERE key = %s) "
+        f"INSERT INTO {t} (key, done, token, expires_at) VALUES (%s, true, '', "
+        f"{_NOW} + %s) ON CONFLICT (key) DO UPDATE SET done = true, token = '', "
+        "expires_at = EXCLUDED.expires_at "
+        "RETURNING (SELECT NOT prev.done AND prev.token = %s FROM prev)"
+    )
+
+
+def _release_sql(t: str) -> str:
+    return f"DELETE FROM {t} WHERE key = %s AND NOT done AND token = %s"
+
+
 def _psycopg() -> Any:
     try:
         return importlib.import_module("psycopg")
@@ -50,7 +93,30 @@ def _psycopg() -> Any:
 TransactionalHandler = Callable[[Message, "psycopg.Connection[Any]"], Any]
 
 
-class PostgresStore:
+class _Settings:
+    """What the sync and the async store are configured with."""
+
+    def __init__(
+        self,
+        dsn: str,
+        table: str,
+        sweep_every: int,
+        connect_timeout: float,
+        synchronous_commit: bool,
+    ) -> None:
+        if not table.replace("_", "").isalnum():
+            raise ValueError(f"table name {table!r} must be letters, digits and _")
+        self._pg = _psycopg()
+        self.dsn = dsn
+        self.table = table
+        self._timeout = connect_timeout
+        self._sync = synchronous_commit
+        self._sweep_every = sweep_every
+        self._ops = 0
+        self._closed = False
+
+
+class PostgresStore(_Settings):
     """Identities in PostgreSQL, shared by every consumer that reaches the server.
 
     ``PostgresStore("postgresql://user@host:5432/db")``; keeps up to ``pool_size`` connections
@@ -70,19 +136,10 @@ class PostgresStore:
         connect_timeout: float = 10.0,
         synchronous_commit: bool = True,
     ) -> None:
-        if not table.replace("_", "").isalnum():
-            raise ValueError(f"table name {table!r} must be letters, digits and _")
-        self._pg = _psycopg()
-        self.dsn = dsn
-        self.table = table
-        self._timeout = connect_timeout
-        self._sync = synchronous_commit
-        self._sweep_every = sweep_every
-        self._ops = 0
+        super().__init__(dsn, table, sweep_every, connect_timeout, synchronous_commit)
         self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(pool_size)
         self._lock = threading.Lock()
-        self._closed = False
         with self.connection() as conn:
             try:
                 with conn.transaction():
@@ -134,50 +191,28 @@ class PostgresStore:
     # -- the store protocol ----------------------------------------------------------------
 
     def claim(self, key: str, token: str, lease: float) -> Claim:
-        t = self.table
+        take, look = _claim_sql(self.table)
         with self._lock:
             self._ops += 1
             sweep = self._ops % self._sweep_every == 0
         with self.connection() as conn:
             if sweep:
-                conn.execute(f"DELETE FROM {t} WHERE expires_at <= {_NOW}")
+                conn.execute(_sweep_sql(self.table))
             while True:
-                taken = conn.execute(
-                    f"INSERT INTO {t} (key, done, token, expires_at) "
-                    f"VALUES (%s, false, %s, {_NOW} + %s) "
-                    "ON CONFLICT (key) DO UPDATE SET done = false, token = EXCLUDED.token, "
-                    f"expires_at = EXCLUDED.expires_at WHERE {t}.expires_at <= {_NOW} "
-                    "RETURNING 1",
-                    (key, token, lease),
-                ).fetchone()
-                if taken is not None:
+                if conn.execute(take, (key, token, lease)).fetchone() is not None:
                     return Claim("claimed")
-                row = conn.execute(
-                    f"SELECT done, expires_at - {_NOW} FROM {t} WHERE key = %s", (key,)
-                ).fetchone()
-                if row is None or row[1] <= 0:
-                    continue  # released or expired in between: try again
-                return Claim("done") if row[0] else Claim("busy", float(row[1]))
+                claim = _held(conn.execute(look, (key,)).fetchone())
+                if claim is not None:
+                    return claim  # else released or expired in between: try again
 
     def complete(self, key: str, token: str, ttl: float) -> bool:
-        t = self.table
         with self.connection() as conn:
-            row = conn.execute(
-                f"WITH prev AS (SELECT done, token FROM {t} WHERE key = %s) "
-                f"INSERT INTO {t} (key, done, token, expires_at) VALUES (%s, true, '', "
-                f"{_NOW} + %s) ON CONFLICT (key) DO UPDATE SET done = true, token = '', "
-                "expires_at = EXCLUDED.expires_at "
-                "RETURNING (SELECT NOT prev.done AND prev.token = %s FROM prev)",
-                (key, key, ttl, token),
-            ).fetchone()
+            row = conn.execute(_complete_sql(self.table), (key, key, ttl, token)).fetchone()
         return bool(row and row[0])
 
     def release(self, key: str, token: str) -> None:
         with self.connection() as conn:
-            conn.execute(
-                f"DELETE FROM {self.table} WHERE key = %s AND NOT done AND token = %s",
-                (key, token),
-            )
+            conn.execute(_release_sql(self.table), (key, token))
 
     # -- exactly-once for PostgreSQL side effects ------------------------------------------
 
@@ -226,3 +261,88 @@ class PostgresStore:
             return run_once
 
         return decorate
+
+
+class AsyncPostgresStore(_Settings):
+    """:class:`PostgresStore` for ``mqkit.aio`` (psycopg 3's ``AsyncConnection``): the same
+    table and statements, so sync and async consumers of one group share their records.
+
+    ``AsyncPostgresStore("postgresql://user@host:5432/db")``; keeps up to ``pool_size``
+    autocommit connections; the table is created on first use. Use it on one event loop.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        table: str = "mqkit_idempotency",
+        pool_size: int = 8,
+        sweep_every: int = 1000,
+        connect_timeout: float = 10.0,
+        synchronous_commit: bool = True,
+    ) -> None:
+        super().__init__(dsn, table, sweep_every, connect_timeout, synchronous_commit)
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots = asyncio.Semaphore(pool_size)
+        self._ready = False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled autocommit connection; broken ones are dropped, not reused."""
+        if self._closed:
+            raise ConfigError("AsyncPostgresStore is closed")
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            try:
+                yield conn
+            finally:
+                if conn.closed or conn.broken or self._closed:
+                    await conn.close()
+                else:
+                    self._idle.append(conn)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            conn = await self._pg.AsyncConnection.connect(
+                self.dsn, autocommit=True, connect_timeout=max(1, int(self._timeout))
+            )
+        except self._pg.OperationalError as exc:
+            raise ConfigError(f"cannot reach PostgreSQL for the idempotency store: {exc}") from exc
+        if not self._sync:
+            await conn.execute("SET synchronous_commit = off")
+        if not self._ready:
+            try:
+                async with conn.transaction():
+                    await conn.execute(_SCHEMA.format(table=self.table))
+            except self._pg.errors.UniqueViolation:  # another process created it just now
+                pass
+            self._ready = True
+        return conn  # type: ignore[no-any-return]
+
+    async def claim(self, key: str, token: str, lease: float) -> Claim:
+        take, look = _claim_sql(self.table)
+        self._ops += 1
+        async with self.connection() as conn:
+            if self._ops % self._sweep_every == 0:
+                await conn.execute(_sweep_sql(self.table))
+            while True:
+                if await (await conn.execute(take, (key, token, lease))).fetchone() is not None:
+                    return Claim("claimed")
+                claim = _held(await (await conn.execute(look, (key,))).fetchone())
+                if claim is not None:
+                    return claim
+
+    async def complete(self, key: str, token: str, ttl: float) -> bool:
+        async with self.connection() as conn:
+            cursor = await conn.execute(_complete_sql(self.table), (key, key, ttl, token))
+            row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def release(self, key: str, token: str) -> None:
+        async with self.connection() as conn:
+            await conn.execute(_release_sql(self.table), (key, token))
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            await self._idle.pop().close()

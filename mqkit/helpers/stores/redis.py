@@ -2,7 +2,8 @@
 
 The value is ``c:<token>`` while claimed and ``d`` once done; the key's TTL is the lease or the
 dedup window. Each operation is one Lua script, so it is atomic across every process sharing the
-server. Needs ``pip install 'mqkit[redis]'``.
+server. :class:`AsyncRedisStore` runs the same scripts on ``redis.asyncio``. Needs
+``pip install 'mqkit[redis]'``.
 """
 
 from __future__ import annotations
@@ -38,14 +39,44 @@ return 0
 """
 
 
-def _client_module() -> Any:
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _claim_result(status: int, pttl: int) -> Claim:
+    """What the claim script's answer means."""
+    if status == 1:
+        return Claim("claimed")
+    if status == 2:
+        return Claim("done")
+    return Claim("busy", max(0.0, int(pttl) / 1000))
+
+
+def _client_module(name: str = "redis") -> Any:
     try:
-        return importlib.import_module("redis")
+        return importlib.import_module(name)
     except ImportError:
         raise ConfigError("RedisStore needs the redis client: pip install 'mqkit[redis]'") from None
 
 
-class RedisStore:
+class _Scripts:
+    """The client, the key prefix and the three scripts, for the sync and the async store."""
+
+    def __init__(self, module: str, url: str | None, client: Any, prefix: str) -> None:
+        if client is None:
+            if url is None:
+                raise ConfigError(
+                    f"{type(self).__name__} needs a url (redis://host:6379/0) or a client"
+                )
+            client = _client_module(module).Redis.from_url(url)
+        self._redis = client
+        self._prefix = prefix
+        self._claim = client.register_script(_CLAIM)
+        self._complete = client.register_script(_COMPLETE)
+        self._release = client.register_script(_RELEASE)
+
+
+class RedisStore(_Scripts):
     """Identities in Redis, shared by every consumer that reaches the server.
 
     ``RedisStore("redis://127.0.0.1:6379/0")`` or ``RedisStore(client=redis.Redis(...))``.
@@ -60,30 +91,13 @@ class RedisStore:
         client: Any = None,
         prefix: str = "mqkit:idem:",
     ) -> None:
-        if client is None:
-            if url is None:
-                raise ConfigError("RedisStore needs a url (redis://host:6379/0) or a client")
-            client = _client_module().Redis.from_url(url)
-        self._redis = client
-        self._prefix = prefix
-        self._claim = client.register_script(_CLAIM)
-        self._complete = client.register_script(_COMPLETE)
-        self._release = client.register_script(_RELEASE)
-
-    @staticmethod
-    def _ms(seconds: float) -> int:
-        return max(1, int(seconds * 1000))
+        super().__init__("redis", url, client, prefix)
 
     def claim(self, key: str, token: str, lease: float) -> Claim:
-        status, pttl = self._claim(keys=[self._prefix + key], args=[token, self._ms(lease)])
-        if status == 1:
-            return Claim("claimed")
-        if status == 2:
-            return Claim("done")
-        return Claim("busy", max(0.0, int(pttl) / 1000))
+        return _claim_result(*self._claim(keys=[self._prefix + key], args=[token, _ms(lease)]))
 
     def complete(self, key: str, token: str, ttl: float) -> bool:
-        held = self._complete(keys=[self._prefix + key], args=[token, self._ms(ttl)])
+        held = self._complete(keys=[self._prefix + key], args=[token, _ms(ttl)])
         return bool(held)
 
     def release(self, key: str, token: str) -> None:
@@ -91,3 +105,35 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+class AsyncRedisStore(_Scripts):
+    """:class:`RedisStore` for ``mqkit.aio`` (``redis.asyncio``): the same scripts and keys,
+    so sync and async consumers of one group share their records.
+
+    ``AsyncRedisStore("redis://127.0.0.1:6379/0")`` or ``AsyncRedisStore(client=...)`` (a
+    ``redis.asyncio.Redis``). Use it on one event loop.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        prefix: str = "mqkit:idem:",
+    ) -> None:
+        super().__init__("redis.asyncio", url, client, prefix)
+
+    async def claim(self, key: str, token: str, lease: float) -> Claim:
+        return _claim_result(
+            *await self._claim(keys=[self._prefix + key], args=[token, _ms(lease)])
+        )
+
+    async def complete(self, key: str, token: str, ttl: float) -> bool:
+        return bool(await self._complete(keys=[self._prefix + key], args=[token, _ms(ttl)]))
+
+    async def release(self, key: str, token: str) -> None:
+        await self._release(keys=[self._prefix + key], args=[token])
+
+    async def close(self) -> None:
+        await self._redis.aclose()

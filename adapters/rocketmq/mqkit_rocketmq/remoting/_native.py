@@ -10,6 +10,8 @@ C API both library versions have.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import hashlib
 import importlib
@@ -17,7 +19,9 @@ import itertools
 import logging
 import os
 import re
+import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from mqkit_rocketmq._drivers import load_remoting
@@ -58,6 +62,8 @@ def _load_library() -> ctypes.CDLL:
         "SetMessageProperty": ([p, s, s], i),
         "GetMessageTopic": ([p], s),
         "GetMessageKeys": ([p], s),
+        "GetMessageTags": ([p], s),
+        "GetMessageStoreTimestamp": ([p], ll),
         "GetMessageBody": ([p], p),
         "GetMessageProperty": ([p, s], s),
         "GetMessageId": ([p], s),
@@ -169,3 +175,69 @@ def _queue_of(queues: int, _message: int, arg: int) -> int:
 select_queue = SELECTOR(_queue_of)
 
 
+#: ``(host, port)`` of the name servers and brokers the backends of this process talk to.
+ENDPOINTS: set[tuple[str, int]] = set()
+
+
+#: What shuts down and destroys each native client (producer or push consumer) that exists, by
+#: handle; called at exit for the clients the application never closed. Whoever takes a handle
+#: out (:func:`claim`) destroys it: a close, or the exit.
+_live: dict[int, Callable[[], None]] = {}
+
+
+def track(handle: int, shut_down: Callable[[], None]) -> None:
+    """Register a native client just created, with what shuts it down at exit."""
+    _live[handle] = shut_down
+
+
+def claim(handle: int) -> bool:
+    """Whether the caller is the one to destroy ``handle``: true once per handle."""
+    return _live.pop(handle, None) is not None
+
+
+def _at_exit() -> None:
+    """Shut down the native clients the application left running, then their connections.
+
+    A client left running (a consumer dropped without ``close()`` keeps running natively, see
+    ``consumer._callbacks``) keeps librocketmq's event loop busy, and ``exit()`` then waits for
+    that loop for ever (below). By now the threads of the closes the application made have
+    ended (the interpreter joined them), so what is left was never closed.
+    """
+    for shut_down in list(_live.values()):
+        try:
+            shut_down()
+        except Exception as exc:
+            log.warning("RocketMQ: shutting down a client at exit: %s", exc)
+    _release_connections()
+
+
+def _release_connections() -> None:
+    """At exit: shut down the connections librocketmq still holds to the cluster.
+
+    librocketmq 1.0.1 keeps a connection to a name server and one to a broker after every
+    client shut down, and its static ``EventLoop`` destructor (run by ``exit()``, after Python
+    is gone) stops its libevent loop only once the loop has no event left: the loop's thread
+    sleeps in ``epoll_wait`` on those connections and the process never ends. Shut down, they
+    are events the loop handles and drops, and the process exits. Only sockets whose peer is a
+    known name server or broker are touched; by now every native client was shut down.
+    """
+    if not ENDPOINTS:
+        return
+    try:
+        wanted = {(socket.gethostbyname(host), port) for host, port in ENDPOINTS}
+        names = os.listdir("/proc/self/fd")  # Linux; elsewhere nothing is done
+    except OSError:
+        return
+    for name in names:
+        with contextlib.suppress(OSError, ValueError):
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=int(name))
+            try:
+                if sock.type == socket.SOCK_STREAM and sock.getpeername()[:2] in wanted:
+                    sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                sock.detach()
+
+
+atexit.register(_at_exit)

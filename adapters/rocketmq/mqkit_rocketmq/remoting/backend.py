@@ -29,6 +29,7 @@ what the consumers of one connection share.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -40,9 +41,12 @@ from mqkit.adapter import BackendBase, BrokerURL, Features
 from mqkit.adapter import Settings as BaseSettings
 from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
 from mqkit_rocketmq import admin
+from mqkit_rocketmq.remoting._native import ENDPOINTS
 from mqkit_rocketmq.remoting.consumer import LOCK_LIFETIME, Consumer
 from mqkit_rocketmq.remoting.producer import MAX_BODY_SIZE, Producer
 from mqkit_rocketmq.remoting.settings import Settings, name_servers
+
+log = logging.getLogger("mqkit.rocketmq.remoting")
 
 #: Queues of a topic that ``auto_create`` creates (``mqadmin updateTopic``'s default).
 AUTO_CREATE_QUEUES = 8
@@ -84,6 +88,7 @@ class Backend(BackendBase[Settings]):
             max_body_size=MAX_BODY_SIZE,
             independent_keys=False,
             crash_hold=LOCK_LIFETIME,
+            throwaway_group_options={"temporary": True},
         )
         self._lock = threading.Lock()
         self._created: set[str] = set()
@@ -102,10 +107,29 @@ class Backend(BackendBase[Settings]):
         for host, port in self.addresses:
             try:
                 _ask_name_server(host, port, self.connect_timeout)
+                self._remember_endpoints(f"{host}:{port}")
                 return
             except (OSError, ValueError) as exc:
                 errors.append(f"{host}:{port}: {exc}")
         raise BrokerUnavailable(f"cannot reach the {self.server} ({'; '.join(errors)})")
+
+    def ping(self, timeout: float) -> None:
+        """A name server request, as connect() makes (the remoting protocol has no login)."""
+        self.probe()
+
+    def _remember_endpoints(self, namesrv: str) -> None:
+        """The name servers and brokers, whose connections librocketmq leaves open at exit
+        (:func:`~mqkit_rocketmq.remoting._native._release_connections`)."""
+        ENDPOINTS.update(self.addresses)
+        try:
+            brokers = admin.master_brokers(namesrv, timeout=self.connect_timeout)
+        except (OSError, ValueError, admin.AdminError) as exc:
+            log.debug("RocketMQ: listing the brokers of %s: %s", namesrv, exc)
+            return
+        for address in brokers.values():
+            host, _, port = address.rpartition(":")
+            # and the broker's VIP channel (port - 2), which librocketmq may use
+            ENDPOINTS.update({(host, int(port)), (host, int(port) - 2)})
 
     def error(self, exc: BaseException, doing: str) -> MqkitError:
         if isinstance(exc, MqkitError):
@@ -131,9 +155,10 @@ class Backend(BackendBase[Settings]):
                 raise BrokerUnavailable(f"{doing} via the {self.server}: {exc}") from None
         raise BrokerUnavailable(f"{doing}: cannot reach the {self.server} ({'; '.join(errors)})")
 
-    def ensure_topic(self, topic: str) -> None:
-        """``auto_create``: create ``topic`` (a RocketMQ name) unless this backend did already."""
-        if not self.auto_create or topic in self._created:
+    def ensure_topic(self, topic: str, *, create: bool = False) -> None:
+        """``auto_create`` (or ``create``): create ``topic`` (a RocketMQ name) unless this
+        backend did already."""
+        if not (self.auto_create or create) or topic in self._created:
             return
         with self._lock:
             if topic in self._created:
@@ -145,6 +170,25 @@ class Backend(BackendBase[Settings]):
                 f"creating topic {topic!r}",
             )
             self._created.add(topic)
+
+    def delete_temporary(self, group: str, topics: list[str]) -> None:
+        """Delete a temporary consumer's group and topics (best effort: what remains is
+        harmless, and the names are random)."""
+        timeout = self.connect_timeout
+        try:
+            self.admin(
+                lambda ns: admin.delete_group(ns, group, timeout=timeout),
+                f"deleting group {group!r}",
+            )
+            for topic in topics:
+                self.admin(
+                    lambda ns, t=topic: admin.delete_topic(ns, t, timeout=timeout),  # type: ignore[misc]
+                    f"deleting topic {topic!r}",
+                )
+                with self._lock:
+                    self._created.discard(topic)
+        except MqkitError as exc:
+            log.warning("RocketMQ: deleting temporary group %r and its topics: %s", group, exc)
 
     def remember_seen(self, key: tuple[str, str, int, int], deliveries: int) -> None:
         with self._lock:
@@ -161,7 +205,9 @@ class Backend(BackendBase[Settings]):
         return Producer(self)
 
     def open_consumer(self, topics: tuple[str, ...], group: str, settings: Settings) -> Consumer:
-        return Consumer(self, topics, group, prefetch=settings.prefetch)
+        return Consumer(
+            self, topics, group, prefetch=settings.prefetch, temporary=settings.temporary
+        )
 
 
 def _ask_name_server(host: str, port: int, timeout: float) -> None:
@@ -205,8 +251,6 @@ def _ask_name_server(host: str, port: int, timeout: float) -> None:
         reply = json.loads(body[4 : 4 + header_length] or b"{}")
         if not isinstance(reply, dict) or "code" not in reply:
             raise ValueError("answered something that is not a RocketMQ remoting response")
-
-
 
 
 #: The ``mqkit.adapters`` entry point of ``rocketmq+remoting://``.

@@ -4,6 +4,7 @@ until the application settles it (see :mod:`.backend` for the whole picture)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -24,11 +25,13 @@ from mqkit_rocketmq.remoting._native import (
     OK,
     RECONSUME_LATER,
     check,
+    claim,
     instance_name,
     lib,
     native_error,
     register_lock,
     text,
+    track,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +48,13 @@ LEAVE_TIMEOUT = 30.0
 _GET_CONSUMER_LIST_BY_GROUP = 38
 _UNLOCK_BATCH_MQ = 42
 
+
+
+#: The callback of every native push consumer that exists, by handle, until it is destroyed. A
+#: consumer the application dropped without closing keeps running natively; if its ctypes
+#: callback were collected with it, librocketmq would call freed memory — another consumer's
+#: callback placed there since (a message of another group and topic) or nothing (a crash).
+_callbacks: dict[int, Any] = {}
 
 class _Positions:
     """Writes an orderly consumer's queue positions to the broker as its messages are settled.
@@ -157,7 +167,13 @@ class Consumer(ConsumerBase):
     """A push consumer whose native callback waits for the ``ack``/``nack`` of its message."""
 
     def __init__(
-        self, backend: Backend, topics: Sequence[str], group: str, *, prefetch: int
+        self,
+        backend: Backend,
+        topics: Sequence[str],
+        group: str,
+        *,
+        prefetch: int,
+        temporary: bool = False,
     ) -> None:
         super().__init__()
         self._backend = backend
@@ -171,9 +187,10 @@ class Consumer(ConsumerBase):
         self._instance = instance_name("consumer")
         self._client_id: str | None = None
         self._broker_addresses: list[str] | None = None
+        self._temporary = temporary
         for topic in self._names:
-            backend.ensure_topic(topic)
-        if backend.auto_create:
+            backend.ensure_topic(topic, create=temporary)
+        if backend.auto_create or temporary:
             backend.admin(
                 lambda ns: admin.ensure_group(ns, self._group, timeout=backend.connect_timeout),
                 f"creating consumer group {group!r}",
@@ -185,6 +202,8 @@ class Consumer(ConsumerBase):
         handle = lib.CreatePushConsumer(self._group.encode())
         if not handle:
             raise BrokerUnavailable("librocketmq could not create a push consumer")
+        _callbacks[handle] = self._callback
+        track(handle, functools.partial(self._shut_down_at_exit, handle))
         try:
             check(lib.SetPushConsumerNameServerAddress(handle, backend.namesrv.encode()), "ns")
             check(lib.SetPushConsumerInstanceName(handle, self._instance.encode()), "instance name")
@@ -359,17 +378,7 @@ class Consumer(ConsumerBase):
         if item is None or self._closing.is_set():
             return None
         item.seen = True
-        template = item.template
-        return Delivery(
-            topic=template.topic,
-            body=template.body,
-            key=template.key,
-            headers=template.headers,
-            id=template.id,
-            timestamp=template.timestamp,
-            attempt=item.attempt,
-            handle=item,
-        )
+        return dataclasses.replace(item.template, attempt=item.attempt, handle=item)
 
     def _key(self, item: _InFlight) -> tuple[str, str, int, int]:
         return (self._group, item.topic, item.queue_id, item.offset)
@@ -390,6 +399,22 @@ class Consumer(ConsumerBase):
         self._settle(delivery, "retry" if requeue else "drop", max(0.0, delay))
 
     def _close(self) -> None:
+        self._release_callbacks()
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            self._leave(handle)
+            self._unlock_queues()
+        self._positions.close()
+        if self._temporary:
+            self._backend.delete_temporary(self._group, list(self._names))
+
+    def _shut_down_at_exit(self, handle: int) -> None:
+        """At exit, for a consumer never closed: let its callbacks return, then shut it down
+        in this thread (librocketmq's shutdown waits for the callbacks)."""
+        self._release_callbacks()
+        self._destroy(handle)
+
+    def _release_callbacks(self) -> None:
         self._closing.set()  # waiting callbacks answer RECONSUME_LATER: nothing is committed
         with self._waiting_lock:
             waiting = list(self._waiting)
@@ -402,11 +427,6 @@ class Consumer(ConsumerBase):
                     self._backend.remember_seen(self._key(item), seen)
             item.decided.set()
         self._queue.close()
-        if self._handle is not None:
-            handle, self._handle = self._handle, None
-            self._leave(handle)
-            self._unlock_queues()
-        self._positions.close()
 
     def _leave(self, handle: int) -> None:
         """Shut the native consumer down; return once it has left the group.
@@ -447,9 +467,16 @@ class Consumer(ConsumerBase):
         return False
 
     def _destroy(self, handle: int) -> None:
-        status = lib.ShutdownPushConsumer(handle)
-        if status != OK:
-            log.warning("RocketMQ consumer shutdown: %s", native_error())
-        with register_lock:
-            lib.UnregisterMessageCallbackOrderly(handle)
-            lib.DestroyPushConsumer(handle)
+        if claim(handle):
+            _shut_down_native(handle)
+
+
+def _shut_down_native(handle: int) -> None:
+    """Shut a native push consumer down and destroy it (once: see ``_native.claim``)."""
+    status = lib.ShutdownPushConsumer(handle)
+    if status != OK:
+        log.warning("RocketMQ consumer shutdown: %s", native_error())
+    with register_lock:
+        lib.UnregisterMessageCallbackOrderly(handle)
+        lib.DestroyPushConsumer(handle)
+    _callbacks.pop(handle, None)

@@ -5,6 +5,7 @@ key stays on one queue."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +20,13 @@ from mqkit_rocketmq.remoting._native import (
     OK,
     SendResult,
     check,
+    claim,
     instance_name,
     key_hash,
     lib,
     native_error,
     select_queue,
+    track,
 )
 
 if TYPE_CHECKING:
@@ -59,6 +62,7 @@ class Producer(ProducerBase):
             handle: int = lib.CreateProducer(settings.producer_group.encode())
             if not handle:
                 raise BrokerUnavailable("librocketmq could not create a producer")
+            track(handle, functools.partial(_destroy, handle))
             try:
                 check(
                     lib.SetProducerNameServerAddress(handle, backend.namesrv.encode()),
@@ -86,7 +90,8 @@ class Producer(ProducerBase):
                     )
                 check(lib.StartProducer(handle), "starting the producer")
             except Exception as exc:
-                lib.DestroyProducer(handle)
+                if claim(handle):
+                    lib.DestroyProducer(handle)
                 raise backend.error(exc, "starting a producer") from None
             self._handle = handle
             return handle
@@ -134,8 +139,15 @@ class Producer(ProducerBase):
     def _close(self) -> None:
         self._executor.shutdown(wait=True)
         if self._handle is not None:
-            status = lib.ShutdownProducer(self._handle)
-            if status != OK:
-                log.warning("RocketMQ producer shutdown: %s", native_error())
-            lib.DestroyProducer(self._handle)
+            _destroy(self._handle)
             self._handle = None
+
+
+def _destroy(handle: int) -> None:
+    """Shut a native producer down and destroy it, unless that was done (``_native.claim``)."""
+    if not claim(handle):
+        return
+    status = lib.ShutdownProducer(handle)
+    if status != OK:
+        log.warning("RocketMQ producer shutdown: %s", native_error())
+    lib.DestroyProducer(handle)

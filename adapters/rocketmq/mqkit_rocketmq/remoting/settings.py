@@ -21,8 +21,7 @@ class Settings(adapter.Settings):
     )
     connect_timeout: float = option(
         5.0,
-        "Seconds for the connect probe and the admin requests (positions, locks, topic "
-        "lookups).",
+        "Seconds for the connect probe and the admin requests (positions, locks, topic lookups).",
         minimum=0.1,
     )
     send_timeout: float = option(
@@ -36,6 +35,12 @@ class Settings(adapter.Settings):
         "Native consume threads: a consumer holds at most one unsettled message per queue, "
         "and at most this many in all.",
         minimum=1,
+        scopes=[CONSUMER],
+    )
+    temporary: bool = option(
+        False,
+        "The group lives only as long as this consumer (a request's reply inbox): its topic "
+        "and group are created if missing and deleted when it closes.",
         scopes=[CONSUMER],
     )
     orderly: bool = option(

@@ -8,7 +8,8 @@ what the C API allows.
   :data:`envelope.TIMESTAMP <mqkit.envelope.TIMESTAMP>` is written; one that is present (from
   the 5.x driver) is read.
 * headers: the C API cannot list a message's properties, so a message from another client
-  arrives with no headers, and its RocketMQ message id as id.
+  arrives with no headers, and its RocketMQ message id as id; its standard fields (content
+  type, correlation id…) are read by name.
 """
 
 from __future__ import annotations
@@ -19,10 +20,29 @@ from mqkit import envelope
 from mqkit.adapter import Delivery, OutgoingMessage
 from mqkit_rocketmq import wire
 from mqkit_rocketmq.remoting._native import NativeError, body, check, lib, text
-from mqkit_rocketmq.wire import EMPTY, HEADER_NAMES, HEADERS, SHARDING_KEY, Encoded
+from mqkit_rocketmq.wire import (
+    EMPTY,
+    HEADER_NAMES,
+    HEADERS,
+    NATIVE_CORRELATION_ID,
+    SHARDING_KEY,
+    STANDARD,
+    Encoded,
+)
 
 #: The properties read from every received message besides the headers listed in HEADER_NAMES.
-_READ = (envelope.ID, envelope.TIMESTAMP, envelope.KEY, HEADERS, HEADER_NAMES, EMPTY, SHARDING_KEY)
+_READ = (
+    envelope.ID,
+    envelope.TIMESTAMP,
+    envelope.KEY,
+    envelope.HEADER_TYPES,
+    HEADERS,
+    HEADER_NAMES,
+    EMPTY,
+    SHARDING_KEY,
+    NATIVE_CORRELATION_ID,
+    *STANDARD.values(),
+)
 
 
 def encode(message: OutgoingMessage) -> Encoded:
@@ -72,13 +92,29 @@ def from_native(message: int, names: dict[str, str]) -> Delivery:
     elif envelope.ID not in props:  # another client's message: its properties cannot be listed
         props[HEADER_NAMES] = "[]"
     topic = text(lib.GetMessageTopic(message))
+    message_id = text(lib.GetMessageId(message))
+    born_ms = int(lib.GetMessageBornTimestamp(message))
     decoded = wire.decode(
         body(message),
         props,
         message_group=props.get(SHARDING_KEY),
-        message_id=text(lib.GetMessageId(message)),
-        born_ms=int(lib.GetMessageBornTimestamp(message)),
+        message_id=message_id,
+        born_ms=born_ms,
     )
+    keys = text(lib.GetMessageKeys(message))
+    metadata = {
+        "message_id": message_id,
+        "topic": topic,
+        "tag": text(lib.GetMessageTags(message)) or None,
+        "keys": sorted(set(keys.split())),
+        "message_group": props.get(SHARDING_KEY),
+        "queue_id": int(lib.GetMessageQueueId(message)),
+        "queue_offset": int(lib.GetMessageQueueOffset(message)),
+        "born_timestamp": born_ms,
+        "store_timestamp": int(lib.GetMessageStoreTimestamp(message)),
+        "reconsume_times": int(lib.GetMessageReconsumeTimes(message)),
+        "system_properties": decoded.system,
+    }
     return Delivery(
         topic=names.get(topic, topic),
         body=decoded.body,
@@ -88,5 +124,9 @@ def from_native(message: int, names: dict[str, str]) -> Delivery:
         timestamp=decoded.timestamp,
         attempt=int(lib.GetMessageReconsumeTimes(message)) + 1,
         handle=None,
+        content_type=decoded.content_type,
+        content_encoding=decoded.content_encoding,
+        correlation_id=decoded.correlation_id,
+        reply_to=decoded.reply_to,
+        metadata=metadata,
     )
-
