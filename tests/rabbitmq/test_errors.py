@@ -170,10 +170,10 @@ def test_existing_queue_that_is_missing_is_a_clear_error(
             broker.consumer([topic, topic + "2"], group=group, queue=topic)
 
 
-def test_missing_consistent_hash_plugin_is_a_clear_error(node: Node) -> None:
+def test_missing_hash_exchange_plugin_is_a_clear_error(node: Node) -> None:
     """On a node without the plugin, a group cannot be set up: the error names the plugin and
     the command that enables it (on a private node: the shared broker is left alone)."""
-    plugin = "rabbitmq_consistent_hash_exchange"
+    plugin = "rabbitmq_sharding"
     node.plugins("disable", plugin)
     try:
         with mqkit.connect(node.url + "?queue_expires=20") as broker:

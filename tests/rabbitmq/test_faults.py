@@ -6,7 +6,9 @@ import threading
 import time
 from collections import Counter
 
+import pika
 import pytest
+from mqkit_rabbitmq.wire import group_base, partition_queue
 
 import mqkit
 from mqkit import BrokerUnavailable, Message
@@ -147,3 +149,47 @@ def test_crash_keeps_confirmed_messages_and_reports_a_long_outage(
                 message.ack()
         assert set(sent) <= got, f"{len(set(sent) - got)} confirmed message(s) lost"
         producer.close()
+
+
+def test_a_keys_partition_survives_a_broker_restart(node: Node, names: tuple[str, str]) -> None:
+    """Each key lands on the same partition queue before and after a restart of the node, so
+    a backlog and what follows it stay in one queue, in order (RabbitMQ rebuilds a
+    consistent-hash ring in recovery order and would move keys; the modulus hash does not)."""
+    topic, group = names
+    partitions = 4
+    queues = [partition_queue(group_base(topic, group), i) for i in range(partitions)]
+    keys = [f"customer-{n}" for n in range(16)]
+
+    def placement() -> dict[str, str]:
+        """Which partition queue each key's message lands on, one key at a time."""
+        where: dict[str, str] = {}
+        params = pika.URLParameters(node.url)
+        with mqkit.connect(node.url) as broker, broker.producer() as producer:
+            connection = pika.BlockingConnection(params)
+            try:
+                channel = connection.channel()
+
+                def depths() -> list[int]:
+                    return [
+                        channel.queue_declare(q, passive=True).method.message_count for q in queues
+                    ]
+
+                for key in keys:
+                    before = depths()
+                    producer.send(topic, key, key=key)
+                    producer.flush(10)
+                    after = depths()
+                    changed = [q for q, b, a in zip(queues, before, after, strict=True) if a != b]
+                    assert len(changed) == 1, (key, before, after)
+                    where[key] = changed[0]
+            finally:
+                connection.close()
+        return where
+
+    with mqkit.connect(node.url) as broker:
+        broker.declare(topic, group=group, partitions=partitions)
+    first = placement()
+    assert len(set(first.values())) > 1  # the keys spread: a move would show
+    node.stop()
+    node.start()
+    assert placement() == first

@@ -1,11 +1,11 @@
 """The consumer: one member of a group, with its own connection driven by its own I/O thread.
 
-Per topic and group there is a consistent-hash exchange (RabbitMQ's
-``rabbitmq_consistent_hash_exchange`` plugin) bound to the topic's exchange, and ``1 + P``
-durable quorum queues: the *shared* queue (not bound; every member consumes it, so its consumer
-count is the group's size) and ``P`` *partition* queues bound to the hash exchange with equal
-weights. Any routing key, from mqkit or from any other publisher, lands on one partition, the
-same one every time (mqkit routes by the key, unkeyed messages by their id). An exchange that
+Per topic and group there is a modulus-hash exchange (RabbitMQ's ``rabbitmq_sharding``
+plugin) bound to the topic's exchange, and ``1 + P`` durable quorum queues: the *shared* queue
+(not bound; every member consumes it, so its consumer count is the group's size) and ``P``
+*partition* queues bound to the hash exchange. Any routing key, from mqkit or from any other
+publisher, lands on one partition, the same one every time, broker restarts included (mqkit
+routes by the key, unkeyed messages by their id). An exchange that
 exists with another type (direct, fanout, headers) is bound to as it is, by the consumer's
 ``binding_keys``. A partition is consumed by at most one member at a time:
 the member that holds its *lock*, an exclusive (connection-owned) queue. Members count each
@@ -624,7 +624,7 @@ class Consumer(ConsumerBase):
             )
             for name in st.partitions:
                 nowait.queue_declare(name, durable=True, arguments=args)
-                nowait.queue_bind(name, st.hashed, routing_key="1")  # equal weights
+                nowait.queue_bind(name, st.hashed, routing_key="1")  # the key is not used
             for key, arguments in bindings:
                 nowait.exchange_bind(st.hashed, st.topic, routing_key=key, arguments=arguments)
             nowait.queue_declare(st.shared, durable=True, arguments=args)

@@ -41,9 +41,13 @@ LONG_KEY_PREFIX = "mqkit-key-sha1."
 MAX_ROUTING_KEY = 255
 
 #: The exchange type that hashes routing keys onto a group's partition queues (RabbitMQ's
-#: ``rabbitmq_consistent_hash_exchange`` plugin, shipped with the broker).
-HASH_EXCHANGE_TYPE = "x-consistent-hash"
-PLUGIN = "rabbitmq_consistent_hash_exchange"
+#: ``rabbitmq_sharding`` plugin, shipped with the broker): the hash of the routing key modulo
+#: the number of bound queues, taken in the order of their names, so a key's partition is the
+#: same after a broker restart. (The consistent-hash exchange keeps its ring in memory and
+#: rebuilds it at restart in the order the bindings are recovered, which moves keys to other
+#: partitions and breaks their order while a backlog waits.)
+HASH_EXCHANGE_TYPE = "x-modulus-hash"
+PLUGIN = "rabbitmq_sharding"
 ENABLE_PLUGIN = f"rabbitmq-plugins enable {PLUGIN}"
 
 #: RabbitMQ's own header on quorum-queue redeliveries: it becomes the attempt.
@@ -137,7 +141,7 @@ def lock_queue(base: str, index: int) -> str:
 
 
 def hash_exchange(base: str) -> str:
-    """The group's consistent-hash exchange, bound to the topic's exchange."""
+    """The group's hash exchange, bound to the topic's exchange."""
     return f"{base}:hash"
 
 
