@@ -171,7 +171,8 @@ def test_a_keys_partition_survives_a_broker_restart(node: Node, names: tuple[str
 
                 def depths() -> list[int]:
                     return [
-                        channel.queue_declare(q, passive=True).method.message_count for q in queues
+                        channel.queue_declare(q, passive=True).method.message_count or 0
+                        for q in queues
                     ]
 
                 for key in keys:
