@@ -538,6 +538,7 @@ class Broker(_Closeable):
             driver = SpoolingDriver(
                 lambda: backend.producer(options),
                 spool,
+                system=self.system,
                 max_messages=DEFAULT_SPOOL_MAX if spool_max is None else spool_max,
             )
         elif spool_max is not None:

@@ -18,10 +18,14 @@ import threading
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from mqkit.message import Message, OutgoingMessage
+    from mqkit.spool import SpoolStatus
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 Event = Literal["processed", "failed", "retried", "dead_lettered", "duplicates", "deferred"]
 """What happened to a dispatched message (the fields of :class:`RouteStats`)."""
@@ -62,32 +66,46 @@ class Hooks(Protocol):
 #: The installed hooks, or ``None``: nothing is instrumented.
 active: Hooks | None = None
 
-#: The routes of the Apps running in this process, for gauges read when metrics are
-#: collected (queue depth): ``(system, group, topics) -> depth function``. Apps add theirs
-#: while they run (:func:`watch`).
-watched: dict[tuple[str, str, tuple[str, ...]], Callable[[], int | None]] = {}
-_watched_lock = threading.Lock()
+
+class Watched(Generic[K, V]):
+    """Readers that gauges call when metrics are collected, registered by what is running
+    (an App's routes, a producer's spool) and removed when it stops."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[K, V] = {}
+
+    def add(self, key: K, reader: V) -> Callable[[], None]:
+        """Register ``reader`` under ``key``; returns the function that removes it."""
+        with self._lock:
+            self._items[key] = reader
+
+        def remove() -> None:
+            with self._lock:
+                if self._items.get(key) is reader:
+                    del self._items[key]
+
+        return remove
+
+    def items(self) -> list[tuple[K, V]]:
+        with self._lock:
+            return list(self._items.items())
+
+
+#: The routes of the Apps running in this process: ``(system, group, topics) -> depth``
+#: (the backlog, or ``None`` where the backend cannot tell).
+routes: Watched[tuple[str, str, tuple[str, ...]], Callable[[], int | None]] = Watched()
+
+#: The spools of this process's producers (``producer(spool=...)``): ``(system, path) ->
+#: status`` (a :class:`mqkit.spool.SpoolStatus`).
+spools: Watched[tuple[str, str], Callable[[], SpoolStatus]] = Watched()
 
 
 def watch(
     system: str, group: str, topics: tuple[str, ...], depth: Callable[[], int | None]
 ) -> Callable[[], None]:
     """Register a running route's backlog reader; returns the function that removes it."""
-    key = (system, group, topics)
-    with _watched_lock:
-        watched[key] = depth
-
-    def unwatch() -> None:
-        with _watched_lock:
-            if watched.get(key) is depth:
-                del watched[key]
-
-    return unwatch
-
-
-def watched_routes() -> list[tuple[tuple[str, str, tuple[str, ...]], Callable[[], int | None]]]:
-    with _watched_lock:
-        return list(watched.items())
+    return routes.add((system, group, topics), depth)
 
 
 def install(hooks: Hooks | None) -> None:

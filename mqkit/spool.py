@@ -17,6 +17,7 @@ the broker is unreachable, safe in the spool. Without ``spool=`` none of this ru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mqkit import envelope
+from mqkit import envelope, observe
 from mqkit.errors import ClosedError, ConfigError, DeliveryTimeout, MqkitError
 from mqkit.message import OutgoingMessage
 from mqkit.spi import ProducerDriver
@@ -126,6 +127,7 @@ class SpoolingDriver:
         open_driver: Callable[[], ProducerDriver],
         path: str | Path,
         *,
+        system: str = "",
         max_messages: int = DEFAULT_SPOOL_MAX,
         batch: int = 500,
         flush_timeout: float = 10.0,
@@ -168,8 +170,14 @@ class SpoolingDriver:
             raise
         except MqkitError as exc:  # unreachable now: the forwarder tries again
             self._failed(exc)
+        # mqkit.telemetry's spool gauges read it while the producer is open
+        self._unwatch = observe.spools.add((system, self.path), self._snapshot)
         self._thread = threading.Thread(target=self._run, name="mqkit-spool", daemon=True)
         self._thread.start()
+
+    def _snapshot(self) -> SpoolStatus:
+        with self._cv:
+            return dataclasses.replace(self.status)
 
     # -- the producer's side ---------------------------------------------------------------
 
@@ -219,6 +227,7 @@ class SpoolingDriver:
             self._closing = True
             self._cv.notify_all()
         self._thread.join()
+        self._unwatch()
         driver, self._driver = self._driver, None
         if driver is not None:
             with contextlib.suppress(MqkitError):

@@ -24,7 +24,11 @@ What it records, after OpenTelemetry's messaging semantic conventions:
   ``messaging.client.consumed.messages`` (per message dispatched), ``messaging.client.operation
   .duration`` (send) and ``messaging.process.duration`` histograms, and ``mqkit.messages.acked``
   / ``nacked`` / ``processed`` / ``failed`` / ``retried`` / ``dead_lettered`` / ``duplicates`` /
-  ``deferred`` counters, the last six counting exactly what ``App.stats`` counts.
+  ``deferred`` counters, the last six counting exactly what ``App.stats`` counts; the
+  ``mqkit.queue.depth`` gauge of a running App's groups; per producer spool (``spool=``), the
+  ``mqkit.spool.pending`` and ``mqkit.spool.unavailable`` (seconds) gauges and the
+  ``mqkit.spool.forwarded`` and ``mqkit.spool.failures`` counters (attribute
+  ``mqkit.spool.path``).
 
 Attributes: ``messaging.system``, ``messaging.destination.name``,
 ``messaging.consumer.group.name``, ``messaging.message.id``, ``messaging.operation.name`` and
@@ -38,7 +42,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -52,6 +56,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from mqkit import envelope, observe
 from mqkit.envelope import HeaderValue
 from mqkit.message import Message, OutgoingMessage
+from mqkit.spool import SpoolStatus
 
 __all__ = ["MqkitInstrumentor"]
 
@@ -121,10 +126,24 @@ class _Counts:
         ]
 
 
+def _spool_readings(
+    read: Callable[[SpoolStatus], float],
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    """An observable instrument's callback: ``read`` of every open spool of this process."""
+
+    def observe_spools(options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(read(status()), {"messaging.system": system, "mqkit.spool.path": path})
+            for (system, path), status in observe.spools.items()
+        ]
+
+    return observe_spools
+
+
 def _queue_depths(options: CallbackOptions) -> Iterable[Observation]:
     """The backlog of every route of the Apps running here (read when metrics are collected)."""
     out = []
-    for (system, group, topics), depth in observe.watched_routes():
+    for (system, group, topics), depth in observe.routes.items():
         try:
             value = depth()
         except Exception as exc:  # a broker closing, unreachable: no value this time
@@ -267,6 +286,34 @@ class _Hooks:
             [_queue_depths],
             "{message}",
             "Messages a running App's group has not acked yet, where the backend can tell.",
+        )
+        spool = [
+            (
+                "mqkit.spool.pending",
+                "{message}",
+                "Messages in a producer's spool, not yet confirmed by the broker.",
+                lambda s: s.pending,
+            ),
+            (
+                "mqkit.spool.unavailable",
+                "s",
+                "How long a spool's forwarding has been failing (0 while the broker answers).",
+                lambda s: 0.0 if s.down_since is None else max(0.0, time.time() - s.down_since),
+            ),
+        ]
+        for name, unit, description, read in spool:
+            meter.create_observable_gauge(name, [_spool_readings(read)], unit, description)
+        meter.create_observable_counter(
+            "mqkit.spool.forwarded",
+            [_spool_readings(lambda s: s.forwarded)],
+            "{message}",
+            "Messages a spool forwarded and the broker confirmed.",
+        )
+        meter.create_observable_counter(
+            "mqkit.spool.failures",
+            [_spool_readings(lambda s: s.failures)],
+            "{attempt}",
+            "Spool forwarding attempts that failed (broker unreachable or refusing).",
         )
 
     @staticmethod
