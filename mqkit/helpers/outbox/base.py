@@ -17,7 +17,7 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 from mqkit import envelope
 from mqkit.client import check_name
@@ -126,6 +126,32 @@ def row_of(values: Sequence[Any]) -> OutboxRow:
     )
 
 
+class SendFields(TypedDict, total=False):
+    """What ``outbox.send`` takes besides the topic and value, as ``Producer.send`` does."""
+
+    key: str | None
+    headers: Mapping[str, HeaderValue] | None
+    content_type: str | None
+    content_encoding: str | None
+    correlation_id: str | None
+    reply_to: str | None
+
+
+#: A SQLAlchemy ``Session`` or ``Connection`` (loosely typed: SQLAlchemy is not a dependency).
+SqlAlchemy = Any
+
+
+def driver_connection(conn: Any) -> Any:
+    """The DB-API connection under a SQLAlchemy ``Session`` (of its current transaction, begun
+    if none) or ``Connection``; any other object as it is. SQLAlchemy is not a dependency: it
+    is recognised by its module."""
+    if not type(conn).__module__.startswith("sqlalchemy."):
+        return conn
+    if hasattr(conn, "get_bind"):  # a Session
+        conn = conn.connection()
+    return conn.connection.driver_connection
+
+
 class Encoder:
     """Checks and serializes what ``Outbox.send`` is given, as ``Producer.send`` would."""
 
@@ -133,19 +159,13 @@ class Encoder:
         self.serializer = get_serializer(serializer)
         self.content_type = content_type_of(self.serializer)
 
-    def encode(
-        self,
-        topic: str,
-        value: Any,
-        *,
-        key: str | None,
-        headers: Mapping[str, HeaderValue] | None,
-        content_type: str | None,
-        content_encoding: str | None,
-        correlation_id: str | None,
-        reply_to: str | None,
-    ) -> Encoded:
+    def encode(self, topic: str, value: Any, **fields: Unpack[SendFields]) -> Encoded:
         check_name("topic", topic)
+        key = fields.get("key")
+        content_type = fields.get("content_type")
+        content_encoding = fields.get("content_encoding")
+        correlation_id = fields.get("correlation_id")
+        reply_to = fields.get("reply_to")
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be str or None, not {type(key).__name__}")
         for name, field in (
@@ -161,7 +181,7 @@ class Encoder:
             topic=topic,
             key=key,
             body=self.serializer.dumps(value),
-            headers=pack_headers(headers),
+            headers=pack_headers(fields.get("headers")),
             content_type=content_type or self.content_type,
             content_encoding=content_encoding,
             correlation_id=correlation_id,

@@ -23,10 +23,9 @@ import importlib
 import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Unpack
 
-from mqkit.envelope import HeaderValue
 from mqkit.errors import ConfigError
 from mqkit.helpers.outbox.base import (
     DEFAULT_TABLE,
@@ -36,7 +35,10 @@ from mqkit.helpers.outbox.base import (
     ROW_COLUMNS,
     Encoder,
     OutboxRow,
+    SendFields,
+    SqlAlchemy,
     check_table,
+    driver_connection,
     row_of,
 )
 from mqkit.serialization import Serializer
@@ -147,30 +149,15 @@ class PostgresOutbox:
 
     def send(
         self,
-        conn: psycopg.Connection[Any] | psycopg.Cursor[Any],
+        conn: psycopg.Connection[Any] | psycopg.Cursor[Any] | SqlAlchemy,
         topic: str,
         value: Any,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, HeaderValue] | None = None,
-        content_type: str | None = None,
-        content_encoding: str | None = None,
-        correlation_id: str | None = None,
-        reply_to: str | None = None,
+        **fields: Unpack[SendFields],
     ) -> str:
         """Write the message in ``conn``'s transaction; return its message id (the id every
         publication of it carries). Nothing is published before that transaction commits."""
-        encoded = self._encoder.encode(
-            topic,
-            value,
-            key=key,
-            headers=headers,
-            content_type=content_type,
-            content_encoding=content_encoding,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-        )
-        conn.execute(self._insert, encoded.params(time.time()))
+        encoded = self._encoder.encode(topic, value, **fields)
+        driver_connection(conn).execute(self._insert, encoded.params(time.time()))
         return encoded.message_id
 
     async def send_async(
@@ -178,25 +165,10 @@ class PostgresOutbox:
         conn: psycopg.AsyncConnection[Any] | psycopg.AsyncCursor[Any],
         topic: str,
         value: Any,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, HeaderValue] | None = None,
-        content_type: str | None = None,
-        content_encoding: str | None = None,
-        correlation_id: str | None = None,
-        reply_to: str | None = None,
+        **fields: Unpack[SendFields],
     ) -> str:
         """:meth:`send` through psycopg's ``AsyncConnection`` (or ``AsyncCursor``)."""
-        encoded = self._encoder.encode(
-            topic,
-            value,
-            key=key,
-            headers=headers,
-            content_type=content_type,
-            content_encoding=content_encoding,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-        )
+        encoded = self._encoder.encode(topic, value, **fields)
         await conn.execute(self._insert, encoded.params(time.time()))
         return encoded.message_id
 

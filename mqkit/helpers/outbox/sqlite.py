@@ -14,11 +14,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from mqkit.envelope import HeaderValue
 from mqkit.helpers.outbox.base import (
     DEFAULT_TABLE,
     INSERT_COLUMNS,
@@ -27,7 +26,10 @@ from mqkit.helpers.outbox.base import (
     ROW_COLUMNS,
     Encoder,
     OutboxRow,
+    SendFields,
+    SqlAlchemy,
     check_table,
+    driver_connection,
     row_of,
 )
 from mqkit.serialization import Serializer
@@ -107,30 +109,15 @@ class SqliteOutbox:
 
     def send(
         self,
-        conn: sqlite3.Connection | sqlite3.Cursor,
+        conn: sqlite3.Connection | sqlite3.Cursor | SqlAlchemy,
         topic: str,
         value: Any,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, HeaderValue] | None = None,
-        content_type: str | None = None,
-        content_encoding: str | None = None,
-        correlation_id: str | None = None,
-        reply_to: str | None = None,
+        **fields: Unpack[SendFields],
     ) -> str:
         """Write the message in ``conn``'s transaction; return its message id (the id every
         publication of it carries). Nothing is published before that transaction commits."""
-        encoded = self._encoder.encode(
-            topic,
-            value,
-            key=key,
-            headers=headers,
-            content_type=content_type,
-            content_encoding=content_encoding,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-        )
-        conn.execute(self._insert, encoded.params(time.time()))
+        encoded = self._encoder.encode(topic, value, **fields)
+        driver_connection(conn).execute(self._insert, encoded.params(time.time()))
         return encoded.message_id
 
     # -- the relay's side ------------------------------------------------------------------
