@@ -423,8 +423,8 @@ def run_outage(
             status = producer.spool
             producer.close()
             note(
-                f"spool: empty, everything forwarded ({status.failures if status else '?'} "
-                "forwarding attempts failed during the outage)"
+                f"spool: empty, everything forwarded (failed forwarding attempts during the "
+                f"outage: {status.failures if status else '?'})"
             )
         if sender is not broker:
             sender.close()
