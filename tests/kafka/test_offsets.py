@@ -132,3 +132,21 @@ def test_offset_reset_latest_starts_a_new_group_at_the_end(
             producer.send(topic, "new")
         assert [m.value for m in collect(consumer, 1)] == ["new"]
         assert_quiet(consumer)
+
+
+def test_depth_is_the_groups_lag(kafka_url: str, topic: str, group: str) -> None:
+    """broker.depth: end offsets minus the group's committed offsets, over every partition
+    (a group that committed nothing yet lags by the whole topic)."""
+    with mqkit.connect(kafka_url) as broker:
+        broker.declare(topic, group=group)
+        assert broker.depth(group, topic) == 0
+        with broker.producer() as producer:
+            for n in range(9):
+                producer.send(topic, n, key=f"k{n}")
+        assert broker.depth(group, topic) == 9
+        with broker.consumer(topic, group=group) as consumer:
+            for _ in range(4):
+                message = consumer.receive(timeout=30)
+                assert message is not None
+                message.ack()
+        assert broker.depth(group, topic) == 5

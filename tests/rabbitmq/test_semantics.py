@@ -257,3 +257,27 @@ def test_killed_member_hands_its_partitions_over_in_key_order(
         assert values == list(range(len(acked), per_key)), f"{key} continued wrongly: {values}"
     redelivered = [a for v in mine.values() for _, a in v if a > 1]
     assert redelivered, "the messages the dead member held came back with attempt > 1"
+
+
+def test_depth_counts_the_groups_ready_messages(rabbit_url: str, names: tuple[str, str]) -> None:
+    """broker.depth: what waits in the group's partition queues (a message a member holds
+    unacked is not counted: RabbitMQ's queue counts leave it out)."""
+    topic, group = names
+    with mqkit.connect(rabbit_url) as broker:
+        broker.declare(topic, group=group)
+        assert broker.depth(group, topic) == 0
+        assert broker.depth("no-such-group", topic) == 0
+        with broker.producer() as producer:
+            for n in range(7):
+                producer.send(topic, n, key=f"k{n}")
+        assert broker.depth(group, topic) == 7
+        with broker.consumer(topic, group=group) as consumer:
+            message = consumer.receive(timeout=10)
+            assert message is not None
+            message.ack()
+        # Closed: what the member had prefetched is back in its queue.
+        deadline = time.monotonic() + 10
+        while broker.depth(group, topic) != 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert broker.depth(group, topic) == 6
+    delete_group(rabbit_url, topic, group, 2)

@@ -7,8 +7,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from kafka import KafkaAdminClient  # type: ignore[import-untyped]
+from kafka import KafkaAdminClient, TopicPartition  # type: ignore[import-untyped]
 from kafka import errors as kerrors
+from kafka.admin import OffsetSpec  # type: ignore[import-untyped]
 
 from mqkit.adapter import BackendBase, BrokerURL, Features
 from mqkit.adapter import Settings as BaseSettings
@@ -160,6 +161,33 @@ class Backend(BackendBase[Settings]):
             self._admin.describe_cluster()
         except Exception as exc:
             raise translate(exc, f"{self.where}: ping", self.hosts) from None
+
+    def depth(self, group: str, topics: Sequence[str]) -> int | None:
+        """The group's lag: per partition of ``topics``, the end offset minus the offset the
+        group committed (the partition's first offset where it committed none). Messages a
+        member took and has not committed yet count as not acked."""
+        try:
+            partitions = [
+                TopicPartition(topic["name"], partition["partition_index"])
+                for topic in self._admin.describe_topics(list(topics))
+                if topic["error_code"] == 0
+                for partition in topic["partitions"]
+            ]
+            if not partitions:
+                return 0
+            ends = self._admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
+            starts = self._admin.list_partition_offsets(
+                {tp: OffsetSpec.EARLIEST for tp in partitions}
+            )
+            committed = self._admin.list_group_offsets({group: partitions}).get(group, {})
+        except Exception as exc:
+            raise translate(exc, f"{self.where}: depth of group {group!r}", self.hosts) from None
+        total = 0
+        for tp in partitions:
+            done = committed.get(tp)
+            offset = done.offset if done is not None and done.offset >= 0 else starts[tp].offset
+            total += max(0, ends[tp].offset - offset)
+        return total
 
     # -- producers and consumers -----------------------------------------------------------
 
