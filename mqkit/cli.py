@@ -1006,3 +1006,85 @@ def relay_url(url: str | None) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.command()
+@click.option("--url", "urls", multiple=True, help="Broker URL; repeat to run against several.")
+@click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds of load.")
+@click.option("--rate", type=float, default=200.0, show_default=True, help="Messages per second.")
+@click.option("--kill-at", type=float, default=None, help="Seconds into the run: run --kill-cmd.")
+@click.option("--kill-cmd", default=None, help="Shell command that stops or kills a node.")
+@click.option(
+    "--restart-at", type=float, default=None, help="Seconds into the run: run --restart-cmd."
+)
+@click.option("--restart-cmd", default=None, help="Shell command that brings the node back.")
+@click.option("--keys", type=int, default=8, show_default=True, help="Distinct message keys.")
+@click.option(
+    "--settle",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="After the load, wait this long at most for confirmed messages still missing.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON on stdout.")
+@click.option("--report", type=click.Path(), default=None, help="Write a Markdown report here.")
+def chaos(
+    urls: tuple[str, ...],
+    duration: float,
+    rate: float,
+    kill_at: float | None,
+    kill_cmd: str | None,
+    restart_at: float | None,
+    restart_cmd: str | None,
+    keys: int,
+    settle: float,
+    as_json: bool,
+    report: str | None,
+) -> None:
+    """Steady sequence-numbered load through mqkit while a node is killed and restarted:
+    reports confirmed, received, lost (confirmed but never received), duplicates, duplicate
+    side effects behind the idempotency helper, the longest unavailability and the errors the
+    application saw. Exits 1 if a confirmed message was lost."""
+    from mqkit.chaos import ChaosReport, run_chaos
+
+    if (kill_at is None) != (kill_cmd is None) or (restart_at is None) != (restart_cmd is None):
+        raise click.UsageError(
+            "give --kill-at with --kill-cmd, and --restart-at with --restart-cmd"
+        )
+    if rate <= 0 or duration <= 0 or keys < 1:
+        raise click.UsageError("--rate and --duration must be > 0, --keys >= 1")
+    reports: list[ChaosReport] = []
+    for url in urls or (None,):
+        target = resolve(url).url
+
+        def show(at: float, partial: ChaosReport) -> None:
+            if int(at * 2) % 4 == 0:  # every 2 s
+                console.print(
+                    f"t={at:5.1f}s  confirmed {partial.confirmed}  received {partial.received}  "
+                    f"not received yet {partial.lost}  errors {sum(partial.errors.values())}",
+                    highlight=False,
+                )
+
+        try:
+            result = run_chaos(
+                target,
+                duration=duration,
+                rate=rate,
+                kill_at=kill_at,
+                restart_at=restart_at,
+                kill_cmd=kill_cmd,
+                restart_cmd=restart_cmd,
+                keys=keys,
+                settle=settle,
+                progress=show,
+            )
+        except MqkitError as exc:
+            raise click.ClickException(str(exc)) from None
+        reports.append(result)
+        click.echo(result.to_markdown(), err=True)
+    if report is not None:
+        Path(report).write_text("\n".join(r.to_markdown() for r in reports), encoding="utf-8")
+    if as_json:
+        click.echo("[" + ",\n".join(r.to_json() for r in reports) + "]")
+    if not all(r.ok for r in reports):
+        sys.exit(1)
