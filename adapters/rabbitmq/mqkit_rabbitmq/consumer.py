@@ -824,8 +824,8 @@ class Consumer(ConsumerBase):
                     if j in st.owned or j in st.draining:
                         continue
                     name = st.partitions[j]
-                    if ctl.queue_declare(name, passive=True).method.consumer_count:
-                        continue
+                    # The lock alone decides (not the queue's consumer count: a quorum queue
+                    # still counts the consumers of a node that died until it is back).
                     if not self._lock(st, j):
                         continue
                     tag = data.basic_consume(name, self._on_message)

@@ -60,6 +60,10 @@ class Producer(ProducerBase):
         self._existing: set[str] = set()
         self._declaring: str | None = None
         self._wake = False
+        #: After a nack, nothing is published before this (time.monotonic()): a broker that
+        #: refuses (a queue without a leader) is asked again with a backoff, not in a loop.
+        self._hold_until = 0.0
+        self._nack_delay = 0.0
         self._closing = False
         self._error: MqkitError | None = None
         self._error_reported = False
@@ -243,6 +247,7 @@ class Producer(ProducerBase):
         with self._cv:
             self._channel = channel
             self._seq = 0
+            self._hold_until = 0.0  # a new channel is tried at once
             self._declared = set(self._existing)
             self._declaring = None
             if self._down_since is not None and self._ready.is_set():
@@ -299,6 +304,8 @@ class Producer(ProducerBase):
             channel = self._channel
             if channel is None or self._declaring is not None:
                 return
+            if time.monotonic() < self._hold_until:
+                return  # a nack's backoff: its call_later pumps
             batch: list[OutgoingMessage] = []
             room = self._max_inflight - len(self._unconfirmed)
             while self._pending and len(batch) < room:
@@ -346,8 +353,25 @@ class Producer(ProducerBase):
             else:
                 done = [tag] if tag in self._unconfirmed else []
             messages = [self._unconfirmed.pop(seq) for seq in done]
-            if isinstance(method, pika.spec.Basic.Nack) and messages:
-                log.warning("RabbitMQ refused %d message(s); sending them again", len(messages))
+            refused = isinstance(method, pika.spec.Basic.Nack) and bool(messages)
+            first = refused and self._nack_delay == 0.0
+            if refused:
                 self._pending.extendleft(reversed(messages))
+                self._nack_delay = min(max(self._nack_delay * 2, 0.05), 1.0)
+                self._hold_until = time.monotonic() + self._nack_delay
+                delay = self._nack_delay
+            elif messages:
+                self._nack_delay = 0.0
             self._cv.notify_all()
+        if refused:
+            log.log(
+                logging.WARNING if first else logging.DEBUG,  # once per run of refusals
+                "RabbitMQ refused %d message(s); sending them again in %.2f s",
+                len(messages),
+                delay,
+            )
+            conn = self._conn
+            if conn is not None:
+                conn.ioloop.call_later(delay, self._pump)
+            return
         self._pump()
