@@ -45,6 +45,8 @@ def test_a_driver_error_raises_from_the_next_call(topic: str) -> None:
                 raise RuntimeError("the broker went away")
 
             producer.sync._driver.send = broken  # type: ignore[method-assign]
+            # Not taken inline: to the sender thread, whose error surfaces later.
+            producer.sync._driver.send_nowait = lambda message: False  # type: ignore[attr-defined]
             await producer.send(topic, 1)  # queued: the error comes later
             with pytest.raises(RuntimeError, match="went away"):
                 await producer.flush()
