@@ -3,17 +3,26 @@
 A bridge over the sync drivers, so every adapter is async without an async client of its own.
 The event loop never runs a blocking client call:
 
+* a driver that implements the optional nowait calls (:class:`mqkit.spi.NowaitConsumer`,
+  :class:`mqkit.spi.NowaitProducer`) is called inline on the loop when that cannot wait: a
+  ``receive()`` takes a delivery the driver already holds in memory, an ``ack()`` settles
+  when the driver can without waiting, a ``send()`` buffers when the driver has room. Only
+  when nothing is outstanding at the threads below, so order is kept; when the driver says
+  no, the threads do it. This saves the thread hops (about 55 µs each) where the driver's own
+  work is a few microseconds (SQLite's prefetched rows and in-process acks);
 * each :class:`AsyncConsumer` has one receiving thread that calls the sync ``receive`` when a
   ``receive()`` waits (plus ``read_ahead`` messages ahead, 0 by default) and hands messages to
   the loop (``call_soon_threadsafe``); between requests it sleeps on a semaphore, it never
   polls; decoding and model validation happen on that thread;
-* settling (``ack``/``nack``) runs on one settling thread per consumer, in order; it is queued
-  before the coroutine waits, so a cancelled ``await message.ack()`` still acks (an error then
-  is logged, as nobody is left to raise it to);
+* settling (``ack``/``nack``) not done inline runs on one settling thread per consumer, in
+  order; it is queued before the coroutine waits, so a cancelled ``await message.ack()`` still
+  acks (an error then is logged, as nobody is left to raise it to); an inline ack is done
+  before the coroutine's first suspension, so cancelling cannot undo it either;
 * each :class:`AsyncProducer` encodes on the loop (argument errors raise at once) and hands the
-  encoded message to one sender thread, which calls the driver; ``send`` returns once the
-  message is queued (as the sync ``send`` may buffer), ``flush`` once everything queued before
-  it is confirmed; an error of the driver raises from the next ``send``/``flush``/``close``;
+  encoded message to the driver inline or to one sender thread, which calls the driver;
+  ``send`` returns once the message is handed over (as the sync ``send`` may buffer),
+  ``flush`` once everything sent before it is confirmed; an error of the driver raises from
+  the ``send`` that met it inline, else from the next ``send``/``flush``/``close``;
 * rare calls (connect, creating a consumer, ``request``, close) run in the loop's default
   executor.
 """
