@@ -158,6 +158,7 @@ class Store:
         #: Bumped whenever rows become available in-process, so waiting consumers wake at once.
         self.version = 0
         self.busy_ms = int(busy_timeout * 1000)
+        self._busy_on = True  # the connection's busy_timeout is busy_ms (else 0)
         self._acks = 0
         try:
             if not memory:
@@ -195,9 +196,16 @@ class Store:
             try:
                 if not conn.in_transaction:
                     if wait or self.memory:
+                        self._busy_wait(True)
                         conn.execute("BEGIN IMMEDIATE")
                     else:
-                        self._begin_nowait(conn)
+                        self._busy_wait(False)
+                        try:
+                            conn.execute("BEGIN IMMEDIATE")
+                        except sqlite3.OperationalError as exc:
+                            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                                raise Busy from None
+                            raise
                     begun = True
                 yield conn
                 if begun:
@@ -213,17 +221,20 @@ class Store:
         finally:
             self.lock.release()
 
-    def _begin_nowait(self, conn: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE`` with no busy wait: :class:`Busy` if another process writes."""
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise Busy from None
-            raise
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {self.busy_ms}")
+    def _busy_wait(self, on: bool) -> None:
+        """SQLite's wait for another process's lock: ``busy_timeout`` or none (under
+        ``lock``). Switched only when it changes, as a run of inline acks is common."""
+        if on != self._busy_on:
+            self.conn.execute(f"PRAGMA busy_timeout = {self.busy_ms if on else 0}")
+            self._busy_on = on
+
+    @contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the store's lock, waiting for other processes' locks as
+        configured: for statements outside :meth:`transaction`."""
+        with self.lock:
+            self._busy_wait(True)
+            yield self.conn
 
     def close(self) -> None:
         with self.lock:
@@ -691,8 +702,7 @@ class SqliteBackend(BackendBase[MemorySettings]):
     def ping(self, timeout: float) -> None:
         """Take the database's write lock and give it back: a queue nobody can write to (a
         writer holding its lock, a read-only file) is not usable."""
-        with self._store.lock:
-            conn = self._store.conn
+        with self._store.locked() as conn:
             try:
                 if not conn.in_transaction:
                     conn.execute("BEGIN IMMEDIATE")
@@ -705,8 +715,8 @@ class SqliteBackend(BackendBase[MemorySettings]):
     def depth(self, group: str, topics: Sequence[str]) -> int | None:
         """Rows of the group's queue: waiting, delayed or leased, not yet acked."""
         marks = ",".join("?" * len(topics))
-        with self._store.lock:
-            row = self._store.conn.execute(
+        with self._store.locked() as conn:
+            row = conn.execute(
                 f"SELECT count(*) FROM queue WHERE grp = ? AND topic IN ({marks})",
                 (group, *topics),
             ).fetchone()
