@@ -273,11 +273,18 @@ class Store:
             )
 
     def lease(
-        self, group: str, topics: Sequence[str], token: str, visibility: float, limit: int
+        self,
+        group: str,
+        topics: Sequence[str],
+        token: str,
+        visibility: float,
+        limit: int,
+        *,
+        wait: bool = True,
     ) -> list[Delivery]:
         now = time.time()
         sql = LEASE.format(topics=",".join("?" * len(topics)))
-        with self.transaction() as conn:
+        with self.transaction(wait=wait) as conn:
             seqs = [row[0] for row in conn.execute(sql, (group, *topics, now, token, now, limit))]
             if not seqs:
                 return []
@@ -497,12 +504,7 @@ class SqliteConsumer(ConsumerBase):
                 if delivery is not None:
                     return delivery
                 version = self._store.version
-                batch = self._store.lease(
-                    self._group, self._topics, self._token, self._visibility, self._prefetch
-                )
-                if batch:
-                    self._buffer.extend(batch)
-                    self._leased.update((d.handle[0], d.handle[2]) for d in batch)
+                if self._lease(wait=True):
                     continue
             wait = deadline.remaining(self._poll)
             if deadline.expired or not wait:
@@ -520,13 +522,32 @@ class SqliteConsumer(ConsumerBase):
             self._leased.pop(seq, None)  # ran out while buffered: the group has it
         return None
 
+    def _lease(self, *, wait: bool) -> bool:
+        """Lease up to ``prefetch`` rows into the buffer (under ``_lock``); any?"""
+        batch = self._store.lease(
+            self._group, self._topics, self._token, self._visibility, self._prefetch, wait=wait
+        )
+        self._buffer.extend(batch)
+        self._leased.update((d.handle[0], d.handle[2]) for d in batch)
+        return bool(batch)
+
     def receive_nowait(self) -> Delivery | None:
-        """A prefetched delivery, or ``None``. ``_lock`` is held while leasing or extending
-        leases (database I/O), so it is only tried, never waited for."""
+        """A prefetched delivery, else one leased now if no lock is taken, else ``None``.
+        ``_lock`` is held while leasing or extending leases (database I/O), so it is only
+        tried, never waited for; the store's and the database's locks likewise."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            return None if self._closed else self._take()
+            if self._closed:
+                return None
+            delivery = self._take()
+            if delivery is None:
+                try:
+                    self._lease(wait=False)
+                except Busy:
+                    return None
+                delivery = self._take()
+            return delivery
         finally:
             self._lock.release()
 
