@@ -139,3 +139,29 @@ def test_receive_ack_and_send_run_inline_on_sqlite(
             assert hops == []  # even the batch was leased inline
 
     run(main)
+
+
+def test_a_tight_consume_loop_does_not_hold_the_loop(topic: str, group: str) -> None:
+    """Receives and acks answered inline still let other tasks run (every YIELD_EVERY)."""
+
+    async def main() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        async with aio.connect("memory://bridge-tight-consume") as broker:
+            consumer = await broker.consumer(topic, group=group)
+            async with broker.producer() as producer:
+                for n in range(3000):
+                    await producer.send(topic, n)
+            task = asyncio.create_task(ticker())
+            got = await collect(consumer, 3000)
+            task.cancel()
+            assert [m.value for m in got] == list(range(3000))
+        return ticks
+
+    assert run(main, slow=0.2) > 50
