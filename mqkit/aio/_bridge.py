@@ -7,9 +7,10 @@ The event loop never runs a blocking client call:
   :class:`mqkit.spi.NowaitProducer`) is called inline on the loop when that cannot wait: a
   ``receive()`` takes a delivery the driver already holds in memory, an ``ack()`` settles
   when the driver can without waiting, a ``send()`` buffers when the driver has room. Only
-  when nothing is outstanding at the threads below, so order is kept; when the driver says
-  no, the threads do it. This saves the thread hops (about 55 µs each) where the driver's own
-  work is a few microseconds (SQLite's prefetched rows and in-process acks);
+  when nothing is outstanding at the threads below, so order is kept (decoding then runs on
+  the loop too); when the driver says no, the threads do it. This saves the thread hops
+  (about 55 µs each) where the driver's own work is a few microseconds (SQLite's prefetched
+  rows and in-process acks);
 * each :class:`AsyncConsumer` has one receiving thread that calls the sync ``receive`` when a
   ``receive()`` waits (plus ``read_ahead`` messages ahead, 0 by default) and hands messages to
   the loop (``call_soon_threadsafe``); between requests it sleeps on a semaphore, it never
