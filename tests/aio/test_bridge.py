@@ -11,6 +11,7 @@ import pytest
 
 from mqkit import aio
 from mqkit.aio import _bridge
+from mqkit.client import Producer
 from mqkit.testing.aio import assert_quiet, collect, run
 
 
@@ -18,6 +19,8 @@ def test_a_full_send_queue_waits_and_a_cancelled_waiter_sends_nothing(
     monkeypatch: pytest.MonkeyPatch, topic: str, group: str
 ) -> None:
     monkeypatch.setattr(_bridge, "MAX_QUEUED", 2)
+    # Every send through the sender thread's queue, none inline.
+    monkeypatch.setattr(Producer, "_send_nowait", lambda self, message: False)
 
     async def main() -> None:
         async with aio.connect("memory://bridge-full") as broker:
