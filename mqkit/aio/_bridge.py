@@ -573,7 +573,7 @@ class AsyncConsumer:
             )
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0")
-        if self._buffer.empty() and self._requested == 0:
+        if self._buffer.empty() and self._requested == 0 and not self._read_ahead:
             # Nothing asked of the receiving thread: the driver may have one in memory.
             message = await self._receive_inline()
             if message is not None:
@@ -691,8 +691,9 @@ class AsyncMessage:
         self._settled: str | None = message.settled
 
     async def ack(self) -> None:
-        """Confirm the message is processed. Runs off the loop; if the awaiting task is
-        cancelled, the ack still happens (an error then is logged)."""
+        """Confirm the message is processed. Inline when the driver can without waiting,
+        else off the loop; if the awaiting task is cancelled, the ack still happens (an error
+        then is logged)."""
         await self._settle("ack", self.sync.ack, ack=True)
 
     async def nack(self, requeue: bool = True, *, delay: float = 0.0) -> None:
