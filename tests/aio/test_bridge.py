@@ -96,22 +96,28 @@ def test_an_ack_that_would_wait_for_the_store_goes_to_the_settling_thread(
 
     async def main() -> None:
         async with aio.connect(url) as broker:
-            consumer = await broker.consumer(topic, group=group)
+            consumer = await broker.consumer(topic, group=group, prefetch=1)
             async with broker.producer() as producer:
                 await producer.send(topic, "a")
+                await producer.send(topic, "b")
             [message] = await collect(consumer, 1, ack=False)
             other = sqlite3.connect(f"{tmp_path}/busy.db")  # another writer, as a process
             other.execute("BEGIN IMMEDIATE")
             acking = asyncio.create_task(message.ack())
+            # Leasing "b" needs the database's lock too: the receiving thread waits for it.
+            receiving = asyncio.create_task(consumer.receive(timeout=10))
             await asyncio.sleep(0.3)
-            assert not acking.done()  # waiting on the settling thread, the loop runs
+            assert not acking.done() and not receiving.done()  # threads wait, the loop runs
             other.execute("ROLLBACK")
             other.close()
             await acking
             assert message.settled == "ack"
+            second = await receiving
+            assert second is not None and second.value == "b"
+            await second.ack()
             await consumer.close()
-            second = await broker.consumer(topic, group=group)
-            await assert_quiet(second, wait=1.0)
+            again = await broker.consumer(topic, group=group)
+            await assert_quiet(again, wait=1.0)
 
     run(main)
 
