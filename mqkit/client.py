@@ -35,7 +35,14 @@ from mqkit.serialization import (
     for_content_type,
     get_serializer,
 )
-from mqkit.spi import Backend, ConsumerDriver, Features, ProducerDriver
+from mqkit.spi import (
+    Backend,
+    ConsumerDriver,
+    Features,
+    NowaitConsumer,
+    NowaitProducer,
+    ProducerDriver,
+)
 from mqkit.typing_payloads import check_model, to_model
 
 if TYPE_CHECKING:
@@ -100,6 +107,7 @@ class Producer(_Closeable):
         self._max_body = broker.features.max_body_size
         self._content_type = content_type_of(serializer)
         self._inbox: _ReplyInbox | None = None
+        self._nowait = driver if isinstance(driver, NowaitProducer) else None
         # Flush what was sent if the program exits without closing (no loss by forgetting):
         # a finalizer also runs at interpreter exit.
         self._finalizer = weakref.finalize(self, driver.close)
@@ -152,6 +160,12 @@ class Producer(_Closeable):
             scope.end(exc)
             raise
         scope.end(None)
+
+    def _send_nowait(self, message: OutgoingMessage) -> bool:
+        """The driver's ``send``, if it can take ``message`` without waiting (for
+        :mod:`mqkit.aio`, which wraps it in the send's observe scope itself); ``False``: not
+        taken, nothing done. Raises what ``send`` raises."""
+        return self._nowait is not None and self._nowait.send_nowait(message)
 
     def _encode(
         self,
@@ -337,6 +351,7 @@ class Consumer(_Closeable):
         self._closed = False
         self._what = f"consumer of {', '.join(topics)} in group {group!r} on {broker.url}"
         self._lock = threading.Lock()
+        self._nowait = driver if isinstance(driver, NowaitConsumer) else None
 
     def receive(self, timeout: float | None = None) -> Message | None:
         """The next message, or ``None`` if none came within ``timeout`` seconds.
@@ -348,6 +363,27 @@ class Consumer(_Closeable):
             raise ValueError("timeout must be >= 0")
         delivery = self._driver.receive(timeout)
         return None if delivery is None else self._wrap(delivery)
+
+    def _receive_nowait(self) -> Message | None:
+        """:meth:`receive` of a message the driver already holds in memory, without waiting
+        (for :mod:`mqkit.aio`); ``None``: none there, or the driver cannot tell."""
+        if self._nowait is None or self._closed:
+            return None
+        delivery = self._nowait.receive_nowait()
+        return None if delivery is None else self._wrap(delivery)
+
+    def _ack_nowait(self, message: Message) -> bool:
+        """``message.ack()`` if the driver can do it without waiting (for :mod:`mqkit.aio`);
+        ``False``: nothing was done (the message is still unsettled), ack it the usual way."""
+        if self._nowait is None or self._closed or message.settled is not None:
+            return False
+        if not self._nowait.ack_nowait(message.delivery):
+            return False
+        message._mark("ack")
+        hooks = observe.active
+        if hooks is not None:
+            hooks.settled(self._broker.system, self.group, message, True)
+        return True
 
     def _wrap(self, delivery: Delivery) -> Message:
         value: Any = None

@@ -84,6 +84,35 @@ class ConsumerDriver(Protocol):
 
 
 @runtime_checkable
+class NowaitConsumer(Protocol):
+    """Optional for a :class:`ConsumerDriver`: calls that never wait, so an event loop can
+    make them inline (``mqkit.aio`` does) instead of handing them to a thread.
+
+    Neither may block: no waiting for the network, for a lock that I/O holds, or for a
+    database lock another process holds.
+    """
+
+    def receive_nowait(self) -> Delivery | None:
+        """A delivery already buffered in memory, or ``None`` (then ``receive`` is used)."""
+        ...
+
+    def ack_nowait(self, delivery: Delivery) -> bool:
+        """Ack ``delivery`` now if that needs no waiting; ``False``: nothing was done, call
+        ``ack`` instead."""
+        ...
+
+
+@runtime_checkable
+class NowaitProducer(Protocol):
+    """Optional for a :class:`ProducerDriver`: a ``send`` that never waits."""
+
+    def send_nowait(self, message: OutgoingMessage) -> bool:
+        """Accept ``message`` as ``send`` would (buffer it) if there is room; ``False``: it
+        was not taken, call ``send`` instead. Raises what ``send`` raises (closed, failed)."""
+        ...
+
+
+@runtime_checkable
 class Backend(Protocol):
     """One connection (or connection factory) to one broker."""
 

@@ -3,17 +3,27 @@
 A bridge over the sync drivers, so every adapter is async without an async client of its own.
 The event loop never runs a blocking client call:
 
+* a driver that implements the optional nowait calls (:class:`mqkit.spi.NowaitConsumer`,
+  :class:`mqkit.spi.NowaitProducer`) is called inline on the loop when that cannot wait: a
+  ``receive()`` takes a delivery the driver already holds in memory, an ``ack()`` settles
+  when the driver can without waiting, a ``send()`` buffers when the driver has room. Only
+  when nothing is outstanding at the threads below, so order is kept (decoding then runs on
+  the loop too); when the driver says no, the threads do it. This saves the thread hops
+  (about 55 µs each) where the driver's own work is a few microseconds (SQLite's prefetched
+  rows and in-process acks);
 * each :class:`AsyncConsumer` has one receiving thread that calls the sync ``receive`` when a
   ``receive()`` waits (plus ``read_ahead`` messages ahead, 0 by default) and hands messages to
   the loop (``call_soon_threadsafe``); between requests it sleeps on a semaphore, it never
   polls; decoding and model validation happen on that thread;
-* settling (``ack``/``nack``) runs on one settling thread per consumer, in order; it is queued
-  before the coroutine waits, so a cancelled ``await message.ack()`` still acks (an error then
-  is logged, as nobody is left to raise it to);
+* settling (``ack``/``nack``) not done inline runs on one settling thread per consumer, in
+  order; it is queued before the coroutine waits, so a cancelled ``await message.ack()`` still
+  acks (an error then is logged, as nobody is left to raise it to); an inline ack is done
+  before the coroutine's first suspension, so cancelling cannot undo it either;
 * each :class:`AsyncProducer` encodes on the loop (argument errors raise at once) and hands the
-  encoded message to one sender thread, which calls the driver; ``send`` returns once the
-  message is queued (as the sync ``send`` may buffer), ``flush`` once everything queued before
-  it is confirmed; an error of the driver raises from the next ``send``/``flush``/``close``;
+  encoded message to the driver inline or to one sender thread, which calls the driver;
+  ``send`` returns once the message is handed over (as the sync ``send`` may buffer),
+  ``flush`` once everything sent before it is confirmed; an error of the driver raises from
+  the ``send`` that met it inline, else from the next ``send``/``flush``/``close``;
 * rare calls (connect, creating a consumer, ``request``, close) run in the loop's default
   executor.
 """
@@ -388,19 +398,26 @@ class AsyncProducer:
         return message.id
 
     async def _send(self, message: OutgoingMessage) -> None:
-        """Queue ``message`` for the sender thread; instrumented, the send's span covers
-        the encoding and the queueing (the driver's send follows on the sender thread)."""
+        """Hand ``message`` over; instrumented, the send's span covers the encoding and the
+        hand-over (the driver's send follows on the sender thread, if it went there)."""
         hooks = observe.active
         if hooks is None:
-            await self._enqueue(message)
+            await self._hand_over(message)
             return
         scope = hooks.sending(self.sync._broker.system, message)
         try:
-            await self._enqueue(message)
+            await self._hand_over(message)
         except BaseException as exc:
             scope.end(exc)
             raise
         scope.end(None)
+
+    async def _hand_over(self, message: OutgoingMessage) -> None:
+        """To the driver inline if it takes it without waiting and nothing queued before it
+        is still waiting for the sender thread (order); else to the sender thread."""
+        if self._queued == 0 and self.sync._send_nowait(message):
+            return
+        await self._enqueue(message)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far is confirmed by the backend."""
@@ -477,6 +494,11 @@ class AsyncConsumer:
         self._waiting = 0
         self._credit = threading.Semaphore(read_ahead)
         self._closed = False
+        self._inline = 0  # receive() calls answered inline, to yield now and then
+        # Settles queued for the settling thread, and done by it (that thread writes
+        # _settles_done): an ack runs inline only when they are equal, so order is kept.
+        self._settles_asked = 0
+        self._settles_done = 0
         self._settles: queue.SimpleQueue[_Call | object] = queue.SimpleQueue()
         self._settler = threading.Thread(target=self._settle_run, name="mqkit-aio-settle")
         self._settler.daemon = True
@@ -515,6 +537,7 @@ class AsyncConsumer:
                 result, error = call.fn(), None
             except BaseException as exc:
                 result, error = None, exc
+            self._settles_done += 1
             if call.future.cancelled():  # the caller was cancelled: the settle went on
                 if error is not None:
                     log.error("settling after its caller was cancelled failed", exc_info=error)
@@ -550,6 +573,11 @@ class AsyncConsumer:
             )
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0")
+        if self._buffer.empty() and self._requested == 0 and not self._read_ahead:
+            # Nothing asked of the receiving thread: the driver may have one in memory.
+            message = await self._receive_inline()
+            if message is not None:
+                return message
         try:
             if not self._buffer.empty():
                 item = self._buffer.get_nowait()
@@ -580,6 +608,19 @@ class AsyncConsumer:
             raise item
         return AsyncMessage(item, self)
 
+    async def _receive_inline(self) -> AsyncMessage | None:
+        """A message the driver holds in memory (``receive_nowait``), taken on the loop: no
+        thread hop. Every ``YIELD_EVERY`` calls, other tasks get a turn first (a consumer
+        that always finds one would otherwise hold the loop); a call cancelled then has
+        taken nothing."""
+        self._inline += 1
+        if self._inline % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+            if self._closed or not self._buffer.empty() or self._requested != 0:
+                return None  # the caller's usual path handles what changed meanwhile
+        message = self.sync._receive_nowait()
+        return None if message is None else AsyncMessage(message, self)
+
     def __aiter__(self) -> AsyncIterator[AsyncMessage]:
         return self
 
@@ -591,14 +632,25 @@ class AsyncConsumer:
                 return message
         raise StopAsyncIteration
 
-    async def _settle(self, message: AsyncMessage, settle: Callable[[], None]) -> None:
+    async def _settle(
+        self, message: AsyncMessage, settle: Callable[[], None], *, ack: bool = False
+    ) -> None:
         if self._closed:
             raise ClosedError(
                 f"consumer of {', '.join(self.topics)} in group {self.group!r} is closed; "
                 f"message {message.id} was given back and will be delivered again"
             )
+        # Nothing pending on the settling thread: ack inline if the driver can without
+        # waiting; done before any await, so a cancelled caller cannot undo it.
+        if (
+            ack
+            and self._settles_asked == self._settles_done
+            and self.sync._ack_nowait(message.sync)
+        ):
+            return
         # Queued now, so it happens even if the caller is cancelled while it waits.
         future: asyncio.Future[None] = self._loop.create_future()
+        self._settles_asked += 1
         self._settles.put(_Call(settle, future))
         await future
 
@@ -639,9 +691,10 @@ class AsyncMessage:
         self._settled: str | None = message.settled
 
     async def ack(self) -> None:
-        """Confirm the message is processed. Runs off the loop; if the awaiting task is
-        cancelled, the ack still happens (an error then is logged)."""
-        await self._settle("ack", self.sync.ack)
+        """Confirm the message is processed. Inline when the driver can without waiting,
+        else off the loop; if the awaiting task is cancelled, the ack still happens (an error
+        then is logged)."""
+        await self._settle("ack", self.sync.ack, ack=True)
 
     async def nack(self, requeue: bool = True, *, delay: float = 0.0) -> None:
         """:meth:`mqkit.Message.nack`: give the message back (or drop it for the group)."""
@@ -649,7 +702,7 @@ class AsyncMessage:
             raise ValueError("delay must be >= 0")
         await self._settle("nack", lambda: self.sync.nack(requeue, delay=delay))
 
-    async def _settle(self, outcome: str, settle: Callable[[], None]) -> None:
+    async def _settle(self, outcome: str, settle: Callable[[], None], *, ack: bool = False) -> None:
         if self._settled is not None:
             raise MessageStateError(
                 f"message {self.id} on {self.topic!r} was already {self._settled}ed; "
@@ -658,7 +711,7 @@ class AsyncMessage:
         if self._consumer is None:
             raise MessageStateError(f"message {self.id} was settled by the request that got it")
         self._settled = outcome
-        await self._consumer._settle(self, settle)
+        await self._consumer._settle(self, settle, ack=ack)
 
     @property
     def settled(self) -> str | None:

@@ -137,6 +137,10 @@ def unpack_delivery(column: str, **fields: Any) -> Delivery:
     return Delivery(headers=envelope.restore_headers(doc, types), **standard, **fields)
 
 
+class Busy(Exception):
+    """A ``wait=False`` transaction would have had to wait for a lock."""
+
+
 class Store:
     """One SQLite connection shared by every producer and consumer of a process.
 
@@ -153,6 +157,8 @@ class Store:
         self.changed = threading.Condition(self.lock)
         #: Bumped whenever rows become available in-process, so waiting consumers wake at once.
         self.version = 0
+        self.busy_ms = int(busy_timeout * 1000)
+        self._busy_on = True  # the connection's busy_timeout is busy_ms (else 0)
         self._acks = 0
         try:
             if not memory:
@@ -175,14 +181,31 @@ class Store:
             ) from None
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``: take the write lock up front (no upgrade deadlock)."""
-        with self.lock:
+    def transaction(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``: take the write lock up front (no upgrade deadlock).
+
+        ``wait=False``: raise :class:`Busy` instead of waiting, for the store's lock (another
+        thread's transaction) or the database's (another process's), so an event loop can
+        try it inline and hand it to a thread when busy.
+        """
+        if not self.lock.acquire(blocking=wait):
+            raise Busy
+        try:
             conn = self.conn
             begun = False
             try:
                 if not conn.in_transaction:
-                    conn.execute("BEGIN IMMEDIATE")
+                    if wait or self.memory:
+                        self._busy_wait(True)
+                        conn.execute("BEGIN IMMEDIATE")
+                    else:
+                        self._busy_wait(False)
+                        try:
+                            conn.execute("BEGIN IMMEDIATE")
+                        except sqlite3.OperationalError as exc:
+                            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                                raise Busy from None
+                            raise
                     begun = True
                 yield conn
                 if begun:
@@ -195,6 +218,23 @@ class Store:
                         f"SQLite queue {self.target!r} is unavailable: {exc}"
                     ) from exc
                 raise
+        finally:
+            self.lock.release()
+
+    def _busy_wait(self, on: bool) -> None:
+        """SQLite's wait for another process's lock: ``busy_timeout`` or none (under
+        ``lock``). Switched only when it changes, as a run of inline acks is common."""
+        if on != self._busy_on:
+            self.conn.execute(f"PRAGMA busy_timeout = {self.busy_ms if on else 0}")
+            self._busy_on = on
+
+    @contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the store's lock, waiting for other processes' locks as
+        configured: for statements outside :meth:`transaction`."""
+        with self.lock:
+            self._busy_wait(True)
+            yield self.conn
 
     def close(self) -> None:
         with self.lock:
@@ -233,11 +273,18 @@ class Store:
             )
 
     def lease(
-        self, group: str, topics: Sequence[str], token: str, visibility: float, limit: int
+        self,
+        group: str,
+        topics: Sequence[str],
+        token: str,
+        visibility: float,
+        limit: int,
+        *,
+        wait: bool = True,
     ) -> list[Delivery]:
         now = time.time()
         sql = LEASE.format(topics=",".join("?" * len(topics)))
-        with self.transaction() as conn:
+        with self.transaction(wait=wait) as conn:
             seqs = [row[0] for row in conn.execute(sql, (group, *topics, now, token, now, limit))]
             if not seqs:
                 return []
@@ -268,8 +315,10 @@ class Store:
             for seq, topic, mid, key, headers, body, ts in rows
         ]
 
-    def ack(self, group: str, seq: int, token: str) -> bool:
-        with self.transaction() as conn:
+    def ack(self, group: str, seq: int, token: str, *, wait: bool = True) -> bool:
+        """Delete an acked row; ``False`` if its lease ran out. ``wait=False``: see
+        :meth:`transaction`."""
+        with self.transaction(wait=wait) as conn:
             done = conn.execute(
                 "DELETE FROM queue WHERE grp = ? AND seq = ? AND lease = ?", (group, seq, token)
             ).rowcount
@@ -339,12 +388,26 @@ class SqliteProducer(ProducerBase):
                 raise ClosedError("producer is closed")
             while len(self._buffer) >= self._max_buffer and self._error is None:
                 self._cv.wait()
-            if self._error is not None:
-                raise self._error
-            self._buffer.append(message)
-            self._sent += 1
-            if len(self._buffer) == 1:
-                self._cv.notify_all()
+            self._append(message)
+
+    def send_nowait(self, message: OutgoingMessage) -> bool:
+        """``send`` unless the buffer is full. ``_cv`` is only held for list operations
+        (the writer thread commits outside it), so taking it does not wait on I/O."""
+        with self._cv:
+            if self._closing:
+                raise ClosedError("producer is closed")
+            if len(self._buffer) >= self._max_buffer and self._error is None:
+                return False
+            self._append(message)
+            return True
+
+    def _append(self, message: OutgoingMessage) -> None:
+        if self._error is not None:
+            raise self._error
+        self._buffer.append(message)
+        self._sent += 1
+        if len(self._buffer) == 1:
+            self._cv.notify_all()
 
     def _run(self) -> None:
         while True:
@@ -437,25 +500,83 @@ class SqliteConsumer(ConsumerBase):
             with self._lock:
                 if self._closed:
                     return None
-                while self._buffer:
-                    delivery = self._buffer.popleft()
-                    seq = delivery.handle[0]
-                    if self._leased.get(seq, 0.0) > time.time():
-                        self._inflight.add(seq)
-                        return delivery
-                    self._leased.pop(seq, None)  # ran out while buffered: the group has it
+                delivery = self._take()
+                if delivery is not None:
+                    return delivery
                 version = self._store.version
-                batch = self._store.lease(
-                    self._group, self._topics, self._token, self._visibility, self._prefetch
-                )
-                if batch:
-                    self._buffer.extend(batch)
-                    self._leased.update((d.handle[0], d.handle[2]) for d in batch)
+                if self._lease(wait=True):
                     continue
             wait = deadline.remaining(self._poll)
             if deadline.expired or not wait:
                 return None
             self._store.wait_for_change(version, wait)
+
+    def _take(self) -> Delivery | None:
+        """The next buffered delivery whose lease still holds (under ``_lock``)."""
+        while self._buffer:
+            delivery = self._buffer.popleft()
+            seq = delivery.handle[0]
+            if self._leased.get(seq, 0.0) > time.time():
+                self._inflight.add(seq)
+                return delivery
+            self._leased.pop(seq, None)  # ran out while buffered: the group has it
+        return None
+
+    def _lease(self, *, wait: bool) -> bool:
+        """Lease up to ``prefetch`` rows into the buffer (under ``_lock``); any?"""
+        batch = self._store.lease(
+            self._group, self._topics, self._token, self._visibility, self._prefetch, wait=wait
+        )
+        self._buffer.extend(batch)
+        self._leased.update((d.handle[0], d.handle[2]) for d in batch)
+        return bool(batch)
+
+    def receive_nowait(self) -> Delivery | None:
+        """A prefetched delivery, else one leased now if no lock is taken, else ``None``.
+        ``_lock`` is held while leasing or extending leases (database I/O), so it is only
+        tried, never waited for; the store's and the database's locks likewise."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._closed:
+                return None
+            delivery = self._take()
+            if delivery is None:
+                try:
+                    self._lease(wait=False)
+                except Busy:
+                    return None
+                delivery = self._take()
+            return delivery
+        finally:
+            self._lock.release()
+
+    def ack_nowait(self, delivery: Delivery) -> bool:
+        """``ack`` unless a lock is taken: ``_lock`` (see :meth:`receive_nowait`), the store's
+        (another thread's transaction) or the database's (another process writing)."""
+        seq, token, _ = delivery.handle
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._inflight.discard(seq)
+            self._leased.pop(seq, None)
+        finally:
+            self._lock.release()
+        try:
+            done = self._store.ack(self._group, seq, token, wait=False)
+        except Busy:
+            return False  # ack() does it; forgetting the lease twice is harmless
+        if not done:
+            self._late_ack(delivery)
+        return True
+
+    def _late_ack(self, delivery: Delivery) -> None:
+        log.warning(
+            "ack of message %s on %r came after its lease ran out; it may be redelivered "
+            "(raise visibility_timeout for slow handlers)",
+            delivery.id,
+            delivery.topic,
+        )
 
     def _keep_leases(self) -> None:
         while not self._stop.wait(self._visibility / 3):
@@ -477,12 +598,7 @@ class SqliteConsumer(ConsumerBase):
             self._inflight.discard(seq)
             self._leased.pop(seq, None)
         if not self._store.ack(self._group, seq, token):
-            log.warning(
-                "ack of message %s on %r came after its lease ran out; it may be redelivered "
-                "(raise visibility_timeout for slow handlers)",
-                delivery.id,
-                delivery.topic,
-            )
+            self._late_ack(delivery)
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
         seq, token, _ = delivery.handle
@@ -607,8 +723,7 @@ class SqliteBackend(BackendBase[MemorySettings]):
     def ping(self, timeout: float) -> None:
         """Take the database's write lock and give it back: a queue nobody can write to (a
         writer holding its lock, a read-only file) is not usable."""
-        with self._store.lock:
-            conn = self._store.conn
+        with self._store.locked() as conn:
             try:
                 if not conn.in_transaction:
                     conn.execute("BEGIN IMMEDIATE")
@@ -621,8 +736,8 @@ class SqliteBackend(BackendBase[MemorySettings]):
     def depth(self, group: str, topics: Sequence[str]) -> int | None:
         """Rows of the group's queue: waiting, delayed or leased, not yet acked."""
         marks = ",".join("?" * len(topics))
-        with self._store.lock:
-            row = self._store.conn.execute(
+        with self._store.locked() as conn:
+            row = conn.execute(
                 f"SELECT count(*) FROM queue WHERE grp = ? AND topic IN ({marks})",
                 (group, *topics),
             ).fetchone()

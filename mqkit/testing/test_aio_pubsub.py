@@ -7,6 +7,7 @@ longer than 50 ms (:func:`mqkit.testing.aio.run`): the bridge must never block i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 
@@ -243,7 +244,8 @@ def test_async_cancelled_ack_still_acks(url: str, topic: str, group: str) -> Non
             acking = asyncio.create_task(message.ack())
             await asyncio.sleep(0)  # the ack is under way
             acking.cancel()
-            with pytest.raises(asyncio.CancelledError):
+            # A driver that acks without waiting has acked inline, before the cancel.
+            with contextlib.suppress(asyncio.CancelledError):
                 await acking
             assert message.settled == "ack"
             await consumer.close()  # waits for the ack, then gives back what is unsettled

@@ -269,6 +269,17 @@ class Consumer(ConsumerBase):
                 with self._cv:
                     return self._take() if self._buffer and not self._closed else None
 
+    def receive_nowait(self) -> Delivery | None:
+        """A delivery already in the buffer, or ``None``. ``_cv`` is never held during
+        connection I/O, so taking it does not wait on the network."""
+        with self._cv:
+            return self._take() if self._buffer and not self._closed else None
+
+    def ack_nowait(self, delivery: Delivery) -> bool:
+        """Never inline: an ack writes to the socket under the connection's lock, which a
+        receiving thread may hold while it polls."""
+        return False
+
     def _take(self) -> Delivery:
         """Next buffered delivery; partitions being handed over go first, to finish quickly."""
         delivery = None

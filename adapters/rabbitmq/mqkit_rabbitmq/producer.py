@@ -107,10 +107,24 @@ class Producer(ProducerBase):
                 if len(self._pending) + len(self._unconfirmed) < self._max_buffer:
                     break
                 self._cv.wait(0.25)
-            self._pending.append(message)
-            if not self._wake and self._channel is not None:
-                self._wake = True
-                self._call_soon(self._pump)
+            self._append(message)
+
+    def send_nowait(self, message: OutgoingMessage) -> bool:
+        """``send`` unless the buffer is full (``False``). ``_cv`` is only held for buffer
+        bookkeeping, never during I/O, so taking it does not wait on the network."""
+        with self._cv:
+            self._check_usable()
+            if len(self._pending) + len(self._unconfirmed) >= self._max_buffer:
+                return False
+            self._append(message)
+            return True
+
+    def _append(self, message: OutgoingMessage) -> None:
+        """Buffer ``message`` and wake the I/O thread (under ``_cv``)."""
+        self._pending.append(message)
+        if not self._wake and self._channel is not None:
+            self._wake = True
+            self._call_soon(self._pump)
 
     def flush(self, timeout: float | None) -> None:
         deadline = Deadline(timeout)
