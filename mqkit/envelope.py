@@ -175,12 +175,13 @@ def encode_timestamp(seconds: float) -> str:
 
 
 def decode_timestamp(value: str | bytes | None, default: float) -> float:
-    """The :data:`TIMESTAMP` header value in seconds, or ``default`` if absent or malformed."""
+    """The :data:`TIMESTAMP` header value in seconds, or ``default`` if absent or malformed
+    (not an integer, too large for a float, or of a type a typed transport gave it)."""
     if value is None:
         return default
     try:
         return int(value) / 1000.0
-    except ValueError:
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
@@ -234,7 +235,7 @@ def restore_headers(
     if types:
         try:
             loaded = json.loads(types)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
             loaded = None
         if isinstance(loaded, dict):
             kinds = {str(k): str(v) for k, v in loaded.items()}
