@@ -258,9 +258,9 @@ def decode(
     else:
         timestamp = time.time()
     if count_value is not None:
-        try:
-            attempt = int(count_value) + 1
-        except (TypeError, ValueError):
+        try:  # another client's count may be any AMQP value: a negative one counts as none
+            attempt = max(0, int(count_value)) + 1
+        except (TypeError, ValueError, OverflowError):  # e.g. a table, NaN, Infinity
             attempt = 1
     else:
         attempt = 2 if method.redelivered else 1
