@@ -252,7 +252,7 @@ def decode(
     else:
         key = None  # mqkit's unkeyed message, or one sent straight to a queue
     if ts_value is not None:
-        timestamp = envelope.decode_timestamp(ts_value, props.timestamp or time.time())
+        timestamp = envelope.decode_timestamp(ts_value, float(props.timestamp or time.time()))
     elif props.timestamp:
         timestamp = float(props.timestamp)
     else:
