@@ -22,6 +22,7 @@ from mqkit.client import Consumer
 from mqkit.deadletter import DeadLetter
 from mqkit.envelope import HeaderValue
 from mqkit.errors import DecodeError
+from mqkit.helpers.ordering import SequenceChecker
 from mqkit.helpers.retry import original_view, retry_due
 from mqkit.message import Delivery, Message
 from mqkit.serialization import get_serializer
@@ -220,3 +221,17 @@ def test_a_dead_letters_headers_parse_to_sane_values(headers: dict[str, HeaderVa
     for field in (info.topic, info.group, info.original_id, info.error, info.traceback):
         assert isinstance(field, str)
     assert not any(k.startswith(envelope.DLQ_PREFIX) for k in info.headers)
+
+
+@FUZZ
+@given(st.lists(_RETRY_HEADERS, max_size=5), st.lists(st.one_of(text_values, header_values)))
+@example([], [str(10**15)])  # a jump that far built a tuple of every skipped number
+def test_sequence_numbers_of_any_value_are_judged_without_blowing_up(
+    others: list[dict[str, HeaderValue]], numbers: list[HeaderValue]
+) -> None:
+    checker = SequenceChecker(max_missing=50)
+    headers = [{envelope.SEQ: n, envelope.SEQ_SOURCE: "s"} for n in numbers] + others
+    for h in headers:
+        event = checker.observe(Message(_delivery(headers=h), None, None, _unsettled))
+        assert len(event.missing) <= 50
+    assert sum(checker.counts.values()) == len(headers)
