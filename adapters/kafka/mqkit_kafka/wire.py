@@ -95,7 +95,7 @@ def _type_map(value: bytes | None) -> str | None:
     try:
         text = value.decode("utf-8")
         loaded = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
     if not isinstance(loaded, dict) or not all(
         isinstance(kind, str) and kind in _KINDS for kind in loaded.values()
