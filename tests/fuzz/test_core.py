@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import mqkit
 from mqkit import envelope
+from mqkit.cli import _body as dead_letter_body
 from mqkit.client import Consumer
 from mqkit.deadletter import DeadLetter
 from mqkit.envelope import HeaderValue
@@ -174,6 +175,14 @@ def test_a_body_decodes_to_a_value_or_a_decode_error(
             message.value  # noqa: B018
     if serializer == "bytes" and not content_encoding:
         assert message.value == body
+
+
+@FUZZ
+@given(bodies)
+@example(b"[" * 5000)  # `mqkit dlq list` stopped at a dead letter nested too deep to parse
+def test_the_cli_shows_any_dead_letter_body(body: bytes) -> None:
+    shown = dead_letter_body(body)
+    assert set(shown) in ({"value"}, {"body_base64"})
 
 
 @pytest.mark.parametrize("name", ["json", "bytes", "text", "JSON"])
