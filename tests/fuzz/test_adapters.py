@@ -146,6 +146,14 @@ def test_kafka_keeps_what_mqkit_sends(
     assert (delivery.key, delivery.body, delivery.id) == (key, body, message.id)
 
 
+@FUZZ
+@given(st.binary(max_size=30))
+@example(b"\xff")  # not UTF-8: re-sending it (a retry copy, a dead letter) raised
+def test_kafka_sends_a_received_key_back_byte_for_byte(key: bytes) -> None:
+    received = kafka_wire.decode("orders", 0, _record([], key, b"", 0), 1, None)
+    assert kafka_wire.encode(_outgoing({}, received.key, b""))[0] == key
+
+
 # -- ActiveMQ (STOMP) ----------------------------------------------------------------------------
 
 activemq_wire = pytest.importorskip("mqkit_activemq.wire")
