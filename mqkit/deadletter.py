@@ -136,7 +136,7 @@ def dead_letter_headers(
     a message that is itself a retry copy of the original (made by the retry helper).
     """
     base = message.headers if headers is None else headers
-    out = {k: v for k, v in base.items() if not k.startswith(PREFIX)}
+    out = {k: v for k, v in envelope.copyable_headers(base).items() if not k.startswith(PREFIX)}
     out.update(
         {
             TOPIC: message.topic if topic is None else topic,

@@ -151,6 +151,20 @@ def check_headers(headers: Mapping[str, HeaderValue] | None) -> dict[str, Header
     return out
 
 
+def copyable_headers(headers: Mapping[str, HeaderValue]) -> dict[str, HeaderValue]:
+    """The received ``headers`` a copy of the message (a retry copy, a dead letter) may carry:
+    without the names :func:`check_headers` refuses (empty, a standard field's, or mqkit's
+    reserved prefix outside the helper fields), which another producer may have set. Sending
+    them would raise and stop the consumer; they stay in the original's metadata."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if name
+        and name.lower() not in STANDARD_FIELDS
+        and (not name.startswith(PREFIX) or name in HELPER_FIELDS)
+    }
+
+
 def header_text(headers: Mapping[str, HeaderValue], name: str, default: str = "") -> str:
     """Header ``name`` as text (how the helpers read their fields, whichever transport typed
     them): ``str`` as is, bytes decoded as UTF-8, numbers and booleans as ``str()``."""

@@ -69,6 +69,7 @@ from mqkit.envelope import (
     RETRY_PREFIX,
     RETRY_TOPIC,
     HeaderValue,
+    copyable_headers,
     header_text,
 )
 from mqkit.errors import ClosedError, ConfigError, DecodeError, MqkitError, RetryLater
@@ -448,7 +449,7 @@ class _RouteRetry:
     def _copy_to_retry_topic(
         self, message: Message, view: Message, delay: float, done: int
     ) -> None:
-        headers = dict(view.headers)
+        headers = copyable_headers(view.headers)
         headers.update(
             {
                 ORIGIN_ID: view.id,
