@@ -20,7 +20,7 @@ import mqkit
 from mqkit import envelope
 from mqkit.cli import _body as dead_letter_body
 from mqkit.client import Consumer
-from mqkit.deadletter import DeadLetter
+from mqkit.deadletter import DeadLetter, dead_letter_headers
 from mqkit.envelope import HeaderValue
 from mqkit.errors import DecodeError
 from mqkit.helpers.ordering import SequenceChecker
@@ -244,3 +244,16 @@ def test_sequence_numbers_of_any_value_are_judged_without_blowing_up(
         event = checker.observe(Message(_delivery(headers=h), None, None, _unsettled))
         assert len(event.missing) <= 50
     assert sum(checker.counts.values()) == len(headers)
+
+
+@FUZZ
+@given(st.dictionaries(header_names, header_values, max_size=8))
+@example({"mqkit-foo": "x", "": "y", "Content-Type": "z"})  # another producer's names
+def test_a_dead_letter_of_any_received_message_can_be_sent(
+    headers: dict[str, HeaderValue],
+) -> None:
+    """Dead-lettering (and retry copies) re-send the received headers: names a producer may not
+    send must not make that raise, which would stop the consumer."""
+    message = Message(_delivery(headers=headers), None, None, _unsettled)
+    envelope.check_headers(dead_letter_headers(message, "billing", ValueError("bad")))
+    envelope.check_headers(envelope.copyable_headers(headers))
