@@ -20,7 +20,7 @@ import mqkit
 from mqkit import envelope
 from mqkit.cli import _body as dead_letter_body
 from mqkit.client import Consumer
-from mqkit.deadletter import DeadLetter, dead_letter_headers
+from mqkit.deadletter import DeadLetter, dead_letter_headers, send_dead_letter
 from mqkit.envelope import HeaderValue
 from mqkit.errors import DecodeError
 from mqkit.helpers.ordering import SequenceChecker
@@ -257,3 +257,37 @@ def test_a_dead_letter_of_any_received_message_can_be_sent(
     message = Message(_delivery(headers=headers), None, None, _unsettled)
     envelope.check_headers(dead_letter_headers(message, "billing", ValueError("bad")))
     envelope.check_headers(envelope.copyable_headers(headers))
+
+
+_fields = st.one_of(st.none(), st.just(""), st.text(max_size=10))
+
+
+@pytest.fixture(scope="module")
+def producer() -> Iterator[mqkit.Producer]:
+    with mqkit.connect("memory://fuzz-copies") as broker:
+        yield broker.producer(serializer="bytes")
+
+
+@FUZZ
+@given(
+    st.dictionaries(header_names, header_values, max_size=6),
+    st.one_of(st.none(), st.text(max_size=10)),
+    _fields,
+    _fields,
+    _fields,
+    _fields,
+)
+@example({}, None, "", None, None, None)  # an empty content type (AMQP, a Kafka header)
+def test_any_received_message_can_be_dead_lettered(
+    producer: mqkit.Producer,
+    headers: dict[str, HeaderValue],
+    key: str | None,
+    content_type: str | None,
+    content_encoding: str | None,
+    correlation_id: str | None,
+    reply_to: str | None,
+) -> None:
+    delivery = _delivery(b"\xff", headers, content_type, content_encoding)
+    delivery.key, delivery.correlation_id, delivery.reply_to = key, correlation_id, reply_to
+    message = Message(delivery, None, DecodeError("bad"), _unsettled)
+    send_dead_letter(producer, message, "billing", DecodeError("bad"))
