@@ -812,7 +812,7 @@ def _wait(fn: Any) -> Any:
 def _body(body: bytes) -> dict[str, Any]:
     try:
         return {"value": json.loads(body)}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON (often why it is a dead letter)
         return {"body_base64": base64.b64encode(body).decode()}
 
 

@@ -42,6 +42,7 @@ bad payload is never lost); it needs only the client and the envelope.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
@@ -135,7 +136,7 @@ def dead_letter_headers(
     a message that is itself a retry copy of the original (made by the retry helper).
     """
     base = message.headers if headers is None else headers
-    out = {k: v for k, v in base.items() if not k.startswith(PREFIX)}
+    out = {k: v for k, v in envelope.copyable_headers(base).items() if not k.startswith(PREFIX)}
     out.update(
         {
             TOPIC: message.topic if topic is None else topic,
@@ -202,13 +203,15 @@ class DeadLetter:
         def text(name: str, default: str = "") -> str:
             return envelope.header_text(h, name, default)
 
-        try:
-            attempt = int(text(ATTEMPT, "0"))
+        try:  # headers another producer wrote may say anything: unknown is 0
+            attempt = max(0, int(text(ATTEMPT, "0")))
         except ValueError:
             attempt = 0
         try:
             when = float(text(TIME, "0"))
         except ValueError:
+            when = 0.0
+        if not math.isfinite(when):
             when = 0.0
         return cls(
             topic=text(TOPIC),

@@ -151,6 +151,20 @@ def check_headers(headers: Mapping[str, HeaderValue] | None) -> dict[str, Header
     return out
 
 
+def copyable_headers(headers: Mapping[str, HeaderValue]) -> dict[str, HeaderValue]:
+    """The received ``headers`` a copy of the message (a retry copy, a dead letter) may carry:
+    without the names :func:`check_headers` refuses (empty, a standard field's, or mqkit's
+    reserved prefix outside the helper fields), which another producer may have set. Sending
+    them would raise and stop the consumer; they stay in the original's metadata."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if name
+        and name.lower() not in STANDARD_FIELDS
+        and (not name.startswith(PREFIX) or name in HELPER_FIELDS)
+    }
+
+
 def header_text(headers: Mapping[str, HeaderValue], name: str, default: str = "") -> str:
     """Header ``name`` as text (how the helpers read their fields, whichever transport typed
     them): ``str`` as is, bytes decoded as UTF-8, numbers and booleans as ``str()``."""
@@ -175,12 +189,13 @@ def encode_timestamp(seconds: float) -> str:
 
 
 def decode_timestamp(value: str | bytes | None, default: float) -> float:
-    """The :data:`TIMESTAMP` header value in seconds, or ``default`` if absent or malformed."""
+    """The :data:`TIMESTAMP` header value in seconds, or ``default`` if absent or malformed
+    (not an integer, too large for a float, or of a type a typed transport gave it)."""
     if value is None:
         return default
     try:
         return int(value) / 1000.0
-    except ValueError:
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
@@ -234,7 +249,7 @@ def restore_headers(
     if types:
         try:
             loaded = json.loads(types)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
             loaded = None
         if isinstance(loaded, dict):
             kinds = {str(k): str(v) for k, v in loaded.items()}

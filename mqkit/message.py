@@ -199,13 +199,14 @@ class Message:
     def copy_fields(self) -> dict[str, str | None]:
         """``send()`` arguments that make a copy of this message (a retry copy, a dead letter,
         a replay) keep its standard fields: content type and encoding, correlation id,
-        reply-to. ``producer.send(topic, m.body, **m.copy_fields())``."""
+        reply-to. ``producer.send(topic, m.body, **m.copy_fields())``. An empty field (another
+        client may send one; ``send()`` refuses it) is left out."""
         d = self.delivery
         return {
-            "content_type": d.content_type,
-            "content_encoding": d.content_encoding,
-            "correlation_id": d.correlation_id,
-            "reply_to": d.reply_to,
+            "content_type": d.content_type or None,
+            "content_encoding": d.content_encoding or None,
+            "correlation_id": d.correlation_id or None,
+            "reply_to": d.reply_to or None,
         }
 
     def _mark(self, outcome: str) -> None:

@@ -104,7 +104,8 @@ class SequenceEvent:
     seq: int
     #: The number that was expected next (before this message).
     expected: int
-    #: For a gap: the numbers skipped over (still missing at that moment).
+    #: For a gap: the numbers skipped over (still missing at that moment), at most the last
+    #: ``max_missing`` of them.
     missing: tuple[int, ...] = ()
 
 
@@ -163,8 +164,10 @@ class SequenceChecker:
                 self._last[stream] = seq
             elif seq > expected:
                 verdict = "gap"
-                gone = tuple(range(expected, seq))
-                for n in gone[-self.max_missing :]:
+                # only the last max_missing: a huge jump (a corrupt or hostile header) must
+                # not build a tuple of billions of numbers
+                gone = tuple(range(max(expected, seq - self.max_missing), seq))
+                for n in gone:
                     missing[n] = None
                 while len(missing) > self.max_missing:
                     del missing[next(iter(missing))]

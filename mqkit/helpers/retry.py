@@ -52,10 +52,11 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,6 +68,8 @@ from mqkit.envelope import (
     RETRY_DUE,
     RETRY_PREFIX,
     RETRY_TOPIC,
+    HeaderValue,
+    copyable_headers,
     header_text,
 )
 from mqkit.errors import ClosedError, ConfigError, DecodeError, MqkitError, RetryLater
@@ -87,6 +90,7 @@ __all__ = [
     "original_view",
     "replay_topic",
     "retry",
+    "retry_due",
     "retry_topic",
 ]
 
@@ -196,8 +200,8 @@ def original_view(message: Message) -> Message:
     headers = message.headers
     if RETRY_ATTEMPTS not in headers and RETRY_TOPIC not in headers:
         return message
-    try:
-        before = int(header_text(headers, RETRY_ATTEMPTS, "0"))
+    try:  # another producer's garbage counts as no tries before, never as fewer than none
+        before = max(0, int(header_text(headers, RETRY_ATTEMPTS, "0")))
     except ValueError:
         before = 0
     delivery = dataclasses.replace(
@@ -216,6 +220,17 @@ def original_view(message: Message) -> Message:
 
     value = None if message.error is not None else message.value
     return Message(delivery, value, message.error, settle)
+
+
+def retry_due(headers: Mapping[str, HeaderValue]) -> float:
+    """When a retry copy may run (:data:`~mqkit.envelope.RETRY_DUE`), or 0.0 (now) if the
+    header is absent or not a finite number: a NaN or infinite time would hold the copy in the
+    relay forever."""
+    try:
+        due = float(header_text(headers, RETRY_DUE, "0"))
+    except ValueError:
+        return 0.0
+    return due if math.isfinite(due) else 0.0
 
 
 class Retry:
@@ -434,7 +449,7 @@ class _RouteRetry:
     def _copy_to_retry_topic(
         self, message: Message, view: Message, delay: float, done: int
     ) -> None:
-        headers = dict(view.headers)
+        headers = copyable_headers(view.headers)
         headers.update(
             {
                 ORIGIN_ID: view.id,
@@ -498,10 +513,7 @@ class _RouteRetry:
                     return
                 if message is None:
                     continue
-                try:
-                    due = float(header_text(message.headers, RETRY_DUE, "0"))
-                except ValueError:
-                    due = 0.0
+                due = retry_due(message.headers)
                 if due <= time.time():
                     self._relay_one(message)
                 else:

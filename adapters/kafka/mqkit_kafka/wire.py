@@ -77,7 +77,9 @@ def encode(message: OutgoingMessage) -> tuple[bytes | None, RecordHeaders, int]:
         out.append((TYPES, types.encode("utf-8")))
     out.append((ID, message.id.encode("ascii")))
     return (
-        None if key is None else key.encode("utf-8"),
+        # surrogateescape: the inverse of decode(), so another producer's key that is not
+        # UTF-8 goes out byte for byte when its message is retried or dead-lettered
+        None if key is None else key.encode("utf-8", "surrogateescape"),
         out,
         int(message.timestamp * 1000),
     )
@@ -95,7 +97,7 @@ def _type_map(value: bytes | None) -> str | None:
     try:
         text = value.decode("utf-8")
         loaded = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
     if not isinstance(loaded, dict) or not all(
         isinstance(kind, str) and kind in _KINDS for kind in loaded.values()

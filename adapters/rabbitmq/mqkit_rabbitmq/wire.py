@@ -252,15 +252,15 @@ def decode(
     else:
         key = None  # mqkit's unkeyed message, or one sent straight to a queue
     if ts_value is not None:
-        timestamp = envelope.decode_timestamp(ts_value, props.timestamp or time.time())
+        timestamp = envelope.decode_timestamp(ts_value, float(props.timestamp or time.time()))
     elif props.timestamp:
         timestamp = float(props.timestamp)
     else:
         timestamp = time.time()
     if count_value is not None:
-        try:
-            attempt = int(count_value) + 1
-        except (TypeError, ValueError):
+        try:  # another client's count may be any AMQP value: a negative one counts as none
+            attempt = max(0, int(count_value)) + 1
+        except (TypeError, ValueError, OverflowError):  # e.g. a table, NaN, Infinity
             attempt = 1
     else:
         attempt = 2 if method.redelivered else 1

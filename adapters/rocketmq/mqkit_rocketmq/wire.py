@@ -213,12 +213,16 @@ def decode(
     """What mqkit sees of a RocketMQ message (mqkit's or another client's)."""
     props = properties
     mqkit_id = props.get(envelope.ID)
-    packed: dict[str, Any] = json.loads(props[HEADERS]) if HEADERS in props else {}
-    standard = {attr: props.get(name) or packed.pop(name, None) for attr, name in STANDARD.items()}
+    loaded = json_property(props, HEADERS)
+    packed: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+    standard = {
+        attr: props.get(name) or _str(packed.pop(name, None)) for attr, name in STANDARD.items()
+    }
     text: dict[str, str | bytes]
-    if HEADER_NAMES in props:
-        text = {k: props[k] for k in json.loads(props[HEADER_NAMES]) if k in props}
-    elif mqkit_id is None and HEADERS not in props:
+    names = json_property(props, HEADER_NAMES)
+    if isinstance(names, list):
+        text = {k: props[k] for k in names if isinstance(k, str) and k in props}
+    elif mqkit_id is None and not isinstance(loaded, dict):
         # a message from another RocketMQ client: its user properties are its headers
         text = {
             k: v
@@ -233,16 +237,33 @@ def decode(
     system = {k: v for k, v in props.items() if k in SYSTEM_PROPERTIES}
     if standard["correlation_id"] is None and NATIVE_CORRELATION_ID in props:
         standard["correlation_id"] = props[NATIVE_CORRELATION_ID]
+    key: str | None = message_group or None
     if envelope.KEY in props:
-        key: str | None = json.loads(props[envelope.KEY])
-    else:
-        key = message_group or None
+        key = _str(json_property(props, envelope.KEY))
+        if key is None:  # not the JSON string mqkit writes: the key as it came
+            key = props[envelope.KEY]
     if mqkit_id is None:
         mqkit_id = message_id  # the broker's id: the same message read twice keeps it
     timestamp = envelope.decode_timestamp(props.get(envelope.TIMESTAMP), born_ms / 1000.0)
     if props.get(EMPTY) == "1":
         body = b""
     return Decoded(body, headers, key, mqkit_id, timestamp, system=system, **standard)
+
+
+def json_property(props: Mapping[str, str], name: str) -> Any:
+    """Property ``name`` parsed as JSON; ``None`` if absent or not JSON (another producer may
+    set any property, and one bad property must not stop a consumer)."""
+    raw = props.get(name)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 # -- the 5.x client's messages --------------------------------------------------------------------

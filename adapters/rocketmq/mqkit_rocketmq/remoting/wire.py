@@ -85,8 +85,9 @@ def from_native(message: int, names: dict[str, str]) -> Delivery:
         if value:
             props[name] = value
     if HEADER_NAMES in props:
-        for name in json.loads(props[HEADER_NAMES]):
-            value = prop(name)
+        listed = wire.json_property(props, HEADER_NAMES)
+        for name in listed if isinstance(listed, list) else ():
+            value = prop(name) if isinstance(name, str) else None
             if value:
                 props[name] = value
     elif envelope.ID not in props:  # another client's message: its properties cannot be listed
