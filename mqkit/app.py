@@ -369,8 +369,15 @@ class App:
             if message.error is not None:
                 log.error("dead-lettering undecodable message %s: %s", message.id, message.error)
                 outcome.decided = True  # never ran: neither processed nor failed
-                send_dead_letter(route.producer, message, route.group, message.error)
-                route.producer.flush()
+                try:
+                    send_dead_letter(route.producer, message, route.group, message.error)
+                    route.producer.flush()
+                except Exception as exc:  # the broker refused: keep it, and keep consuming
+                    log.exception("could not dead-letter %s; giving it back", message.id)
+                    outcome.decided = False  # it is a failure after all: counted as one
+                    outcome.add("failed", exc)
+                    message.nack()
+                    return
                 message.ack()
                 outcome.add("dead_lettered", message.error)
                 return

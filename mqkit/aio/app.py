@@ -489,7 +489,14 @@ class _Flow:
                     dead.flush()
 
                 outcome.decided = True  # never ran: neither processed nor failed
-                await asyncio.to_thread(dead_letter)
+                try:
+                    await asyncio.to_thread(dead_letter)
+                except Exception as exc:  # the broker refused: keep it, and keep consuming
+                    log.exception("could not dead-letter %s; giving it back", message.id)
+                    outcome.decided = False  # it is a failure after all: counted as one
+                    outcome.add("failed", exc)
+                    await self.nack_in_order(message, key)
+                    return
                 await message.ack()
                 outcome.add("dead_lettered", error)
                 return

@@ -172,3 +172,48 @@ def test_a_handler_annotated_with_a_model_gets_the_validated_value(
     run(lambda: asyncio.wait_for(app.run(on_ready=produce, install_signal_handlers=False), 60))
     assert got == [Job(5)]
     assert app.stats(group).dead_lettered == 1
+
+
+def test_a_refused_dead_letter_gives_the_message_back(
+    app_url: str, topic: str, group: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The async App: a dead letter the broker refuses leaves the undecodable message given
+    back (counted as failed) and the app consuming; the next delivery is dead-lettered."""
+    import mqkit.aio.app
+
+    real, refusals = deadletter.send_dead_letter, [1]
+
+    def refuse_once(*args: object, **kwargs: object) -> object:
+        if refusals:
+            refusals.pop()
+            raise RuntimeError("the broker refused the dead letter")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mqkit.aio.app, "send_dead_letter", refuse_once)
+    app = aio.App(app_url)
+    seen: list[object] = []
+
+    @app.handler(topic, group=group, model=Job)
+    async def handle(message: aio.AsyncMessage) -> None:
+        seen.append(message.value.n)
+
+    async def main() -> None:
+        async with aio.connect(app_url) as broker:
+            app.broker = broker
+
+            async def client() -> None:
+                async with broker.producer() as producer:
+                    await producer.send(topic, {"n": "two"})
+                    await producer.send(topic, {"n": 3})
+                for _ in range(500):
+                    if seen and app.stats(group).dead_lettered:
+                        break
+                    await asyncio.sleep(0.02)
+                app.stop()
+
+            await asyncio.wait_for(app.run(on_ready=client, install_signal_handlers=False), 60)
+
+    run(main)
+    stats = app.stats(group)
+    assert seen == [3]
+    assert (stats.failed, stats.dead_lettered, stats.processed) == (1, 1, 1)

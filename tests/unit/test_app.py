@@ -7,6 +7,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import mqkit
 from mqkit.deadletter import ERROR_TYPE, TOPIC, dead_letter_topic
@@ -45,6 +48,45 @@ def test_handler_acks_on_success_and_nacks_on_exception() -> None:
     assert (3, 2) in seen
     stats = app.stats("stock")
     assert (stats.processed, stats.failed) == (10, 1)
+    app.close()
+
+
+def test_a_refused_dead_letter_gives_the_message_back_and_the_app_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the dead letter cannot be sent (the broker refuses it), the undecodable message is
+    given back, counted as failed, and the worker keeps consuming; the next try succeeds."""
+    import mqkit.app
+    import mqkit.deadletter
+
+    real, refusals = mqkit.deadletter.send_dead_letter, [1]
+
+    def refuse_once(*args: Any, **kwargs: Any) -> Any:
+        if refusals:
+            refusals.pop()
+            raise RuntimeError("the broker refused the dead letter")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mqkit.app, "send_dead_letter", refuse_once)
+    app = mqkit.App("memory://app-dlq-refused")
+    calls: list[object] = []
+    app.handler("orders", group="billing")(lambda message: calls.append(message.value))
+    dlq = app.broker.consumer(dead_letter_topic("billing"), group="ops", serializer="bytes")
+    thread = _run_in_thread(app)
+    with app.broker.producer(serializer="bytes") as producer:
+        producer.send("orders", b"\x00 not json", content_type="application/json")
+        producer.send("orders", b'{"ok": 1}', content_type="application/json")
+    dead = dlq.receive(timeout=10)
+    deadline = time.monotonic() + 10
+    while calls == [] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert app.alive
+    app.stop()
+    thread.join()
+    assert dead is not None and dead.value == b"\x00 not json"
+    assert calls == [{"ok": 1}]
+    stats = app.stats("billing")
+    assert (stats.failed, stats.dead_lettered, stats.processed) == (1, 1, 1)
     app.close()
 
 
