@@ -339,3 +339,18 @@ def test_rocketmq_keeps_what_mqkit_sends(
     )
     _assert_headers_kept(headers, decoded.headers)
     assert (decoded.key, decoded.body, decoded.id) == (key, body, message.id)
+
+
+def test_rocketmq_unkeyed_message_in_a_message_group_has_no_key() -> None:
+    """mqkit writes ``null`` as the key of an unkeyed message it sends to a FIFO topic under
+    a message group of its own: it decodes to no key, not to the text ``null``."""
+    decoded = rocket_wire.decode(
+        b"{}", {envelope.KEY: "null"}, message_group="g-1", message_id="RMQ-1", born_ms=0
+    )
+    assert decoded.key is None
+    assert (
+        rocket_wire.decode(
+            b"{}", {envelope.KEY: '"customer-7"'}, message_group=None, message_id="RMQ-1", born_ms=0
+        ).key
+        == "customer-7"
+    )

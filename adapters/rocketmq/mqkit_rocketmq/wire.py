@@ -239,9 +239,7 @@ def decode(
         standard["correlation_id"] = props[NATIVE_CORRELATION_ID]
     key: str | None = message_group or None
     if envelope.KEY in props:
-        key = _str(json_property(props, envelope.KEY))
-        if key is None:  # not the JSON string mqkit writes: the key as it came
-            key = props[envelope.KEY]
+        key = _key(props[envelope.KEY])
     if mqkit_id is None:
         mqkit_id = message_id  # the broker's id: the same message read twice keeps it
     timestamp = envelope.decode_timestamp(props.get(envelope.TIMESTAMP), born_ms / 1000.0)
@@ -260,6 +258,15 @@ def json_property(props: Mapping[str, str], name: str) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):
         return None
+
+
+def _key(raw: str) -> str | None:
+    """The key property mqkit writes: a JSON string, or ``null`` for an unkeyed message;
+    anything else (another producer's) is the key as it came."""
+    if raw == "null":
+        return None
+    loaded = json_property({envelope.KEY: raw}, envelope.KEY)
+    return loaded if isinstance(loaded, str) else raw
 
 
 def _str(value: Any) -> str | None:
