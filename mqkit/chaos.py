@@ -341,18 +341,16 @@ def _report(
     points = [0.0, *[t for t in activity if t <= end], end]
     gaps = [b - a for a, b in itertools.pairwise(points)]
     seconds = [Second(t) for t in range(int(end) + 1)]
-    for t in sent.values():
-        if int(t) < len(seconds):
-            seconds[int(t)].sent += 1
-    for t in confirmed.values():
-        if int(t) < len(seconds):
-            seconds[int(t)].confirmed += 1
-    for t in receive_times:
-        if int(t) < len(seconds):
-            seconds[int(t)].received += 1
-    for t in error_times:
-        if int(t) < len(seconds):
-            seconds[int(t)].errors += 1
+    for name, times in (
+        ("sent", sent.values()),
+        ("confirmed", confirmed.values()),
+        ("received", receive_times),
+        ("errors", error_times),
+    ):
+        for t in times:
+            if int(t) < len(seconds):
+                second = seconds[int(t)]
+                setattr(second, name, getattr(second, name) + 1)
     return ChaosReport(
         url=broker.url.redacted(),
         duration=duration,
