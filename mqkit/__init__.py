@@ -6,6 +6,7 @@ from mqkit.client import Broker, Consumer, Producer, connect
 from mqkit.config import BrokerURL, parse_url
 from mqkit.envelope import HeaderValue
 from mqkit.errors import (
+    AuthenticationError,
     BrokerUnavailable,
     ClosedError,
     ConfigError,
@@ -13,7 +14,9 @@ from mqkit.errors import (
     DeliveryTimeout,
     MessageStateError,
     MqkitError,
+    PermissionDenied,
     RetryLater,
+    TLSError,
 )
 from mqkit.message import Delivery, Message, OutgoingMessage
 from mqkit.registry import register
@@ -31,6 +34,7 @@ from mqkit import aio  # isort: skip
 
 __all__ = [
     "App",
+    "AuthenticationError",
     "Broker",
     "BrokerURL",
     "BrokerUnavailable",
@@ -51,10 +55,12 @@ __all__ = [
     "Middleware",
     "MqkitError",
     "OutgoingMessage",
+    "PermissionDenied",
     "Producer",
     "RetryLater",
     "Route",
     "Serializer",
+    "TLSError",
     "TextSerializer",
     "aio",
     "connect",

@@ -28,6 +28,7 @@ from mqkit.errors import (
     MqkitError,
 )
 from mqkit.message import Delivery, Message, OutgoingMessage, new_message_id
+from mqkit.security import with_credentials
 from mqkit.serialization import (
     Serializer,
     content_type_of,
@@ -675,7 +676,7 @@ def connect(
     """
     settings = resolve(url)
     parsed = parse_url(settings.url)
-    merged: dict[str, Any] = {**settings.options, **parsed.params, **options}
+    parsed, merged = with_credentials(parsed, {**settings.options, **parsed.params, **options})
     factory = registry.lookup(parsed.scheme)
     backend = factory(parsed, merged)
     return Broker(parsed, backend, get_serializer(serializer))

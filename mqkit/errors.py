@@ -15,6 +15,20 @@ class BrokerUnavailable(MqkitError, ConnectionError):
     """The broker could not be reached or refused us (host down, bad credentials, wrong vhost)."""
 
 
+class TLSError(BrokerUnavailable):
+    """The TLS handshake failed: an untrusted, expired or wrong-host certificate, a client
+    certificate the broker refused, or TLS spoken to a plaintext port (or the reverse)."""
+
+
+class AuthenticationError(BrokerUnavailable):
+    """The broker refused the credentials: unknown user, wrong password or key, or a SASL
+    mechanism it does not offer."""
+
+
+class PermissionDenied(MqkitError):
+    """Logged in, but not allowed: the user has no right on this vhost, topic, queue or group."""
+
+
 class ClosedError(MqkitError):
     """The broker, producer or consumer was used after ``close()``."""
 
