@@ -276,9 +276,21 @@ class Consumer(ConsumerBase):
             return self._take() if self._buffer and not self._closed else None
 
     def ack_nowait(self, delivery: Delivery) -> bool:
-        """Never inline: an ack writes to the socket under the connection's lock, which a
-        receiving thread may hold while it polls."""
-        return False
+        """:meth:`ack` when the connection's lock is free (nobody polls it): the ack is then
+        written to the socket before this returns, as ``ack()`` does. ``False`` when a thread
+        holds the lock (a receiving thread polling): waiting for it would block the caller."""
+        if not self._io.acquire(blocking=False):
+            return False
+        try:
+            queued = self._queue_ack(delivery)
+            if queued is not None and self._writable(*queued):
+                try:
+                    self._run_cmds()
+                except Exception as exc:  # anything from pika: the I/O thread reconnects
+                    self._fail(queued[0], exc)
+        finally:
+            self._release_io()
+        return True
 
     def _take(self) -> Delivery:
         """Next buffered delivery; partitions being handed over go first, to finish quickly."""
@@ -324,16 +336,26 @@ class Consumer(ConsumerBase):
             del self._blocked[spot]
 
     def ack(self, delivery: Delivery) -> None:
-        handle: _Handle = delivery.handle
+        queued = self._queue_ack(delivery)
+        if queued is not None:
+            self._write(*queued)
+
+    def _queue_ack(self, delivery: Delivery) -> tuple[pika.BlockingConnection, int] | None:
+        """Queue the ack of ``delivery``; the connection (and its epoch) to write it on, or
+        ``None`` when there is nothing to write (settled late, or no connection now)."""
         with self._cv:
             if not self._current(delivery):
-                return
+                return None
             spot = self._settled(delivery)
-            self._cmds.append(("ack", handle.tag))
+            self._cmds.append(("ack", delivery.handle.tag))
             if spot is not None:
                 self._flush_withheld(spot)
             conn, epoch = self._live, self._epoch
-        self._write(conn, epoch)
+        return None if conn is None else (conn, epoch)
+
+    def _writable(self, conn: pika.BlockingConnection, epoch: int) -> bool:
+        """With ``_io`` held: is ``conn`` still the live, unbroken connection of ``epoch``?"""
+        return self._live is conn and self._epoch == epoch and self._broken is None
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
         # delay: RabbitMQ has no per-message delay without plugins (delayed_redelivery=False);
@@ -384,7 +406,7 @@ class Consumer(ConsumerBase):
             return
         self._acquire_io(conn)
         try:
-            if self._live is not conn or self._epoch != epoch or self._broken is not None:
+            if not self._writable(conn, epoch):
                 return
             self._run_cmds()
         except Exception as exc:  # anything from pika: the I/O thread reconnects
@@ -396,7 +418,7 @@ class Consumer(ConsumerBase):
         """Poll the connection on the calling application thread for up to ``seconds``."""
         self._acquire_io(conn)
         try:
-            if self._live is not conn or self._epoch != epoch or self._broken is not None:
+            if not self._writable(conn, epoch):
                 return
             conn.process_data_events(time_limit=seconds)  # type: ignore[arg-type]
             self._service()
@@ -698,7 +720,11 @@ class Consumer(ConsumerBase):
                 self._kick.wait(max(SLICE - idle, 0.005))
                 self._kick.clear()
                 continue
-            if not self._io.acquire(timeout=SLICE):
+            # Never block on the lock: a thread blocked on it would be handed it the moment an
+            # application thread lets go, ahead of that thread's next inline ack (ack_nowait).
+            if not self._io.acquire(blocking=False):
+                self._kick.wait(SLICE)
+                self._kick.clear()
                 continue
             try:
                 if self._broken is not None:
