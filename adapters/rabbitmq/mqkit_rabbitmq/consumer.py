@@ -78,6 +78,11 @@ SLICE = 0.1
 #: hundreds of topics does not spend its time in ``queue_declare`` round trips; signalled
 #: topics are checked at once whatever their number.
 CHECKS_PER_TICK = 8
+#: Seconds between a member's "alive" signals for each of its topics (sent when the topic's
+#: membership is checked); a member not heard from for three sweeps over its topics (at least
+#: MEMBER_TIMEOUT seconds) no longer counts.
+HEARTBEAT = 1.0
+MEMBER_TIMEOUT = 3.0
 
 
 #: How RabbitMQ refuses to declare an exchange that exists with other settings.
@@ -124,6 +129,8 @@ class _Topic:
     owned: dict[int, str] = field(default_factory=dict)
     #: partitions being handed over: cancelled, waiting for their messages to be settled
     draining: set[int] = field(default_factory=set)
+    #: when this member last said it is alive for this topic (time.monotonic())
+    beat: float = 0.0
 
 
 class Consumer(ConsumerBase):
@@ -199,6 +206,8 @@ class Consumer(ConsumerBase):
         self._lockch: BlockingChannel | None = None
         self._tags: dict[str, tuple[_Topic, str, bool]] = {}
         self._signalled: set[str] = set()  # bases of topics a control signal named
+        #: (topic base, member) -> when that other member last signalled (time.monotonic())
+        self._seen: dict[tuple[str, bytes], float] = {}
         self._sweep = 0  # where the periodic rebalance continues
         self._by_base = {st.base: st for st in self._topics}
         self._member = new_message_id().encode()  # tells this member's signals from others'
@@ -774,8 +783,28 @@ class Consumer(ConsumerBase):
     def _on_signal(
         self, _channel: Any, method: pika.spec.Basic.Deliver, _props: Any, body: bytes
     ) -> None:
-        if not body.endswith(b" " + self._member):  # this member's own signals change nothing
-            self._signalled.add(method.routing_key or "")
+        kind, _, member = body.partition(b" ")
+        if member == self._member:  # this member's own signals change nothing
+            return
+        base = method.routing_key or ""
+        self._seen[(base, member)] = time.monotonic()
+        if kind != b"alive":
+            self._signalled.add(base)
+
+    def _members(self, st: _Topic, consumers: int) -> int:
+        """How many members share ``st``'s partitions: the shared queue's consumers, except
+        those not heard from lately. A quorum queue goes on counting the consumer of a node
+        that died until the node is back; its member's signals stop at once."""
+        now = time.monotonic()
+        sweep = self._settings.rebalance_interval * math.ceil(len(self._topics) / CHECKS_PER_TICK)
+        timeout = max(MEMBER_TIMEOUT, 3 * max(sweep, HEARTBEAT))
+        heard = 0
+        for (base, member), when in list(self._seen.items()):
+            if now - when > timeout:
+                del self._seen[(base, member)]
+            elif base == st.base:
+                heard += 1
+        return max(1, min(consumers, 1 + heard))
 
     def _on_broker_cancel(self, frame: Any) -> None:
         # The broker cancelled a consumer (its queue was deleted): set everything up again.
@@ -840,9 +869,13 @@ class Consumer(ConsumerBase):
             return
         ctl, data = self._ctl, self._data
         assert ctl is not None and data is not None
+        now = time.monotonic()
         for st in topics:
-            members = ctl.queue_declare(st.shared, passive=True).method.consumer_count or 1
-            target = math.ceil(self._partitions / members)
+            if now - st.beat >= HEARTBEAT:
+                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"alive " + self._member)
+                st.beat = now
+            consumers = ctl.queue_declare(st.shared, passive=True).method.consumer_count or 1
+            target = math.ceil(self._partitions / self._members(st, consumers))
             held = len(st.owned) + len(st.draining)
             if held > target and st.owned:
                 for j in sorted(st.owned, reverse=True)[: held - target]:
