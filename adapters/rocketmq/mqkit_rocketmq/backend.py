@@ -17,15 +17,24 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
 
 from mqkit.adapter import BackendBase, BrokerURL, Features
 from mqkit.adapter import Settings as BaseSettings
-from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
+from mqkit.errors import (
+    AuthenticationError,
+    BrokerUnavailable,
+    ConfigError,
+    MqkitError,
+    PermissionDenied,
+    TLSError,
+)
+from mqkit.security import client_context
 from mqkit_rocketmq import admin
-from mqkit_rocketmq._grpc import Code, client, proto, util
+from mqkit_rocketmq._grpc import Code, client, proto, use_tls, util
 from mqkit_rocketmq._grpc import exceptions as failed
 from mqkit_rocketmq.consumer import Consumer, PerMessage
 from mqkit_rocketmq.producer import Producer
@@ -77,6 +86,16 @@ class Backend(BackendBase[Settings]):
         )
         if self.config.rpc_endpoints.facade == "":
             raise ConfigError(f"{url}: cannot make an endpoint of {self.endpoint!r}")
+        if settings.tls_options_given() and not settings.tls:
+            raise ConfigError(
+                f"{self.where}: ca_file, cert_file, key_file and tls_insecure_skip_verify need "
+                "tls=true"
+            )
+        #: gRPC TLS credentials (CA, client certificate), None without ``tls``.
+        self.tls_credentials = tls_credentials(settings, self.where) if settings.tls else None
+        if self.tls_credentials is not None:
+            for target in {self.config.rpc_endpoints.facade, *addresses}:
+                use_tls(target, self.tls_credentials)
         self.features = Features(
             key_order_on_nack=True,
             delayed_redelivery=True,
@@ -123,8 +142,8 @@ class Backend(BackendBase[Settings]):
         with self._lock:
             if self._channel is None:
                 facade = self.config.rpc_endpoints.facade
-                if self.settings.tls:
-                    self._channel = grpc.secure_channel(facade, grpc.ssl_channel_credentials())
+                if self.tls_credentials is not None:
+                    self._channel = grpc.secure_channel(facade, self.tls_credentials)
                 else:
                     self._channel = grpc.insecure_channel(facade)
             return proto.MessagingServiceStub(self._channel)
@@ -136,6 +155,9 @@ class Backend(BackendBase[Settings]):
         if isinstance(exc, grpc.RpcError):
             code = exc.code() if hasattr(exc, "code") else None
             details = exc.details() if hasattr(exc, "details") else str(exc)
+            tls = grpc_tls_failure(str(details), self.settings.tls)
+            if tls:
+                return TLSError(f"{doing}: TLS with the {self.server} failed: {tls}")
             cause = f"{code.name if code else 'error'}: {details}"
         else:
             cause = f"{type(exc).__name__}: {exc}"
@@ -156,12 +178,18 @@ class Backend(BackendBase[Settings]):
         """A heartbeat to the proxy, which checks the credentials (as connect() does)."""
         self.probe()
 
-    def _check_auth(self, status: Any) -> None:
-        if status.code in (Code.UNAUTHORIZED, Code.FORBIDDEN):
-            raise BrokerUnavailable(
-                f"the {self.server} refused the credentials "
+    def _check_auth(self, status: Any, doing: str = "connecting") -> None:
+        if status.code == Code.UNAUTHORIZED:
+            raise AuthenticationError(
+                f"{doing}: the {self.server} refused the credentials "
                 f"({Code.Name(status.code)}: {status.message}); check the access key and "
-                "secret key in the URL (rocketmq://ACCESS_KEY:SECRET_KEY@host:port)"
+                "secret key (rocketmq://ACCESS_KEY:SECRET_KEY@host:port, password_file= or "
+                "MQKIT_USERNAME/MQKIT_PASSWORD)"
+            )
+        if status.code == Code.FORBIDDEN:
+            raise PermissionDenied(
+                f"{doing}: the {self.server} does not allow it ({Code.Name(status.code)}: "
+                f"{status.message}); the user needs an ACL for it on the cluster"
             )
 
     def provision(self, kind: str, name: str, *, create: bool = False) -> None:
@@ -231,7 +259,7 @@ class Backend(BackendBase[Settings]):
         except grpc.RpcError as exc:
             raise self.unreachable(exc, f"looking up topic {mqkit_name!r}") from None
         status = response.status
-        self._check_auth(status)
+        self._check_auth(status, f"looking up topic {mqkit_name!r}")
         if status.code == Code.TOPIC_NOT_FOUND:
             raise ConfigError(self.missing_topic(topic, mqkit_name, status.message))
         if status.code in (Code.ILLEGAL_TOPIC, Code.BAD_REQUEST):
@@ -285,8 +313,15 @@ class Backend(BackendBase[Settings]):
             return BrokerUnavailable(f"{doing}: the {self.server} did not answer in time")
         code = getattr(exc, "code", None)
         text = str(exc)
-        if isinstance(exc, failed.UnauthorizedException | failed.ForbiddenException):
-            return BrokerUnavailable(f"{doing}: the {self.server} refused us ({text})")
+        if isinstance(exc, failed.UnauthorizedException):
+            return AuthenticationError(
+                f"{doing}: the {self.server} refused the credentials ({text})"
+            )
+        if isinstance(exc, failed.ForbiddenException):
+            return PermissionDenied(
+                f"{doing}: the {self.server} does not allow it ({text}); the user needs an ACL "
+                "for it on the cluster"
+            )
         if isinstance(exc, failed.NotFoundException) and code == Code.TOPIC_NOT_FOUND and topic:
             return ConfigError(self.missing_topic(topic, mqkit_name or topic, text))
         if isinstance(exc, failed.IllegalArgumentException) and "message type not match" in text:
@@ -313,6 +348,67 @@ class Backend(BackendBase[Settings]):
                 return diagnosed
             return BrokerUnavailable(f"{doing}: {text}")
         return MqkitError(f"{doing} on the {self.server} failed: {type(exc).__name__}: {text}")
+
+
+def tls_credentials(settings: Settings, where: str) -> Any:
+    """gRPC channel credentials of the TLS options: ``ca_file`` (else the system's CAs) and the
+    client certificate. gRPC always checks the certificate and the host name."""
+    if settings.tls_insecure_skip_verify:
+        raise ConfigError(
+            f"{where}: tls_insecure_skip_verify is not possible with rocketmq://: gRPC always "
+            "verifies the proxy's certificate; give its CA with ca_file="
+        )
+    client_context(settings, where)  # checks the files as every adapter does
+    paths = {name: getattr(settings, name) for name in ("ca_file", "cert_file", "key_file")}
+    data = {name: Path(path).read_bytes() if path else None for name, path in paths.items()}
+    return grpc.ssl_channel_credentials(
+        root_certificates=data["ca_file"],
+        private_key=data["key_file"] or data["cert_file"],
+        certificate_chain=data["cert_file"],
+    )
+
+
+#: What gRPC's TLS failures say (in the status details), and what it means.
+_GRPC_TLS = (
+    ("WRONG_VERSION_NUMBER", "the port does not speak TLS (a plaintext port?): leave tls out"),
+    ("certificate has expired", "the proxy's certificate has expired (or the clock is wrong)"),
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "the proxy's certificate is not signed by a CA in ca_file= "
+        "(or the system's CAs without it), or has expired",
+    ),
+    (
+        "not in peer certificate",
+        "the proxy's certificate does not name the host connected to; connect by a name it holds",
+    ),
+    (
+        "Peer name",
+        "the proxy's certificate does not name the host connected to; connect by a name it holds",
+    ),
+    (
+        "Hostname Verification",
+        "the proxy's certificate does not name the host connected to; connect by a name it holds",
+    ),
+    (
+        "Handshake read failed",
+        "the server closed the connection during the TLS handshake (a plaintext port?)",
+    ),
+    (
+        "Ssl handshake failed",
+        "the TLS handshake failed (a plaintext port, or a certificate "
+        "the proxy or the client refused)",
+    ),
+)
+
+
+def grpc_tls_failure(details: str, tls: bool) -> str | None:
+    """What a gRPC failure's details say about TLS, in words; None if not a TLS failure."""
+    if not tls:
+        return None
+    for needle, meaning in _GRPC_TLS:
+        if needle in details:
+            return f"{meaning} ({details.strip().splitlines()[-1][-200:]})"
+    return None
 
 
 #: The ``mqkit.adapters`` entry point of ``rocketmq://``.
