@@ -70,6 +70,8 @@ class Backend(BackendBase[Settings]):
         self.server = f"RocketMQ proxy at {', '.join(addresses)}"
         self.namespace = url.path.strip("/")
         self.connect_timeout = settings.connect_timeout
+        #: Signs the admin requests to the brokers (needed on a cluster with ACL).
+        self.credentials = (url.username, url.password or "") if url.username else None
         self.namesrv = settings.namesrv or None
         self.auto_create = settings.auto_create
         if self.auto_create and self.namesrv is None:
@@ -179,6 +181,13 @@ class Backend(BackendBase[Settings]):
         self.probe()
 
     def _check_auth(self, status: Any, doing: str = "connecting") -> None:
+        # ACL 2.0 answers UNAUTHORIZED both to unknown credentials and to a known user
+        # without the right ("... has no permission to access Topic:x ...").
+        if status.code == Code.UNAUTHORIZED and "no permission" in status.message:
+            raise PermissionDenied(
+                f"{doing}: the {self.server} does not allow it ({status.message}); the user "
+                "needs an ACL for it on the cluster"
+            )
         if status.code == Code.UNAUTHORIZED:
             raise AuthenticationError(
                 f"{doing}: the {self.server} refused the credentials "
@@ -205,11 +214,13 @@ class Backend(BackendBase[Settings]):
             return
         ensure = admin.ensure_topic if kind == "topic" else admin.ensure_group
         try:
-            ensure(self.namesrv, name, timeout=self.connect_timeout)
+            ensure(
+                self.namesrv, name, timeout=self.connect_timeout, credentials=self.credentials
+            )
         except (OSError, admin.AdminError) as exc:
-            raise BrokerUnavailable(
-                f"auto_create: cannot create {kind} {name!r} through the name server at "
-                f"{self.namesrv}: {exc}"
+            doing = f"auto_create: cannot create {kind} {name!r} through the name server at "
+            raise refused(exc, doing + self.namesrv) or BrokerUnavailable(
+                f"{doing}{self.namesrv}: {exc}"
             ) from None
         if kind == "group":
             self._known_groups.add(name)
@@ -227,7 +238,11 @@ class Backend(BackendBase[Settings]):
             for topic in topics:
                 try:
                     admin.start_group_at_end(
-                        self.namesrv, group, topic, timeout=self.connect_timeout
+                        self.namesrv,
+                        group,
+                        topic,
+                        timeout=self.connect_timeout,
+                        credentials=self.credentials,
                     )
                 except admin.GroupMissing as exc:
                     raise ConfigError(
@@ -237,10 +252,11 @@ class Backend(BackendBase[Settings]):
                         "add auto_create=true for development clusters"
                     ) from None
                 except (OSError, admin.AdminError) as exc:
-                    raise BrokerUnavailable(
+                    doing = (
                         f"cannot position the new consumer group {mqkit_group!r} on topic "
-                        f"{topic!r} through the name server at {self.namesrv}: {exc}"
-                    ) from None
+                        f"{topic!r} through the name server at {self.namesrv}"
+                    )
+                    raise refused(exc, doing) or BrokerUnavailable(f"{doing}: {exc}") from None
 
     def check_topic(self, topic: str, mqkit_name: str, *, create: bool = False) -> None:
         """Raise a clear mqkit error unless ``topic`` exists on the cluster (``create``: make
@@ -283,9 +299,10 @@ class Backend(BackendBase[Settings]):
         if self.namesrv is None:
             return
         try:
-            admin.delete_group(self.namesrv, group, timeout=self.connect_timeout)
+            timeout, signed = self.connect_timeout, self.credentials
+            admin.delete_group(self.namesrv, group, timeout=timeout, credentials=signed)
             for topic in topics:
-                admin.delete_topic(self.namesrv, topic, timeout=self.connect_timeout)
+                admin.delete_topic(self.namesrv, topic, timeout=timeout, credentials=signed)
                 self._known_topics.discard(topic)
         except (OSError, admin.AdminError) as exc:
             log.warning("RocketMQ: deleting temporary group %r and its topics: %s", group, exc)
@@ -313,6 +330,11 @@ class Backend(BackendBase[Settings]):
             return BrokerUnavailable(f"{doing}: the {self.server} did not answer in time")
         code = getattr(exc, "code", None)
         text = str(exc)
+        if isinstance(exc, failed.UnauthorizedException) and "no permission" in text:
+            return PermissionDenied(
+                f"{doing}: the {self.server} does not allow it ({text}); the user needs an ACL "
+                "for it on the cluster"
+            )
         if isinstance(exc, failed.UnauthorizedException):
             return AuthenticationError(
                 f"{doing}: the {self.server} refused the credentials ({text})"
@@ -348,6 +370,15 @@ class Backend(BackendBase[Settings]):
                 return diagnosed
             return BrokerUnavailable(f"{doing}: {text}")
         return MqkitError(f"{doing} on the {self.server} failed: {type(exc).__name__}: {text}")
+
+
+def refused(exc: BaseException, doing: str) -> MqkitError | None:
+    """The mqkit error of an admin request the cluster's ACL refused, else None."""
+    if not isinstance(exc, admin.AdminRefused):
+        return None
+    if exc.denied:
+        return PermissionDenied(f"{doing}: {exc}; the user needs an ACL for it on the cluster")
+    return AuthenticationError(f"{doing}: the broker refused the credentials: {exc}")
 
 
 def tls_credentials(settings: Settings, where: str) -> Any:

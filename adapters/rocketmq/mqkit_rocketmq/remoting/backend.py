@@ -71,7 +71,7 @@ class Backend(BackendBase[Settings]):
         self.namesrv = ";".join(f"{h}:{p}" for h, p in self.addresses)
         #: How errors name the cluster: "the RocketMQ name server at host:port".
         self.server = f"RocketMQ name server at {', '.join(f'{h}:{p}' for h, p in self.addresses)}"
-        self.credentials = (url.username, url.password) if url.username else None
+        self.credentials = (url.username, url.password or "") if url.username else None
         self.connect_timeout = settings.connect_timeout
         self.auto_create = settings.auto_create
         if not settings.orderly:
@@ -165,7 +165,11 @@ class Backend(BackendBase[Settings]):
                 return
             self.admin(
                 lambda ns: admin.ensure_topic(
-                    ns, topic, queues=AUTO_CREATE_QUEUES, timeout=self.connect_timeout
+                    ns,
+                    topic,
+                    queues=AUTO_CREATE_QUEUES,
+                    timeout=self.connect_timeout,
+                    credentials=self.credentials,
                 ),
                 f"creating topic {topic!r}",
             )
@@ -175,14 +179,17 @@ class Backend(BackendBase[Settings]):
         """Delete a temporary consumer's group and topics (best effort: what remains is
         harmless, and the names are random)."""
         timeout = self.connect_timeout
+        signed = self.credentials
         try:
             self.admin(
-                lambda ns: admin.delete_group(ns, group, timeout=timeout),
+                lambda ns: admin.delete_group(ns, group, timeout=timeout, credentials=signed),
                 f"deleting group {group!r}",
             )
             for topic in topics:
                 self.admin(
-                    lambda ns, t=topic: admin.delete_topic(ns, t, timeout=timeout),  # type: ignore[misc]
+                    lambda ns, t=topic: admin.delete_topic(  # type: ignore[misc]
+                        ns, t, timeout=timeout, credentials=signed
+                    ),
                     f"deleting topic {topic!r}",
                 )
                 with self._lock:
