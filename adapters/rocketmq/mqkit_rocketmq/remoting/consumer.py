@@ -195,7 +195,12 @@ class Consumer(ConsumerBase):
             backend.ensure_topic(topic, create=temporary)
         if backend.auto_create or temporary:
             backend.admin(
-                lambda ns: admin.ensure_group(ns, self._group, timeout=backend.connect_timeout),
+                lambda ns: admin.ensure_group(
+                    ns,
+                    self._group,
+                    timeout=backend.connect_timeout,
+                    credentials=backend.credentials,
+                ),
                 f"creating consumer group {group!r}",
             )
         for topic in self._names:
@@ -241,7 +246,11 @@ class Consumer(ConsumerBase):
         try:
             self._backend.admin(
                 lambda ns: admin.start_group_at_end(
-                    ns, self._group, topic, timeout=self._backend.connect_timeout
+                    ns,
+                    self._group,
+                    topic,
+                    timeout=self._backend.connect_timeout,
+                    credentials=self._backend.credentials,
                 ),
                 f"positioning group {self._group!r} on topic {topic!r}",
             )
