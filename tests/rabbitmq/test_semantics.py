@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pika
 import pytest
+from mqkit_rabbitmq.consumer import Consumer as RabbitConsumer
 
 import mqkit
 from mqkit import Message, envelope
@@ -157,7 +158,8 @@ def test_an_ack_without_waiting_is_written_before_it_returns(
         got = _receive_all(consumer, 0)  # (nothing: only lets the deliveries arrive)
         time.sleep(1.0)
         first = [consumer.receive(timeout=0) for _ in range(4)]
-        driver = consumer._driver  # type: ignore[attr-defined]
+        driver = consumer._driver
+        assert isinstance(driver, RabbitConsumer)
         held = [m for m in first if m is not None]
         assert sorted(m.id for m in held) == sorted(sent)
         driver._io.acquire()  # a polling thread holds the connection
