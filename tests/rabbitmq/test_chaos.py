@@ -3,46 +3,24 @@ short form of the fault; the long runs are in docs/availability.md)."""
 
 from __future__ import annotations
 
-import json
 import shlex
-import subprocess
-import sys
 
+from tests.chaos import run_chaos
 from tests.rabbitmq.conftest import NODE_SCRIPT, Node
 
 
 def test_chaos_through_a_node_restart_loses_nothing_confirmed(node: Node) -> None:
     script = shlex.quote(str(NODE_SCRIPT))
     where = shlex.quote(str(node.directory))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from mqkit.cli import main; main()",
-            "chaos",
-            "--url",
-            node.url,
-            "--duration",
-            "25",
-            "--rate",
-            "100",
-            "--kill-at",
-            "3",
-            "--kill-cmd",
-            f"bash {script} stop {where} >/dev/null 2>&1",
-            "--restart-at",
-            "6",
-            "--restart-cmd",
-            f"bash {script} start {where} {node.port} {node.name} >/dev/null 2>&1",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    report = run_chaos(
+        node.url,
+        duration=25,
+        rate=100,
+        kill_at=3,
+        kill_cmd=f"bash {script} stop {where} >/dev/null 2>&1",
+        restart_at=6,
+        restart_cmd=f"bash {script} start {where} {node.port} {node.name} >/dev/null 2>&1",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    [report] = json.loads(done.stdout)
     assert report["lost"] == 0
     assert report["duplicate_effects"] == 0
     assert report["confirmed"] > 1000
@@ -53,4 +31,3 @@ def test_chaos_through_a_node_restart_loses_nothing_confirmed(node: Node) -> Non
         "restart",
         "restart command returned 0",
     ]
-    assert "## mqkit chaos on" in done.stderr
