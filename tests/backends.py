@@ -39,6 +39,7 @@ BROKERS: dict[str, str] = {
     "activemq": MAIN_RUN,
     "kafka": MAIN_RUN,
     "rabbitmq": MAIN_RUN,
+    "rabbitmq_secure": MAIN_RUN,
     "rocketmq": MAIN_RUN,
     # rocketmq+remoting://, the name server of the rocketmq cluster (librocketmq client).
     "rocketmq_remoting": "remoting",
