@@ -37,6 +37,7 @@ MAIN_RUN = "main"
 #: Every broker backend we test: name -> the test run it belongs to.
 BROKERS: dict[str, str] = {
     "activemq": MAIN_RUN,
+    "activemq_secure": MAIN_RUN,
     "kafka": MAIN_RUN,
     "rabbitmq": MAIN_RUN,
     "rabbitmq_secure": MAIN_RUN,
