@@ -75,9 +75,11 @@ def describe(exc: BaseException) -> str:
         if isinstance(item, pika.exceptions.ProbableAuthenticationError):
             return "login refused: check the user name and password (ACCESS_REFUSED)"
         if isinstance(item, pika.exceptions.ProbableAccessDeniedError):
+            if _missing_vhost(item):
+                return "the virtual host does not exist (RabbitMQ: NOT_ALLOWED, vhost not found)"
             return (
-                "access to the virtual host refused: it does not exist or the user has no "
-                "permission on it"
+                "access to the virtual host refused: the user has no permission on it "
+                "(RabbitMQ: NOT_ALLOWED)"
             )
         if isinstance(item, pika.exceptions.IncompatibleProtocolError):
             return (
@@ -101,6 +103,12 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def _missing_vhost(exc: BaseException) -> bool:
+    """RabbitMQ's NOT_ALLOWED says "vhost … not found" for a missing vhost, "access to vhost …
+    refused for user …" for one the user may not use."""
+    return "not found" in str(exc)
+
+
 def kind(exc: BaseException) -> type[MqkitError]:
     """The mqkit error class of a failure to connect: a TLS problem, a refused login, a vhost
     the user may not use, or else an unavailable broker."""
@@ -111,7 +119,7 @@ def kind(exc: BaseException) -> type[MqkitError]:
         if isinstance(item, pika.exceptions.ProbableAuthenticationError):
             return AuthenticationError
         if isinstance(item, pika.exceptions.ProbableAccessDeniedError):
-            return PermissionDenied
+            return BrokerUnavailable if _missing_vhost(item) else PermissionDenied
         if (
             isinstance(item, pika.exceptions.ConnectionClosedByBroker)
             and item.reply_code == ACCESS_REFUSED
