@@ -135,12 +135,39 @@ def unavailable(endpoint: Endpoint, index: int, exc: BaseException) -> MqkitErro
     cause, chained to ``exc``."""
     err_type = kind(exc)
     where = endpoint.where(index)
+    if err_type is BrokerUnavailable and any(
+        isinstance(item, pika.exceptions.IncompatibleProtocolError) for item in _causes(exc)
+    ):
+        refused = _client_refused(endpoint, index)
+        if refused is not None:
+            tls = TLSError(f"{where} is unavailable: {refused}")
+            tls.__cause__ = exc
+            return tls
     if err_type is PermissionDenied:
         err: MqkitError = PermissionDenied(f"{where} refused access: {describe(exc)}")
     else:
         err = err_type(f"{where} is unavailable: {describe(exc)}")
     err.__cause__ = exc
     return err
+
+
+def _client_refused(endpoint: Endpoint, index: int) -> str | None:
+    """Why the broker refused our TLS client, if it did. In TLS 1.3 the broker checks a client
+    certificate after the client's handshake is done; pika then sends the protocol header at
+    once, and the broker's alert is often lost to the reset that follows (the stream is lost,
+    nothing says why). A handshake that sends nothing reads the alert."""
+    if endpoint.tls is None:
+        return None
+    host, port = endpoint.hosts[index % len(endpoint.hosts)]
+    timeout = min(endpoint.connect_timeout, 1.0)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            with endpoint.tls.wrap_socket(sock, server_hostname=host) as tls:
+                tls.recv(1)
+    except (OSError, ssl.SSLError) as exc:
+        return _tls(exc)
+    return None
 
 
 def refused(where: str, what: str, exc: pika.exceptions.ChannelClosedByBroker) -> PermissionDenied:
