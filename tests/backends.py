@@ -42,6 +42,10 @@ BROKERS: dict[str, str] = {
     "rabbitmq": MAIN_RUN,
     "rabbitmq_secure": MAIN_RUN,
     "rocketmq": MAIN_RUN,
+    # kafka:// on the SASL_SSL listener (SCRAM-SHA-512, test CA) as the ACL-limited mqkit-app.
+    "kafka_secure": MAIN_RUN,
+    # rocketmq:// with TLS as mqkit-app on the ACL 2.0 cluster (adapters/rocketmq/ci/broker).
+    "rocketmq_secure": MAIN_RUN,
     # rocketmq+remoting://, the name server of the rocketmq cluster (librocketmq client).
     "rocketmq_remoting": "remoting",
 }

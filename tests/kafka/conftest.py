@@ -60,6 +60,8 @@ class RestartableKafka:
             **os.environ,
             "MQKIT_KAFKA_STATE": str(state),
             "MQKIT_KAFKA_PORT": str(free_port()),
+            # The plaintext listener is all these tests need: no secured listeners to set up.
+            "MQKIT_KAFKA_SECURE": "0",
         }
         self.url = ""
 

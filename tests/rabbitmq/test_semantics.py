@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pika
 import pytest
+from mqkit_rabbitmq.consumer import Consumer as RabbitConsumer
 
 import mqkit
 from mqkit import Message, envelope
@@ -141,6 +142,40 @@ def test_receive_without_waiting_returns_what_arrived(
         for message in got:
             assert message is not None
             message.ack()
+
+
+def test_an_ack_without_waiting_is_written_before_it_returns(
+    rabbit_url: str, clean: tuple[str, str]
+) -> None:
+    """``ack_nowait`` (the async API's inline ack) acks on the caller's thread when nobody
+    polls the connection, and declines while a thread holds it; what it acked does not come
+    back to the group after the consumer closes."""
+    topic, group = clean
+    with mqkit.connect(rabbit_url) as broker:
+        consumer = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            sent = [producer.send(topic, n) for n in range(4)]
+        got = _receive_all(consumer, 0)  # (nothing: only lets the deliveries arrive)
+        time.sleep(1.0)
+        first = [consumer.receive(timeout=0) for _ in range(4)]
+        driver = consumer._driver
+        assert isinstance(driver, RabbitConsumer)
+        held = [m for m in first if m is not None]
+        assert sorted(m.id for m in held) == sorted(sent)
+        driver._io.acquire()  # a polling thread holds the connection
+        try:
+            assert driver.ack_nowait(held[0].delivery) is False
+        finally:
+            driver._io.release()
+        # A receive that finds nothing polls the connection on this thread (as the async
+        # API's receiving thread does); the I/O thread then stays away from it for a while.
+        assert consumer.receive(timeout=0.01) is None
+        assert [driver.ack_nowait(m.delivery) for m in held] == [True] * 4
+        consumer.close()
+        again = broker.consumer(topic, group=group)
+        assert again.receive(timeout=2) is None, "an inline ack was not written"
+        assert got == []
+        again.close()
 
 
 def test_attempt_counts_redeliveries_across_consumers(

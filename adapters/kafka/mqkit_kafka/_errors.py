@@ -7,7 +7,14 @@ from collections.abc import Sequence
 
 from kafka import errors as kerrors  # type: ignore[import-untyped]
 
-from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
+from mqkit.errors import (
+    AuthenticationError,
+    BrokerUnavailable,
+    ConfigError,
+    MqkitError,
+    PermissionDenied,
+)
+from mqkit.security import tls_failure
 
 
 def probe(hosts: Sequence[tuple[str, int]], timeout: float = 2.0) -> str:
@@ -41,11 +48,15 @@ def translate(exc: BaseException, where: str, hosts: Sequence[tuple[str, int]]) 
     """An mqkit error for a kafka-python exception raised while talking to ``where``."""
     if isinstance(exc, MqkitError):
         return exc
+    failure = tls_failure(exc, where)
+    if failure is not None:
+        return failure
     if is_auth_error(exc):
-        return BrokerUnavailable(f"{where}: the broker refused our credentials ({exc})")
-    denied = kerrors.TopicAuthorizationFailedError | kerrors.GroupAuthorizationFailedError
-    if isinstance(exc, denied):
-        return BrokerUnavailable(f"{where}: not authorized ({exc})")
+        return AuthenticationError(f"{where}: the broker refused our credentials ({exc})")
+    if isinstance(exc, kerrors.AuthorizationError):
+        return PermissionDenied(
+            f"{where}: not authorized ({exc}); the user needs an ACL for it on the broker"
+        )
     if isinstance(exc, kerrors.KafkaConfigurationError):
         return ConfigError(f"{where}: {exc}")
     if isinstance(exc, kerrors.InvalidSessionTimeoutError):

@@ -13,8 +13,9 @@ from kafka.admin import OffsetSpec  # type: ignore[import-untyped]
 
 from mqkit.adapter import BackendBase, BrokerURL, Features
 from mqkit.adapter import Settings as BaseSettings
-from mqkit.errors import MqkitError
+from mqkit.errors import MqkitError, PermissionDenied
 from mqkit_kafka._errors import translate
+from mqkit_kafka._preflight import preflight
 from mqkit_kafka.consumer import Consumer
 from mqkit_kafka.producer import Producer
 from mqkit_kafka.settings import Settings, client_config, hosts_of, ms
@@ -33,7 +34,7 @@ class Backend(BackendBase[Settings]):
         settings.check(self.where)
         self.hosts = hosts_of(url)
         #: Connection settings shared by every kafka-python client of this backend.
-        self.client = client_config(url, settings)
+        self.client = client_config(url, settings, self.where)
         self.features = Features(
             # A nack seeks the partition back, so later messages of its key wait for it.
             key_order_on_nack=True,
@@ -49,6 +50,9 @@ class Backend(BackendBase[Settings]):
         )
         self._lock = threading.Lock()
         self._known_topics: set[str] = set()
+        preflight(
+            self.hosts, self.client, f"{self.where}: connecting", min(settings.connect_timeout, 4.0)
+        )
         try:
             self._admin = KafkaAdminClient(**self.client)
         except Exception as exc:
@@ -92,8 +96,15 @@ class Backend(BackendBase[Settings]):
             ) from None
         unknown = kerrors.UnknownTopicOrPartitionError.errno
         known = {entry.get("name"): entry.get("error_code", 0) for entry in described}
+        denied = [t for t in topics if known.get(t) == kerrors.TopicAuthorizationFailedError.errno]
+        if denied:
+            # Not even Describe: a consumer would silently get no partition of it.
+            raise PermissionDenied(
+                f"{self.where}: not authorized on topic(s) {', '.join(denied)} "
+                "(TopicAuthorizationFailedError); the user needs an ACL for them on the broker"
+            )
         # A topic missing from the answer, or unknown to the broker, is created; one that
-        # exists, or that we may not describe, is left to the client (which reports it).
+        # exists is left as it is.
         return [t for t in topics if known.get(t, unknown) == unknown]
 
     def _create(self, missing: list[str], partitions: int) -> None:

@@ -60,7 +60,7 @@ class RawKafkaClient:
         self._url = url
         self._settings = Settings.read(url.redacted(), url.params)
         self._settings.check(url.redacted())
-        self._client = client_config(url, self._settings)
+        self._client = client_config(url, self._settings, url.redacted())
         self._producer: Any = None
         self._consumer: Any = None
 

@@ -6,16 +6,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from mqkit.adapter import CONSUMER, PRODUCER, BrokerURL, option
-from mqkit.adapter import Settings as BaseSettings
 from mqkit.errors import ConfigError
+from mqkit.security import TLSOptions, client_context
 
 DEFAULT_PORT = 9092
 SASL_MECHANISMS = ("plain", "scram-sha-256", "scram-sha-512")
 
 
 @dataclass(frozen=True)
-class Settings(BaseSettings):
-    """Options of ``kafka://`` (URL query, ``connect()``, and per producer/consumer where said)."""
+class Settings(TLSOptions):
+    """Options of ``kafka://`` (URL query, ``connect()``, and per producer/consumer where said);
+    the TLS options (``tls``, ``ca_file``, ``cert_file``, ``key_file``,
+    ``tls_insecure_skip_verify``) are the core's."""
 
     # -- topics -----------------------------------------------------------------------------
     partitions: int = option(
@@ -42,8 +44,6 @@ class Settings(BaseSettings):
         10.0, "Seconds kafka-python waits for one request.", minimum=1.0
     )
     client_id: str = option("mqkit", "Client id the broker sees.")
-    tls: bool = option(False, "Connect with TLS (SASL_SSL when the URL has credentials).")
-    ca_file: str | None = option(None, "PEM file of the CA that signed the brokers' certificates.")
     sasl_mechanism: str = option(
         "plain",
         "SASL mechanism when the URL has user:password.",
@@ -141,6 +141,10 @@ class Settings(BaseSettings):
 
     def check(self, where: str) -> None:
         """Refuse combinations of options that kafka-python would reject later, less clearly."""
+        if self.tls_options_given() and not self.tls:
+            raise ConfigError(
+                f"{where}: ca_file, cert_file, key_file and tls_insecure_skip_verify need tls=true"
+            )
         if self.heartbeat >= self.session_timeout:
             raise ConfigError(f"{where}: heartbeat_interval must be below session_timeout")
         if self.delivery_timeout < self.request_timeout + self.linger_ms / 1000:
@@ -161,8 +165,9 @@ def check_url(url: BrokerURL) -> None:
         raise ConfigError(f"{url}: a Kafka URL has no path; write kafka://host:9092")
 
 
-def client_config(url: BrokerURL, settings: Settings) -> dict[str, Any]:
-    """The connection settings every kafka-python client of this URL shares."""
+def client_config(url: BrokerURL, settings: Settings, where: str) -> dict[str, Any]:
+    """The connection settings every kafka-python client of this URL shares: with ``tls``, the
+    core's TLS context (verification and host-name checking on unless explicitly off)."""
     config: dict[str, Any] = {
         "bootstrap_servers": [f"{host}:{port}" for host, port in hosts_of(url)],
         "client_id": settings.client_id,
@@ -171,16 +176,26 @@ def client_config(url: BrokerURL, settings: Settings) -> dict[str, Any]:
         "bootstrap_timeout_ms": ms(settings.connect_timeout),
         "reconnect_backoff_max_ms": 2000,
     }
-    if settings.ca_file:
-        config["ssl_cafile"] = settings.ca_file
+    if settings.tls:
+        config["ssl_context"] = client_context(settings, where)
     if url.username is not None:
         config.update(
             security_protocol="SASL_SSL" if settings.tls else "SASL_PLAINTEXT",
             sasl_mechanism=settings.sasl_mechanism.upper(),
             sasl_plain_username=url.username,
-            sasl_plain_password=url.password or "",
+            sasl_plain_password=Secret(url.password or ""),
         )
     return config
+
+
+class Secret(str):
+    """A password that shows as ``***`` in a repr: kafka-python logs its whole configuration
+    (``Starting KafkaAdminClient with configuration: …``) at DEBUG level."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
 
 
 def ms(seconds: float) -> int:

@@ -78,6 +78,11 @@ SLICE = 0.1
 #: hundreds of topics does not spend its time in ``queue_declare`` round trips; signalled
 #: topics are checked at once whatever their number.
 CHECKS_PER_TICK = 8
+#: Seconds between a member's "alive" signals for each of its topics (sent when the topic's
+#: membership is checked); a member not heard from for three sweeps over its topics (at least
+#: MEMBER_TIMEOUT seconds) no longer counts.
+HEARTBEAT = 1.0
+MEMBER_TIMEOUT = 3.0
 
 
 #: How RabbitMQ refuses to declare an exchange that exists with other settings.
@@ -124,6 +129,8 @@ class _Topic:
     owned: dict[int, str] = field(default_factory=dict)
     #: partitions being handed over: cancelled, waiting for their messages to be settled
     draining: set[int] = field(default_factory=set)
+    #: when this member last said it is alive for this topic (time.monotonic())
+    beat: float = 0.0
 
 
 class Consumer(ConsumerBase):
@@ -199,6 +206,8 @@ class Consumer(ConsumerBase):
         self._lockch: BlockingChannel | None = None
         self._tags: dict[str, tuple[_Topic, str, bool]] = {}
         self._signalled: set[str] = set()  # bases of topics a control signal named
+        #: (topic base, member) -> when that other member last signalled (time.monotonic())
+        self._seen: dict[tuple[str, bytes], float] = {}
         self._sweep = 0  # where the periodic rebalance continues
         self._by_base = {st.base: st for st in self._topics}
         self._member = new_message_id().encode()  # tells this member's signals from others'
@@ -276,9 +285,21 @@ class Consumer(ConsumerBase):
             return self._take() if self._buffer and not self._closed else None
 
     def ack_nowait(self, delivery: Delivery) -> bool:
-        """Never inline: an ack writes to the socket under the connection's lock, which a
-        receiving thread may hold while it polls."""
-        return False
+        """:meth:`ack` when the connection's lock is free (nobody polls it): the ack is then
+        written to the socket before this returns, as ``ack()`` does. ``False`` when a thread
+        holds the lock (a receiving thread polling): waiting for it would block the caller."""
+        if not self._io.acquire(blocking=False):
+            return False
+        try:
+            queued = self._queue_ack(delivery)
+            if queued is not None and self._writable(*queued):
+                try:
+                    self._run_cmds()
+                except Exception as exc:  # anything from pika: the I/O thread reconnects
+                    self._fail(queued[0], exc)
+        finally:
+            self._release_io()
+        return True
 
     def _take(self) -> Delivery:
         """Next buffered delivery; partitions being handed over go first, to finish quickly."""
@@ -324,16 +345,26 @@ class Consumer(ConsumerBase):
             del self._blocked[spot]
 
     def ack(self, delivery: Delivery) -> None:
-        handle: _Handle = delivery.handle
+        queued = self._queue_ack(delivery)
+        if queued is not None:
+            self._write(*queued)
+
+    def _queue_ack(self, delivery: Delivery) -> tuple[pika.BlockingConnection, int] | None:
+        """Queue the ack of ``delivery``; the connection (and its epoch) to write it on, or
+        ``None`` when there is nothing to write (settled late, or no connection now)."""
         with self._cv:
             if not self._current(delivery):
-                return
+                return None
             spot = self._settled(delivery)
-            self._cmds.append(("ack", handle.tag))
+            self._cmds.append(("ack", delivery.handle.tag))
             if spot is not None:
                 self._flush_withheld(spot)
             conn, epoch = self._live, self._epoch
-        self._write(conn, epoch)
+        return None if conn is None else (conn, epoch)
+
+    def _writable(self, conn: pika.BlockingConnection, epoch: int) -> bool:
+        """With ``_io`` held: is ``conn`` still the live, unbroken connection of ``epoch``?"""
+        return self._live is conn and self._epoch == epoch and self._broken is None
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
         # delay: RabbitMQ has no per-message delay without plugins (delayed_redelivery=False);
@@ -384,7 +415,7 @@ class Consumer(ConsumerBase):
             return
         self._acquire_io(conn)
         try:
-            if self._live is not conn or self._epoch != epoch or self._broken is not None:
+            if not self._writable(conn, epoch):
                 return
             self._run_cmds()
         except Exception as exc:  # anything from pika: the I/O thread reconnects
@@ -396,7 +427,7 @@ class Consumer(ConsumerBase):
         """Poll the connection on the calling application thread for up to ``seconds``."""
         self._acquire_io(conn)
         try:
-            if self._live is not conn or self._epoch != epoch or self._broken is not None:
+            if not self._writable(conn, epoch):
                 return
             conn.process_data_events(time_limit=seconds)  # type: ignore[arg-type]
             self._service()
@@ -703,7 +734,11 @@ class Consumer(ConsumerBase):
                 self._kick.wait(max(SLICE - idle, 0.005))
                 self._kick.clear()
                 continue
-            if not self._io.acquire(timeout=SLICE):
+            # Never block on the lock: a thread blocked on it would be handed it the moment an
+            # application thread lets go, ahead of that thread's next inline ack (ack_nowait).
+            if not self._io.acquire(blocking=False):
+                self._kick.wait(SLICE)
+                self._kick.clear()
                 continue
             try:
                 if self._broken is not None:
@@ -753,8 +788,28 @@ class Consumer(ConsumerBase):
     def _on_signal(
         self, _channel: Any, method: pika.spec.Basic.Deliver, _props: Any, body: bytes
     ) -> None:
-        if not body.endswith(b" " + self._member):  # this member's own signals change nothing
-            self._signalled.add(method.routing_key or "")
+        kind, _, member = body.partition(b" ")
+        if member == self._member:  # this member's own signals change nothing
+            return
+        base = method.routing_key or ""
+        self._seen[(base, member)] = time.monotonic()
+        if kind != b"alive":
+            self._signalled.add(base)
+
+    def _members(self, st: _Topic, consumers: int) -> int:
+        """How many members share ``st``'s partitions: the shared queue's consumers, except
+        those not heard from lately. A quorum queue goes on counting the consumer of a node
+        that died until the node is back; its member's signals stop at once."""
+        now = time.monotonic()
+        sweep = self._settings.rebalance_interval * math.ceil(len(self._topics) / CHECKS_PER_TICK)
+        timeout = max(MEMBER_TIMEOUT, 3 * max(sweep, HEARTBEAT))
+        heard = 0
+        for (base, member), when in list(self._seen.items()):
+            if now - when > timeout:
+                del self._seen[(base, member)]
+            elif base == st.base:
+                heard += 1
+        return max(1, min(consumers, 1 + heard))
 
     def _on_broker_cancel(self, frame: Any) -> None:
         # The broker cancelled a consumer (its queue was deleted): set everything up again.
@@ -819,9 +874,13 @@ class Consumer(ConsumerBase):
             return
         ctl, data = self._ctl, self._data
         assert ctl is not None and data is not None
+        now = time.monotonic()
         for st in topics:
-            members = ctl.queue_declare(st.shared, passive=True).method.consumer_count or 1
-            target = math.ceil(self._partitions / members)
+            if now - st.beat >= HEARTBEAT:
+                ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"alive " + self._member)
+                st.beat = now
+            consumers = ctl.queue_declare(st.shared, passive=True).method.consumer_count or 1
+            target = math.ceil(self._partitions / self._members(st, consumers))
             held = len(st.owned) + len(st.draining)
             if held > target and st.owned:
                 for j in sorted(st.owned, reverse=True)[: held - target]:

@@ -64,6 +64,8 @@ class Producer(ProducerBase):
         #: refuses (a queue without a leader) is asked again with a backoff, not in a loop.
         self._hold_until = 0.0
         self._nack_delay = 0.0
+        #: The channel that was refused, while its replacement is due (see _renew_channel).
+        self._renewing: pika.channel.Channel | None = None
         self._closing = False
         self._error: MqkitError | None = None
         self._error_reported = False
@@ -321,7 +323,7 @@ class Producer(ProducerBase):
                 )
                 self._cv.notify_all()
                 return
-            else:
+            elif not isinstance(exc, pika.exceptions.ChannelClosedByClient):
                 log.warning("producer channel closed (%s); reopening", describe(exc))
         conn.channel(on_open_callback=self._on_channel_open)
 
@@ -405,7 +407,23 @@ class Producer(ProducerBase):
                 delay,
             )
             conn = self._conn
-            if conn is not None:
-                conn.ioloop.call_later(delay, self._pump)
+            with self._cv:
+                channel, due = self._channel, self._renewing is None
+                if due:
+                    self._renewing = channel
+            if conn is not None and due:
+                conn.ioloop.call_later(delay, self._renew_channel)
             return
         self._pump()
+
+    def _renew_channel(self) -> None:
+        """After a nack's backoff, publish again on a new channel. A channel that was refused
+        for a quorum queue whose leader died may go on refusing it after a new leader is
+        elected (seen on RabbitMQ 3.10, until the old node is back); a new channel asks for
+        the current leader. What the old one had not confirmed is sent again, in order."""
+        with self._cv:
+            channel, self._renewing = self._renewing, None
+        if channel is not None and channel is self._channel and channel.is_open:
+            channel.close()  # _on_channel_closed requeues and opens the next one
+        else:
+            self._pump()

@@ -19,9 +19,53 @@ exceptions: Any = importlib.import_module("rocketmq.v5.exception")
 util: Any = importlib.import_module("rocketmq.v5.util")
 proto: Any = importlib.import_module("rocketmq.grpc_protocol")
 rpc: Any = importlib.import_module("rocketmq.v5.client.connection.rpc_client")
+_rpc_channel: Any = importlib.import_module("rocketmq.v5.client.connection.rpc_channel")
 
 Code: Any = proto.Code
 T = TypeVar("T")
+
+#: TLS credentials per proxy address (``host:port``), for the client's channels.
+_credentials: dict[str, Any] = {}
+
+
+def use_tls(target: str, credentials: Any) -> None:
+    """Make the client's TLS channels to ``target`` (``host:port``) use ``credentials``.
+
+    The client opens a TLS channel with ``grpc.ssl_channel_credentials()``, the system's CAs
+    and no client certificate; it has no way to pass others. So its channel module gets a
+    stand-in for ``grpc.aio`` whose ``secure_channel`` takes the credentials registered here.
+    The client names a proxy as the access point says (``dns:localhost:8081``) and as routes
+    say (``ipv4:127.0.0.1:8081``), so a channel takes the credentials of its address, else
+    those registered for its port (one set per port and process: the last registered wins).
+    """
+    _credentials[_address(target)] = credentials
+    _credentials[_port(target)] = credentials
+
+
+def _address(target: str) -> str:
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            return target[len(scheme) :]
+    return target
+
+
+def _port(target: str) -> str:
+    return ":" + target.rpartition(":")[2]
+
+
+class _Channels:
+    """``grpc.aio`` for the client's channel module, with :func:`use_tls`'s credentials."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_aio, name)
+
+    def secure_channel(self, target: str, credentials: Any, *args: Any, **kwargs: Any) -> Any:
+        chosen = _credentials.get(_address(target)) or _credentials.get(_port(target))
+        return _aio.secure_channel(target, chosen or credentials, *args, **kwargs)
+
+
+_aio: Any = _rpc_channel.aio
+_rpc_channel.aio = _Channels()
 
 
 def start(started: Any) -> None:

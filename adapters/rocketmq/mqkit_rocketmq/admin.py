@@ -19,8 +19,12 @@ consumer, so that a new group starts where it subscribed (see its docstring).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import itertools
 import json
+import os
 import re
 import socket
 import sys
@@ -41,16 +45,38 @@ DELETE_SUBSCRIPTIONGROUP = 207
 DELETE_TOPIC_IN_BROKER = 215
 DELETE_TOPIC_IN_NAMESRV = 216
 GET_SUBSCRIPTIONGROUP_CONFIG = 352
+AUTH_CREATE_USER = 3001
+AUTH_UPDATE_USER = 3002
+AUTH_GET_USER = 3004
+AUTH_CREATE_ACL = 3006
+AUTH_UPDATE_ACL = 3007
+AUTH_GET_ACL = 3009
 SUCCESS = 0
 TOPIC_NOT_EXIST = 17
 QUERY_NOT_FOUND = 22
 SUBSCRIPTION_GROUP_NOT_EXIST = 26
+NO_PERMISSION = 16
 
 MASTER_ID = "0"
 _RESPONSE_FLAG = 1
 _opaque = itertools.count(1)
 # fastjson writes maps with number keys unquoted ({0:"127.0.0.1:10911"}), which is not JSON.
-_BARE_NUMBER_KEY = re.compile(r'([{,])(-?\d+):')
+_BARE_NUMBER_KEY = re.compile(r"([{,])(-?\d+):")
+
+
+#: An ACL user's access key and secret key (RocketMQ's ACL 2.0 user name and password).
+Credentials = tuple[str, str]
+
+
+def sign(fields: dict[str, str], body: bytes, credentials: Credentials) -> None:
+    """Add the ``AccessKey`` and ``Signature`` fields of an ACL-checked request, as the Java
+    client's ``AclClientRPCHook`` does: HMAC-SHA1 with the secret key over the values of the
+    fields sorted by name, then the body, in base64."""
+    access, secret = credentials
+    fields["AccessKey"] = access
+    content = "".join(value for _, value in sorted(fields.items())).encode() + body
+    digest = hmac.new(secret.encode(), content, hashlib.sha1).digest()
+    fields["Signature"] = base64.b64encode(digest).decode()
 
 
 class AdminError(Exception):
@@ -71,9 +97,12 @@ def _address(text: str) -> tuple[str, int]:
 class Session:
     """One connection to a name server or broker, for requests one after the other."""
 
-    def __init__(self, address: str, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, address: str, *, timeout: float = 5.0, credentials: Credentials | None = None
+    ) -> None:
         self.address = address
         self.timeout = timeout
+        self.credentials = credentials
         self._sock = socket.create_connection(_address(address), timeout=timeout)
 
     def __enter__(self) -> Session:
@@ -90,15 +119,20 @@ class Session:
     ) -> tuple[dict[str, Any], bytes]:
         """One request; returns the response header and body."""
         opaque = next(_opaque)
-        header = json.dumps({
-            "code": code,
-            "extFields": fields or {},
-            "flag": 0,
-            "language": "PYTHON",
-            "opaque": opaque,
-            "serializeTypeCurrentRPC": "JSON",
-            "version": 0,
-        }).encode()
+        fields = dict(fields or {})
+        if self.credentials is not None:
+            sign(fields, body, self.credentials)
+        header = json.dumps(
+            {
+                "code": code,
+                "extFields": fields,
+                "flag": 0,
+                "language": "PYTHON",
+                "opaque": opaque,
+                "serializeTypeCurrentRPC": "JSON",
+                "version": 0,
+            }
+        ).encode()
         self._sock.settimeout(self.timeout)
         self._sock.sendall(
             (4 + len(header) + len(body)).to_bytes(4, "big")
@@ -146,9 +180,10 @@ def call(
     body: bytes = b"",
     *,
     timeout: float = 5.0,
+    credentials: Credentials | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     """One request on its own connection; returns the response header and body."""
-    with Session(address, timeout=timeout) as session:
+    with Session(address, timeout=timeout, credentials=credentials) as session:
         return session.call(code, fields, body)
 
 
@@ -156,13 +191,25 @@ def _json(body: bytes) -> Any:
     return json.loads(_BARE_NUMBER_KEY.sub(r'\1"\2":', body.decode()))
 
 
+class AdminRefused(AdminError):
+    """The broker's ACL refused the request (``NO_PERMISSION``): credentials or rights."""
+
+    @property
+    def denied(self) -> bool:
+        """Whether the user was recognised but lacks the right (not unknown, wrong key)."""
+        return "no permission" in str(self).lower()
+
+
 def _failed(reply: dict[str, Any], doing: str) -> AdminError:
-    return AdminError(f"{doing}: code {reply.get('code')}: {reply.get('remark') or 'no remark'}")
+    kind = AdminRefused if reply.get("code") == NO_PERMISSION else AdminError
+    return kind(f"{doing}: code {reply.get('code')}: {reply.get('remark') or 'no remark'}")
 
 
-def master_brokers(namesrv: str, *, timeout: float = 5.0) -> dict[str, str]:
+def master_brokers(
+    namesrv: str, *, timeout: float = 5.0, credentials: Credentials | None = None
+) -> dict[str, str]:
     """Broker name → address of its master, as the name server knows them."""
-    reply, body = call(namesrv, GET_BROKER_CLUSTER_INFO, timeout=timeout)
+    reply, body = call(namesrv, GET_BROKER_CLUSTER_INFO, timeout=timeout, credentials=credentials)
     if reply["code"] != SUCCESS:
         raise _failed(reply, f"asking {namesrv} for its brokers")
     table = _json(body).get("brokerAddrTable", {}) if body else {}
@@ -173,8 +220,12 @@ def master_brokers(namesrv: str, *, timeout: float = 5.0) -> dict[str, str]:
     }
 
 
-def topic_exists(namesrv: str, topic: str, *, timeout: float = 5.0) -> bool:
-    reply, _ = call(namesrv, GET_ROUTEINFO_BY_TOPIC, {"topic": topic}, timeout=timeout)
+def topic_exists(
+    namesrv: str, topic: str, *, timeout: float = 5.0, credentials: Credentials | None = None
+) -> bool:
+    reply, _ = call(
+        namesrv, GET_ROUTEINFO_BY_TOPIC, {"topic": topic}, timeout=timeout, credentials=credentials
+    )
     if reply["code"] == TOPIC_NOT_EXIST:
         return False
     if reply["code"] != SUCCESS:
@@ -189,6 +240,7 @@ def ensure_topic(
     queues: int = 4,
     message_type: str = "MIXED",
     timeout: float = 5.0,
+    credentials: Credentials | None = None,
 ) -> bool:
     """Create ``topic`` as a MIXED topic on every master broker unless the name server knows it.
 
@@ -196,9 +248,9 @@ def ensure_topic(
     RocketMQ 5 topic takes only the message types it declares (``message_type``: another type,
     e.g. NORMAL, for tests of what a wrongly made topic does). Returns whether it created it.
     """
-    if topic_exists(namesrv, topic, timeout=timeout):
+    if topic_exists(namesrv, topic, timeout=timeout, credentials=credentials):
         return False
-    brokers = master_brokers(namesrv, timeout=timeout)
+    brokers = master_brokers(namesrv, timeout=timeout, credentials=credentials)
     if not brokers:
         raise AdminError(f"the name server {namesrv} knows no broker to create {topic!r} on")
     fields = {
@@ -213,12 +265,14 @@ def ensure_topic(
         "attributes": f"+message.type={message_type}",
     }
     for name, address in brokers.items():
-        reply, _ = call(address, UPDATE_AND_CREATE_TOPIC, fields, timeout=timeout)
+        reply, _ = call(
+            address, UPDATE_AND_CREATE_TOPIC, fields, timeout=timeout, credentials=credentials
+        )
         if reply["code"] != SUCCESS:
             raise _failed(reply, f"creating topic {topic!r} on broker {name} ({address})")
     # The brokers register the new topic with the name server; wait until it answers for it.
     deadline = time.monotonic() + timeout
-    while not topic_exists(namesrv, topic, timeout=timeout):
+    while not topic_exists(namesrv, topic, timeout=timeout, credentials=credentials):
         if time.monotonic() > deadline:
             raise AdminError(f"{namesrv} did not learn of the new topic {topic!r} in {timeout} s")
         time.sleep(0.05)
@@ -226,77 +280,112 @@ def ensure_topic(
 
 
 def ensure_group(
-    namesrv: str, group: str, *, retry_max_times: int = 16, timeout: float = 5.0
+    namesrv: str,
+    group: str,
+    *,
+    retry_max_times: int = 16,
+    timeout: float = 5.0,
+    credentials: Credentials | None = None,
 ) -> bool:
     """Create ``group`` as a FIFO consumer group (``consumeMessageOrderly``) on every master
     broker that does not have it yet: RocketMQ keeps message-group order only for FIFO groups.
     ``retry_max_times``: deliveries after the first before RocketMQ moves a message to
     ``%DLQ%<group>``. Returns whether it created it anywhere."""
-    config = json.dumps({
-        "groupName": group,
-        "consumeEnable": True,
-        "consumeFromMinEnable": True,
-        "consumeBroadcastEnable": True,
-        "consumeMessageOrderly": True,
-        "retryQueueNums": 1,
-        "retryMaxTimes": retry_max_times,
-        "brokerId": 0,
-        "whichBrokerWhenConsumeSlowly": 1,
-        "notifyConsumerIdsChangedEnable": True,
-    }).encode()
+    config = json.dumps(
+        {
+            "groupName": group,
+            "consumeEnable": True,
+            "consumeFromMinEnable": True,
+            "consumeBroadcastEnable": True,
+            "consumeMessageOrderly": True,
+            "retryQueueNums": 1,
+            "retryMaxTimes": retry_max_times,
+            "brokerId": 0,
+            "whichBrokerWhenConsumeSlowly": 1,
+            "notifyConsumerIdsChangedEnable": True,
+        }
+    ).encode()
     created = False
-    for name, address in master_brokers(namesrv, timeout=timeout).items():
-        if group in groups(address, timeout=timeout):
+    for name, address in master_brokers(namesrv, timeout=timeout, credentials=credentials).items():
+        if group in groups(address, timeout=timeout, credentials=credentials):
             continue
-        reply, _ = call(address, UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, body=config, timeout=timeout)
+        reply, _ = call(
+            address,
+            UPDATE_AND_CREATE_SUBSCRIPTIONGROUP,
+            body=config,
+            timeout=timeout,
+            credentials=credentials,
+        )
         if reply["code"] != SUCCESS:
             raise _failed(reply, f"creating group {group!r} on broker {name} ({address})")
         created = True
     return created
 
 
-def delete_group(namesrv: str, group: str, *, timeout: float = 5.0) -> None:
+def delete_group(
+    namesrv: str, group: str, *, timeout: float = 5.0, credentials: Credentials | None = None
+) -> None:
     """Delete consumer group ``group`` (its positions too) and its retry and dead-letter
     topics, as ``mqadmin deleteSubGroup`` does: for a group that lived only as long as its
     consumer (a reply inbox)."""
-    for address in master_brokers(namesrv, timeout=timeout).values():
+    for address in master_brokers(namesrv, timeout=timeout, credentials=credentials).values():
         fields = {"groupName": group, "cleanOffset": "true"}
-        reply, _ = call(address, DELETE_SUBSCRIPTIONGROUP, fields, timeout=timeout)
+        reply, _ = call(
+            address, DELETE_SUBSCRIPTIONGROUP, fields, timeout=timeout, credentials=credentials
+        )
         if reply["code"] != SUCCESS:
             raise _failed(reply, f"deleting group {group!r} on {address}")
     for topic in (f"%RETRY%{group}", f"%DLQ%{group}"):
-        delete_topic(namesrv, topic, timeout=timeout)
+        delete_topic(namesrv, topic, timeout=timeout, credentials=credentials)
 
 
-def delete_topic(namesrv: str, topic: str, *, timeout: float = 5.0) -> None:
+def delete_topic(
+    namesrv: str, topic: str, *, timeout: float = 5.0, credentials: Credentials | None = None
+) -> None:
     """Delete ``topic`` and its messages on every master broker and on the name server, as
     ``mqadmin deleteTopic`` does (a topic that does not exist is no error)."""
-    for address in master_brokers(namesrv, timeout=timeout).values():
-        reply, _ = call(address, DELETE_TOPIC_IN_BROKER, {"topic": topic}, timeout=timeout)
+    for address in master_brokers(namesrv, timeout=timeout, credentials=credentials).values():
+        reply, _ = call(
+            address,
+            DELETE_TOPIC_IN_BROKER,
+            {"topic": topic},
+            timeout=timeout,
+            credentials=credentials,
+        )
         if reply["code"] != SUCCESS:
             raise _failed(reply, f"deleting topic {topic!r} on {address}")
-    reply, _ = call(namesrv, DELETE_TOPIC_IN_NAMESRV, {"topic": topic}, timeout=timeout)
+    reply, _ = call(
+        namesrv, DELETE_TOPIC_IN_NAMESRV, {"topic": topic}, timeout=timeout, credentials=credentials
+    )
     if reply["code"] != SUCCESS:
         raise _failed(reply, f"deleting topic {topic!r} on {namesrv}")
 
 
-def groups(broker: str, *, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+def groups(
+    broker: str, *, timeout: float = 5.0, credentials: Credentials | None = None
+) -> dict[str, dict[str, Any]]:
     """The consumer groups a broker has: name → configuration.
 
     The whole table, because asking for one group (``GET_SUBSCRIPTIONGROUP_CONFIG``) creates it
     with default settings (not FIFO) on a broker with ``autoCreateSubscriptionGroup=true``, the
     default, and then answers that it exists.
     """
-    reply, body = call(broker, GET_ALL_SUBSCRIPTIONGROUP_CONFIG, timeout=timeout)
+    reply, body = call(
+        broker, GET_ALL_SUBSCRIPTIONGROUP_CONFIG, timeout=timeout, credentials=credentials
+    )
     if reply["code"] != SUCCESS:
         raise _failed(reply, f"asking broker {broker} for its consumer groups")
     table = _json(body).get("subscriptionGroupTable", {}) if body else {}
     return dict(table)
 
 
-def read_queues(namesrv: str, topic: str, *, timeout: float = 5.0) -> list[tuple[str, str, int]]:
+def read_queues(
+    namesrv: str, topic: str, *, timeout: float = 5.0, credentials: Credentials | None = None
+) -> list[tuple[str, str, int]]:
     """``(broker name, master address, queue id)`` of every queue consumers of ``topic`` read."""
-    reply, body = call(namesrv, GET_ROUTEINFO_BY_TOPIC, {"topic": topic}, timeout=timeout)
+    reply, body = call(
+        namesrv, GET_ROUTEINFO_BY_TOPIC, {"topic": topic}, timeout=timeout, credentials=credentials
+    )
     if reply["code"] != SUCCESS:
         raise _failed(reply, f"looking up topic {topic!r} on {namesrv}")
     route = _json(body)
@@ -313,15 +402,26 @@ def read_queues(namesrv: str, topic: str, *, timeout: float = 5.0) -> list[tuple
     ]
 
 
-def topic_queues(namesrv: str, topic: str, *, timeout: float = 5.0) -> dict[str, list[int]]:
+def topic_queues(
+    namesrv: str, topic: str, *, timeout: float = 5.0, credentials: Credentials | None = None
+) -> dict[str, list[int]]:
     """Master broker address → the ids of ``topic``'s read queues on it."""
     out: dict[str, list[int]] = {}
-    for _, address, queue_id in read_queues(namesrv, topic, timeout=timeout):
+    for _, address, queue_id in read_queues(
+        namesrv, topic, timeout=timeout, credentials=credentials
+    ):
         out.setdefault(address, []).append(queue_id)
     return out
 
 
-def start_group_at_end(namesrv: str, group: str, topic: str, *, timeout: float = 5.0) -> int:
+def start_group_at_end(
+    namesrv: str,
+    group: str,
+    topic: str,
+    *,
+    timeout: float = 5.0,
+    credentials: Credentials | None = None,
+) -> int:
     """Give ``group`` a position at the current end of each queue of ``topic`` where it has none.
 
     A RocketMQ 5 broker positions a consumer group in a queue at the group's first poll of that
@@ -333,8 +433,10 @@ def start_group_at_end(namesrv: str, group: str, topic: str, *, timeout: float =
     how many queues were positioned.
     """
     positioned = 0
-    for broker, queue_ids in topic_queues(namesrv, topic, timeout=timeout).items():
-        with Session(broker, timeout=timeout) as session:
+    for broker, queue_ids in topic_queues(
+        namesrv, topic, timeout=timeout, credentials=credentials
+    ).items():
+        with Session(broker, timeout=timeout, credentials=credentials) as session:
             for queue_id in queue_ids:
                 where = {"consumerGroup": group, "topic": topic, "queueId": str(queue_id)}
                 reply, _ = session.call(
@@ -366,9 +468,79 @@ def start_group_at_end(namesrv: str, group: str, topic: str, *, timeout: float =
     return positioned
 
 
-def send_probe(namesrv: str, topic: str, *, timeout: float = 5.0) -> None:
+def ensure_user(
+    namesrv: str,
+    username: str,
+    password: str,
+    *,
+    timeout: float = 5.0,
+    credentials: Credentials | None = None,
+) -> None:
+    """Create (or update the password of) ACL 2.0 user ``username``, a normal user, on every
+    master broker, as ``mqadmin createUser``/``updateUser`` do; ``credentials`` are a super
+    user's."""
+    info = json.dumps(
+        {
+            "username": username,
+            "password": password,
+            "userType": "Normal",
+            "userStatus": "enable",
+        }
+    ).encode()
+    for address in master_brokers(namesrv, timeout=timeout).values():
+        fields = {"username": username}
+        with Session(address, timeout=timeout, credentials=credentials) as session:
+            found, known = session.call(AUTH_GET_USER, fields)
+            # A missing user is a SUCCESS without a body.
+            exists = found["code"] == SUCCESS and known.strip() not in (b"", b"null")
+            code = AUTH_UPDATE_USER if exists else AUTH_CREATE_USER
+            reply, _ = session.call(code, fields, info)
+        if reply["code"] != SUCCESS:
+            raise _failed(reply, f"creating user {username!r} on {address}")
+
+
+def ensure_acl(
+    namesrv: str,
+    username: str,
+    entries: list[tuple[str, list[str], str]],
+    *,
+    timeout: float = 5.0,
+    credentials: Credentials | None = None,
+) -> None:
+    """Give user ``username`` the ACL 2.0 entries ``(resource, actions, decision)`` (e.g.
+    ``("Topic:*", ["Pub", "Sub"], "Allow")``) from any source address on every master broker,
+    as ``mqadmin createAcl``/``updateAcl`` do; ``credentials`` are a super user's."""
+    subject = f"User:{username}"
+    acl = json.dumps(
+        {
+            "subject": subject,
+            "policies": [
+                {
+                    "policyType": "Custom",
+                    "entries": [
+                        {"resource": resource, "actions": actions, "decision": decision}
+                        for resource, actions, decision in entries
+                    ],
+                }
+            ],
+        }
+    ).encode()
+    for address in master_brokers(namesrv, timeout=timeout).values():
+        fields = {"subject": subject}
+        with Session(address, timeout=timeout, credentials=credentials) as session:
+            found, known = session.call(AUTH_GET_ACL, fields)
+            exists = found["code"] == SUCCESS and known.strip() not in (b"", b"null")
+            code = AUTH_UPDATE_ACL if exists else AUTH_CREATE_ACL
+            reply, _ = session.call(code, fields, acl)
+        if reply["code"] != SUCCESS:
+            raise _failed(reply, f"setting the ACL of {subject!r} on {address}")
+
+
+def send_probe(
+    namesrv: str, topic: str, *, timeout: float = 5.0, credentials: Credentials | None = None
+) -> None:
     """Write one message to ``topic`` on every master broker (a start script's readiness check)."""
-    for name, address in master_brokers(namesrv, timeout=timeout).items():
+    for name, address in master_brokers(namesrv, timeout=timeout, credentials=credentials).items():
         fields = {
             "producerGroup": "mqkit_ci_probe",
             "topic": topic,
@@ -383,29 +555,47 @@ def send_probe(namesrv: str, topic: str, *, timeout: float = 5.0) -> None:
             "unitMode": "false",
             "batch": "false",
         }
-        reply, _ = call(address, SEND_MESSAGE, fields, b"ready?", timeout=timeout)
+        reply, _ = call(
+            address, SEND_MESSAGE, fields, b"ready?", timeout=timeout, credentials=credentials
+        )
         if reply["code"] != SUCCESS:
             raise _failed(reply, f"sending to {topic!r} on broker {name} ({address})")
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: admin.py ready|topic|group NAMESRV_HOST:PORT [NAME [RETRY_MAX_TIMES]|TIMEOUT]"
-    if len(argv) < 2 or argv[0] not in {"ready", "topic", "group"}:
+    usage = (
+        "usage: admin.py ready|topic|group|user|acl NAMESRV_HOST:PORT "
+        "[NAME [RETRY_MAX_TIMES|PASSWORD|RESOURCE=ACTION,ACTION=DECISION...]|TIMEOUT]\n"
+        "(on a cluster with ACL, MQKIT_USERNAME and MQKIT_PASSWORD hold the credentials)"
+    )
+    if len(argv) < 2 or argv[0] not in {"ready", "topic", "group", "user", "acl"}:
         print(usage, file=sys.stderr)
         return 2
     action, namesrv = argv[0], argv[1]
+    user = os.environ.get("MQKIT_USERNAME")
+    signed = (user, os.environ.get("MQKIT_PASSWORD", "")) if user else None
     try:
         if action == "topic" and len(argv) == 3:
-            ensure_topic(namesrv, argv[2])
+            ensure_topic(namesrv, argv[2], credentials=signed)
         elif action == "group" and len(argv) in (3, 4):
             retries = int(argv[3]) if len(argv) == 4 else 16
-            ensure_group(namesrv, argv[2], retry_max_times=retries)
+            ensure_group(namesrv, argv[2], retry_max_times=retries, credentials=signed)
+        elif action == "user" and len(argv) == 4:
+            ensure_user(namesrv, argv[2], argv[3], credentials=signed)
+        elif action == "acl" and len(argv) >= 4:
+            entries = []
+            for entry in argv[3:]:  # RESOURCE=ACTION,ACTION=DECISION, e.g. Topic:*=Pub,Sub=Allow
+                parts = entry.split("=")
+                if len(parts) != 3:
+                    raise AdminError(f"{entry!r} is not RESOURCE=ACTION[,ACTION…]=DECISION")
+                entries.append((parts[0], parts[1].split(","), parts[2]))
+            ensure_acl(namesrv, argv[2], entries, credentials=signed)
         elif action == "ready":
             deadline = time.monotonic() + (float(argv[2]) if len(argv) > 2 else 0.0)
             while True:
                 try:
-                    ensure_topic(namesrv, "mqkit_ready")
-                    send_probe(namesrv, "mqkit_ready")
+                    ensure_topic(namesrv, "mqkit_ready", credentials=signed)
+                    send_probe(namesrv, "mqkit_ready", credentials=signed)
                     return 0
                 except (OSError, AdminError):
                     if time.monotonic() >= deadline:

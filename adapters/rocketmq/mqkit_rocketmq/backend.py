@@ -17,15 +17,24 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
 
 from mqkit.adapter import BackendBase, BrokerURL, Features
 from mqkit.adapter import Settings as BaseSettings
-from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
+from mqkit.errors import (
+    AuthenticationError,
+    BrokerUnavailable,
+    ConfigError,
+    MqkitError,
+    PermissionDenied,
+    TLSError,
+)
+from mqkit.security import client_context
 from mqkit_rocketmq import admin
-from mqkit_rocketmq._grpc import Code, client, proto, util
+from mqkit_rocketmq._grpc import Code, client, proto, use_tls, util
 from mqkit_rocketmq._grpc import exceptions as failed
 from mqkit_rocketmq.consumer import Consumer, PerMessage
 from mqkit_rocketmq.producer import Producer
@@ -61,6 +70,8 @@ class Backend(BackendBase[Settings]):
         self.server = f"RocketMQ proxy at {', '.join(addresses)}"
         self.namespace = url.path.strip("/")
         self.connect_timeout = settings.connect_timeout
+        #: Signs the admin requests to the brokers (needed on a cluster with ACL).
+        self.credentials = (url.username, url.password or "") if url.username else None
         self.namesrv = settings.namesrv or None
         self.auto_create = settings.auto_create
         if self.auto_create and self.namesrv is None:
@@ -77,6 +88,16 @@ class Backend(BackendBase[Settings]):
         )
         if self.config.rpc_endpoints.facade == "":
             raise ConfigError(f"{url}: cannot make an endpoint of {self.endpoint!r}")
+        if settings.tls_options_given() and not settings.tls:
+            raise ConfigError(
+                f"{self.where}: ca_file, cert_file, key_file and tls_insecure_skip_verify need "
+                "tls=true"
+            )
+        #: gRPC TLS credentials (CA, client certificate), None without ``tls``.
+        self.tls_credentials = tls_credentials(settings, self.where) if settings.tls else None
+        if self.tls_credentials is not None:
+            for target in {self.config.rpc_endpoints.facade, *addresses}:
+                use_tls(target, self.tls_credentials)
         self.features = Features(
             key_order_on_nack=True,
             delayed_redelivery=True,
@@ -123,8 +144,8 @@ class Backend(BackendBase[Settings]):
         with self._lock:
             if self._channel is None:
                 facade = self.config.rpc_endpoints.facade
-                if self.settings.tls:
-                    self._channel = grpc.secure_channel(facade, grpc.ssl_channel_credentials())
+                if self.tls_credentials is not None:
+                    self._channel = grpc.secure_channel(facade, self.tls_credentials)
                 else:
                     self._channel = grpc.insecure_channel(facade)
             return proto.MessagingServiceStub(self._channel)
@@ -136,6 +157,9 @@ class Backend(BackendBase[Settings]):
         if isinstance(exc, grpc.RpcError):
             code = exc.code() if hasattr(exc, "code") else None
             details = exc.details() if hasattr(exc, "details") else str(exc)
+            tls = grpc_tls_failure(str(details), self.settings.tls)
+            if tls:
+                return TLSError(f"{doing}: TLS with the {self.server} failed: {tls}")
             cause = f"{code.name if code else 'error'}: {details}"
         else:
             cause = f"{type(exc).__name__}: {exc}"
@@ -156,12 +180,25 @@ class Backend(BackendBase[Settings]):
         """A heartbeat to the proxy, which checks the credentials (as connect() does)."""
         self.probe()
 
-    def _check_auth(self, status: Any) -> None:
-        if status.code in (Code.UNAUTHORIZED, Code.FORBIDDEN):
-            raise BrokerUnavailable(
-                f"the {self.server} refused the credentials "
+    def _check_auth(self, status: Any, doing: str = "connecting") -> None:
+        # ACL 2.0 answers UNAUTHORIZED both to unknown credentials and to a known user
+        # without the right ("... has no permission to access Topic:x ...").
+        if status.code == Code.UNAUTHORIZED and "no permission" in status.message:
+            raise PermissionDenied(
+                f"{doing}: the {self.server} does not allow it ({status.message}); the user "
+                "needs an ACL for it on the cluster"
+            )
+        if status.code == Code.UNAUTHORIZED:
+            raise AuthenticationError(
+                f"{doing}: the {self.server} refused the credentials "
                 f"({Code.Name(status.code)}: {status.message}); check the access key and "
-                "secret key in the URL (rocketmq://ACCESS_KEY:SECRET_KEY@host:port)"
+                "secret key (rocketmq://ACCESS_KEY:SECRET_KEY@host:port, password_file= or "
+                "MQKIT_USERNAME/MQKIT_PASSWORD)"
+            )
+        if status.code == Code.FORBIDDEN:
+            raise PermissionDenied(
+                f"{doing}: the {self.server} does not allow it ({Code.Name(status.code)}: "
+                f"{status.message}); the user needs an ACL for it on the cluster"
             )
 
     def provision(self, kind: str, name: str, *, create: bool = False) -> None:
@@ -177,11 +214,13 @@ class Backend(BackendBase[Settings]):
             return
         ensure = admin.ensure_topic if kind == "topic" else admin.ensure_group
         try:
-            ensure(self.namesrv, name, timeout=self.connect_timeout)
+            ensure(
+                self.namesrv, name, timeout=self.connect_timeout, credentials=self.credentials
+            )
         except (OSError, admin.AdminError) as exc:
-            raise BrokerUnavailable(
-                f"auto_create: cannot create {kind} {name!r} through the name server at "
-                f"{self.namesrv}: {exc}"
+            doing = f"auto_create: cannot create {kind} {name!r} through the name server at "
+            raise refused(exc, doing + self.namesrv) or BrokerUnavailable(
+                f"{doing}{self.namesrv}: {exc}"
             ) from None
         if kind == "group":
             self._known_groups.add(name)
@@ -199,7 +238,11 @@ class Backend(BackendBase[Settings]):
             for topic in topics:
                 try:
                     admin.start_group_at_end(
-                        self.namesrv, group, topic, timeout=self.connect_timeout
+                        self.namesrv,
+                        group,
+                        topic,
+                        timeout=self.connect_timeout,
+                        credentials=self.credentials,
                     )
                 except admin.GroupMissing as exc:
                     raise ConfigError(
@@ -209,10 +252,11 @@ class Backend(BackendBase[Settings]):
                         "add auto_create=true for development clusters"
                     ) from None
                 except (OSError, admin.AdminError) as exc:
-                    raise BrokerUnavailable(
+                    doing = (
                         f"cannot position the new consumer group {mqkit_group!r} on topic "
-                        f"{topic!r} through the name server at {self.namesrv}: {exc}"
-                    ) from None
+                        f"{topic!r} through the name server at {self.namesrv}"
+                    )
+                    raise refused(exc, doing) or BrokerUnavailable(f"{doing}: {exc}") from None
 
     def check_topic(self, topic: str, mqkit_name: str, *, create: bool = False) -> None:
         """Raise a clear mqkit error unless ``topic`` exists on the cluster (``create``: make
@@ -231,7 +275,7 @@ class Backend(BackendBase[Settings]):
         except grpc.RpcError as exc:
             raise self.unreachable(exc, f"looking up topic {mqkit_name!r}") from None
         status = response.status
-        self._check_auth(status)
+        self._check_auth(status, f"looking up topic {mqkit_name!r}")
         if status.code == Code.TOPIC_NOT_FOUND:
             raise ConfigError(self.missing_topic(topic, mqkit_name, status.message))
         if status.code in (Code.ILLEGAL_TOPIC, Code.BAD_REQUEST):
@@ -255,9 +299,10 @@ class Backend(BackendBase[Settings]):
         if self.namesrv is None:
             return
         try:
-            admin.delete_group(self.namesrv, group, timeout=self.connect_timeout)
+            timeout, signed = self.connect_timeout, self.credentials
+            admin.delete_group(self.namesrv, group, timeout=timeout, credentials=signed)
             for topic in topics:
-                admin.delete_topic(self.namesrv, topic, timeout=self.connect_timeout)
+                admin.delete_topic(self.namesrv, topic, timeout=timeout, credentials=signed)
                 self._known_topics.discard(topic)
         except (OSError, admin.AdminError) as exc:
             log.warning("RocketMQ: deleting temporary group %r and its topics: %s", group, exc)
@@ -285,8 +330,20 @@ class Backend(BackendBase[Settings]):
             return BrokerUnavailable(f"{doing}: the {self.server} did not answer in time")
         code = getattr(exc, "code", None)
         text = str(exc)
-        if isinstance(exc, failed.UnauthorizedException | failed.ForbiddenException):
-            return BrokerUnavailable(f"{doing}: the {self.server} refused us ({text})")
+        if isinstance(exc, failed.UnauthorizedException) and "no permission" in text:
+            return PermissionDenied(
+                f"{doing}: the {self.server} does not allow it ({text}); the user needs an ACL "
+                "for it on the cluster"
+            )
+        if isinstance(exc, failed.UnauthorizedException):
+            return AuthenticationError(
+                f"{doing}: the {self.server} refused the credentials ({text})"
+            )
+        if isinstance(exc, failed.ForbiddenException):
+            return PermissionDenied(
+                f"{doing}: the {self.server} does not allow it ({text}); the user needs an ACL "
+                "for it on the cluster"
+            )
         if isinstance(exc, failed.NotFoundException) and code == Code.TOPIC_NOT_FOUND and topic:
             return ConfigError(self.missing_topic(topic, mqkit_name or topic, text))
         if isinstance(exc, failed.IllegalArgumentException) and "message type not match" in text:
@@ -313,6 +370,76 @@ class Backend(BackendBase[Settings]):
                 return diagnosed
             return BrokerUnavailable(f"{doing}: {text}")
         return MqkitError(f"{doing} on the {self.server} failed: {type(exc).__name__}: {text}")
+
+
+def refused(exc: BaseException, doing: str) -> MqkitError | None:
+    """The mqkit error of an admin request the cluster's ACL refused, else None."""
+    if not isinstance(exc, admin.AdminRefused):
+        return None
+    if exc.denied:
+        return PermissionDenied(f"{doing}: {exc}; the user needs an ACL for it on the cluster")
+    return AuthenticationError(f"{doing}: the broker refused the credentials: {exc}")
+
+
+def tls_credentials(settings: Settings, where: str) -> Any:
+    """gRPC channel credentials of the TLS options: ``ca_file`` (else the system's CAs) and the
+    client certificate. gRPC always checks the certificate and the host name."""
+    if settings.tls_insecure_skip_verify:
+        raise ConfigError(
+            f"{where}: tls_insecure_skip_verify is not possible with rocketmq://: gRPC always "
+            "verifies the proxy's certificate; give its CA with ca_file="
+        )
+    client_context(settings, where)  # checks the files as every adapter does
+    paths = {name: getattr(settings, name) for name in ("ca_file", "cert_file", "key_file")}
+    data = {name: Path(path).read_bytes() if path else None for name, path in paths.items()}
+    return grpc.ssl_channel_credentials(
+        root_certificates=data["ca_file"],
+        private_key=data["key_file"] or data["cert_file"],
+        certificate_chain=data["cert_file"],
+    )
+
+
+#: What gRPC's TLS failures say (in the status details), and what it means.
+_GRPC_TLS = (
+    ("WRONG_VERSION_NUMBER", "the port does not speak TLS (a plaintext port?): leave tls out"),
+    ("certificate has expired", "the proxy's certificate has expired (or the clock is wrong)"),
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "the proxy's certificate is not signed by a CA in ca_file= "
+        "(or the system's CAs without it), or has expired",
+    ),
+    (
+        "not in peer certificate",
+        "the proxy's certificate does not name the host connected to; connect by a name it holds",
+    ),
+    (
+        "Peer name",
+        "the proxy's certificate does not name the host connected to; connect by a name it holds",
+    ),
+    (
+        "Hostname Verification",
+        "the proxy's certificate does not name the host connected to; connect by a name it holds",
+    ),
+    (
+        "Handshake read failed",
+        "the server closed the connection during the TLS handshake (a plaintext port?)",
+    ),
+    (
+        "Ssl handshake failed",
+        "the TLS handshake failed (a plaintext port, or a certificate "
+        "the proxy or the client refused)",
+    ),
+)
+
+
+def grpc_tls_failure(details: str, tls: bool) -> str | None:
+    """What a gRPC failure's details say about TLS, in words; None if not a TLS failure."""
+    if not tls:
+        return None
+    for needle, meaning in _GRPC_TLS:
+        if needle in details:
+            return f"{meaning} ({details.strip().splitlines()[-1][-200:]})"
+    return None
 
 
 #: The ``mqkit.adapters`` entry point of ``rocketmq://``.

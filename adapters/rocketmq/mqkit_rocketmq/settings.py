@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from mqkit import adapter
 from mqkit.adapter import CONSUMER, PRODUCER, BrokerURL, option
 from mqkit.errors import ConfigError
+from mqkit.security import TLSOptions
 
 DEFAULT_PORT = 8081
 #: RocketMQ pops at most this many messages per receive.
@@ -14,7 +15,7 @@ MAX_BATCH = 32
 
 
 @dataclass(frozen=True)
-class Settings(adapter.Settings):
+class Settings(TLSOptions, adapter.Settings):
     connect_timeout: float = option(
         5.0,
         "Seconds for the connect probe, topic lookups and retries while the proxy is unreachable.",
@@ -26,7 +27,6 @@ class Settings(adapter.Settings):
         minimum=0.1,
     )
     request_timeout: int = option(3, "The client's timeout per request, in seconds.", minimum=1)
-    tls: bool = option(False, "TLS to the proxy.")
     visibility_timeout: int = option(
         30,
         "Seconds a received message stays invisible to the group (a proxy refuses less "

@@ -39,7 +39,13 @@ from typing import Any, ClassVar
 
 from mqkit.adapter import BackendBase, BrokerURL, Features
 from mqkit.adapter import Settings as BaseSettings
-from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
+from mqkit.errors import (
+    AuthenticationError,
+    BrokerUnavailable,
+    ConfigError,
+    MqkitError,
+    PermissionDenied,
+)
 from mqkit_rocketmq import admin
 from mqkit_rocketmq.remoting._native import ENDPOINTS
 from mqkit_rocketmq.remoting.consumer import LOCK_LIFETIME, Consumer
@@ -71,7 +77,7 @@ class Backend(BackendBase[Settings]):
         self.namesrv = ";".join(f"{h}:{p}" for h, p in self.addresses)
         #: How errors name the cluster: "the RocketMQ name server at host:port".
         self.server = f"RocketMQ name server at {', '.join(f'{h}:{p}' for h, p in self.addresses)}"
-        self.credentials = (url.username, url.password) if url.username else None
+        self.credentials = (url.username, url.password or "") if url.username else None
         self.connect_timeout = settings.connect_timeout
         self.auto_create = settings.auto_create
         if not settings.orderly:
@@ -80,6 +86,12 @@ class Backend(BackendBase[Settings]):
                 "hands a whole pulled batch (up to 32 messages) to one callback and settles it "
                 "as a whole, so one nack, or a close, would send every message of the batch back "
                 "through the retry topic, acked ones included"
+            )
+        if settings.tls or settings.tls_options_given():
+            # The core's TLS options are declared for every adapter; this client has none.
+            raise ConfigError(
+                f"{url}: rocketmq+remoting:// cannot use TLS: librocketmq (rocketmq-client-cpp "
+                "2.x) has no TLS; use rocketmq:// through a RocketMQ 5 proxy for TLS"
             )
         self.features = Features(
             key_order_on_nack=True,
@@ -131,10 +143,43 @@ class Backend(BackendBase[Settings]):
             # and the broker's VIP channel (port - 2), which librocketmq may use
             ENDPOINTS.update({(host, int(port)), (host, int(port) - 2)})
 
+    def _refusal(self, topic: str) -> MqkitError | None:
+        """Whether the broker refuses our credentials or rights on ``topic`` (one signed
+        request per broker); the error saying so, else None."""
+
+        def check(namesrv: str) -> None:
+            for broker in admin.master_brokers(namesrv, timeout=self.connect_timeout).values():
+                reply, _ = admin.call(
+                    broker,
+                    admin.GET_MAX_OFFSET,
+                    {"topic": topic, "queueId": "0"},
+                    timeout=self.connect_timeout,
+                    credentials=self.credentials,
+                )
+                if reply["code"] == admin.NO_PERMISSION:
+                    raise admin.AdminRefused(
+                        f"topic {topic!r} on {broker}: code 16: {reply.get('remark')}"
+                    )
+
+        if not topic:
+            return None
+        try:
+            self.admin(check, f"checking the credentials on topic {topic!r}")
+        except (AuthenticationError, PermissionDenied) as exc:
+            return exc
+        except MqkitError:
+            return None
+        return None
+
     def error(self, exc: BaseException, doing: str) -> MqkitError:
         if isinstance(exc, MqkitError):
             return exc
         text = str(exc)
+        if "No route info" in text and self.credentials is not None:
+            # librocketmq says so too when the broker's ACL refused the request.
+            refused = self._refusal(text.rsplit(":", 1)[-1].split()[0] if ":" in text else "")
+            if refused is not None:
+                return refused
         if "No route info" in text or "not exist" in text:
             return ConfigError(
                 f"{doing} via the {self.server} failed: {text}; RocketMQ topics are created by "
@@ -151,6 +196,15 @@ class Backend(BackendBase[Settings]):
                 return action(f"{host}:{port}")
             except OSError as exc:
                 errors.append(f"{host}:{port}: {exc}")
+            except admin.AdminRefused as exc:
+                if exc.denied:
+                    raise PermissionDenied(
+                        f"{doing} via the {self.server}: {exc}; the user needs an ACL for it "
+                        "on the cluster"
+                    ) from None
+                raise AuthenticationError(
+                    f"{doing} via the {self.server}: the broker refused the credentials: {exc}"
+                ) from None
             except admin.AdminError as exc:
                 raise BrokerUnavailable(f"{doing} via the {self.server}: {exc}") from None
         raise BrokerUnavailable(f"{doing}: cannot reach the {self.server} ({'; '.join(errors)})")
@@ -165,7 +219,11 @@ class Backend(BackendBase[Settings]):
                 return
             self.admin(
                 lambda ns: admin.ensure_topic(
-                    ns, topic, queues=AUTO_CREATE_QUEUES, timeout=self.connect_timeout
+                    ns,
+                    topic,
+                    queues=AUTO_CREATE_QUEUES,
+                    timeout=self.connect_timeout,
+                    credentials=self.credentials,
                 ),
                 f"creating topic {topic!r}",
             )
@@ -175,14 +233,17 @@ class Backend(BackendBase[Settings]):
         """Delete a temporary consumer's group and topics (best effort: what remains is
         harmless, and the names are random)."""
         timeout = self.connect_timeout
+        signed = self.credentials
         try:
             self.admin(
-                lambda ns: admin.delete_group(ns, group, timeout=timeout),
+                lambda ns: admin.delete_group(ns, group, timeout=timeout, credentials=signed),
                 f"deleting group {group!r}",
             )
             for topic in topics:
                 self.admin(
-                    lambda ns, t=topic: admin.delete_topic(ns, t, timeout=timeout),  # type: ignore[misc]
+                    lambda ns, t=topic: admin.delete_topic(  # type: ignore[misc]
+                        ns, t, timeout=timeout, credentials=signed
+                    ),
                     f"deleting topic {topic!r}",
                 )
                 with self._lock:

@@ -72,6 +72,7 @@ class _Positions:
     def __init__(self, backend: Backend, group: str, topics: Sequence[str]) -> None:
         self._group = group
         self._timeout = backend.connect_timeout
+        self._credentials = backend.credentials
         self._brokers: dict[tuple[str, int], str] = {}
         self._connections: dict[str, admin.Session] = {}
         self._lock = threading.Lock()
@@ -104,7 +105,9 @@ class _Positions:
                 try:
                     connection = self._connections.get(address)
                     if connection is None:
-                        connection = admin.Session(address, timeout=self._timeout)
+                        connection = admin.Session(
+                            address, timeout=self._timeout, credentials=self._credentials
+                        )
                         self._connections[address] = connection
                     reply, _ = connection.call(admin.UPDATE_CONSUMER_OFFSET, fields)
                 except (OSError, admin.AdminError) as exc:
@@ -192,7 +195,12 @@ class Consumer(ConsumerBase):
             backend.ensure_topic(topic, create=temporary)
         if backend.auto_create or temporary:
             backend.admin(
-                lambda ns: admin.ensure_group(ns, self._group, timeout=backend.connect_timeout),
+                lambda ns: admin.ensure_group(
+                    ns,
+                    self._group,
+                    timeout=backend.connect_timeout,
+                    credentials=backend.credentials,
+                ),
                 f"creating consumer group {group!r}",
             )
         for topic in self._names:
@@ -238,7 +246,11 @@ class Consumer(ConsumerBase):
         try:
             self._backend.admin(
                 lambda ns: admin.start_group_at_end(
-                    ns, self._group, topic, timeout=self._backend.connect_timeout
+                    ns,
+                    self._group,
+                    topic,
+                    timeout=self._backend.connect_timeout,
+                    credentials=self._backend.credentials,
                 ),
                 f"positioning group {self._group!r} on topic {topic!r}",
             )
@@ -275,6 +287,7 @@ class Consumer(ConsumerBase):
                 _GET_CONSUMER_LIST_BY_GROUP,
                 {"consumerGroup": self._group},
                 timeout=timeout,
+                credentials=self._backend.credentials,
             )
             listed = json.loads(body) if reply["code"] == admin.SUCCESS and body else {}
             yield [str(client_id) for client_id in listed.get("consumerIdList", [])]
@@ -325,7 +338,13 @@ class Consumer(ConsumerBase):
                         "mqSet": mqs,
                     }
                 ).encode()
-                reply, _ = admin.call(address, _UNLOCK_BATCH_MQ, body=body, timeout=timeout)
+                reply, _ = admin.call(
+                    address,
+                    _UNLOCK_BATCH_MQ,
+                    body=body,
+                    timeout=timeout,
+                    credentials=self._backend.credentials,
+                )
                 if reply["code"] != admin.SUCCESS:
                     log.warning("RocketMQ: unlocking queues on %s: %s", address, reply)
         except (OSError, MqkitError, admin.AdminError) as exc:

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from mqkit import adapter
 from mqkit.adapter import CONSUMER, BrokerURL, option
 from mqkit.errors import ConfigError
+from mqkit.security import TLSOptions
 
 DEFAULT_PORT = 9876
 
 
 @dataclass(frozen=True)
-class Settings(adapter.Settings):
+class Settings(TLSOptions, adapter.Settings):
     auto_create: bool = option(
         False,
         "Create missing topics (MIXED, 8 queues) before a producer first sends to one and "
