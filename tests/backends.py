@@ -37,8 +37,10 @@ MAIN_RUN = "main"
 #: Every broker backend we test: name -> the test run it belongs to.
 BROKERS: dict[str, str] = {
     "activemq": MAIN_RUN,
+    "activemq_secure": MAIN_RUN,
     "kafka": MAIN_RUN,
     "rabbitmq": MAIN_RUN,
+    "rabbitmq_secure": MAIN_RUN,
     "rocketmq": MAIN_RUN,
     # kafka:// on the SASL_SSL listener (SCRAM-SHA-512, test CA) as the ACL-limited mqkit-app.
     "kafka_secure": MAIN_RUN,

@@ -47,6 +47,7 @@ class OwnBroker:
             "MQKIT_ACTIVEMQ_STOMP_PORT": str(self.port),
             "MQKIT_ACTIVEMQ_OPENWIRE_PORT": "0",
             "MQKIT_ACTIVEMQ_SSL_PORT": str(self.ssl_port),
+            "MQKIT_ACTIVEMQ_SECURE_PORT": "0",
             "MQKIT_ACTIVEMQ_USER": self.user,
             "MQKIT_ACTIVEMQ_PASSWORD": self.password,
             "MQKIT_ACTIVEMQ_HEAP": "256m",

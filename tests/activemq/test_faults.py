@@ -231,7 +231,7 @@ def test_silent_server_times_out_within_connect_timeout() -> None:
 def test_tls_round_trip_with_the_broker_certificate(own_broker: OwnBroker) -> None:
     topic, group = f"tls-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
     body = bytes(range(256)) * 4096  # 1 MiB through the TLS socket
-    url = f"{own_broker.tls_url}?ca_certs={own_broker.certificate}"
+    url = f"{own_broker.tls_url}?ca_file={own_broker.certificate}"
     with mqkit.connect(url, serializer="bytes") as broker:
         consumer = broker.consumer(topic, group=group)
         with broker.producer() as producer:
@@ -251,7 +251,7 @@ def test_tls_round_trip_with_the_broker_certificate(own_broker: OwnBroker) -> No
 
 def test_tls_with_an_untrusted_certificate_says_so(own_broker: OwnBroker) -> None:
     started = time.monotonic()
-    with pytest.raises(mqkit.BrokerUnavailable, match=r"TLS handshake failed.*CERTIFICATE_VERIFY"):
+    with pytest.raises(mqkit.TLSError, match=r"TLS handshake failed.*self-signed and not trusted"):
         mqkit.connect(own_broker.tls_url)  # system CAs do not know the self-signed certificate
     assert time.monotonic() - started < 10
 
@@ -261,5 +261,5 @@ def test_bad_url_and_options_are_config_errors() -> None:
         mqkit.connect("stomp://127.0.0.1:61613/vhost")
     with pytest.raises(mqkit.ConfigError, match="unknown option"):
         mqkit.connect("stomp://127.0.0.1:61613?prefech=10")
-    with pytest.raises(mqkit.ConfigError, match="not a readable file"):
-        mqkit.connect("stomp+ssl://127.0.0.1:61614?ca_certs=/nonexistent/ca.pem")
+    with pytest.raises(mqkit.ConfigError, match=r"ca_file='/nonexistent/ca\.pem': no such file"):
+        mqkit.connect("stomp+ssl://127.0.0.1:61614?ca_file=/nonexistent/ca.pem")

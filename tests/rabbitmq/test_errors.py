@@ -90,8 +90,8 @@ def test_unknown_option_and_bad_values_are_config_errors(rabbit_url: str) -> Non
         mqkit.connect(rabbit_url, prefetchh=3)
     with pytest.raises(ConfigError, match="partitions"):
         mqkit.connect(rabbit_url, partitions=65)
-    with pytest.raises(ConfigError, match="cafile"):
-        mqkit.connect(rabbit_url, cafile="/no/such/ca.pem")
+    with pytest.raises(ConfigError, match="ca_file"):
+        mqkit.connect(rabbit_url, ca_file="/no/such/ca.pem")
     with pytest.raises(ConfigError, match="no host"):
         mqkit.connect("amqp:///vhost")
     with mqkit.connect(rabbit_url) as broker:

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from mqkit.adapter import ConsumerBase, Deadline, Delivery, OutgoingMessage, ReceiveQueue
-from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError
+from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, PermissionDenied
 from mqkit_activemq import wire
-from mqkit_activemq.link import Link
+from mqkit_activemq.link import Link, refusal
 from mqkit_activemq.settings import Endpoint, Settings
 
 log = logging.getLogger("mqkit.activemq")
@@ -139,10 +139,16 @@ class Consumer(ConsumerBase):
         for rid, sub in rids:
             error = self._link.wait(rid, self._link.endpoint.connect_timeout + 5)
             if error is not None:
-                raise BrokerUnavailable(
+                text = (
                     f"ActiveMQ at {self._link.endpoint.where()}: subscribing group "
                     f"{self._group!r} of {sub.topic!r} to {sub.destination} failed: {error}"
                 )
+                if refusal(error) is PermissionDenied:
+                    raise PermissionDenied(
+                        f"{text} (the broker's authorization map does not let this user read "
+                        "or create that destination)"
+                    )
+                raise BrokerUnavailable(text)
 
     def _on_message(self, gen: int, frame: Any) -> None:
         headers: dict[str, str] = frame.headers

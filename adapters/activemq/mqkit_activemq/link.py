@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -24,10 +25,35 @@ from typing import Any
 
 import stomp  # type: ignore[import-untyped]
 
-from mqkit.errors import BrokerUnavailable, ClosedError
+from mqkit.errors import (
+    AuthenticationError,
+    BrokerUnavailable,
+    ClosedError,
+    MqkitError,
+    PermissionDenied,
+    TLSError,
+)
+from mqkit.security import tls_failure
 from mqkit_activemq.settings import Endpoint
 
 log = logging.getLogger("mqkit.activemq")
+
+#: A CONNECT frame's password as stomp.py logs it (a list of header lines, at DEBUG level).
+_PASSCODE = re.compile(r"passcode:(?:(?!\\n['\"]).)*", re.S)
+
+
+class _HidePasscode(logging.Filter):
+    """stomp.py masks ``passcode: x`` but not STOMP 1.2's ``passcode:x`` when it logs a sent
+    frame: without this, DEBUG logging would show the password."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "passcode:" in text:
+            record.msg, record.args = _PASSCODE.sub("passcode:********", text), ()
+        return True
+
+
+logging.getLogger("stomp.py").addFilter(_HidePasscode())
 
 _ids = itertools.count(1)
 
@@ -95,37 +121,65 @@ def _close_quietly(conn: Any) -> None:
         pass
 
 
-def _probe(endpoint: Endpoint, timeout: float) -> str:
-    """Why connecting fails, for the error message (stomp.py only logs it)."""
+#: ActiveMQ's words for a refused login (``SecurityException`` of the authentication plugin).
+_LOGIN_REFUSED = re.compile(r"password is invalid|not authenticated|authentication failed", re.I)
+#: ... and for an authenticated user the authorization map does not allow something.
+_NOT_AUTHORIZED = re.compile(r"is not authorized to|not authorized", re.I)
+
+
+def refusal(text: str) -> type[MqkitError] | None:
+    """The mqkit error class of an ERROR frame's text: a refused login, a refused destination,
+    or ``None`` for anything else."""
+    if _LOGIN_REFUSED.search(text):
+        return AuthenticationError
+    if _NOT_AUTHORIZED.search(text):
+        return PermissionDenied
+    return None
+
+
+def _probe(endpoint: Endpoint, timeout: float) -> MqkitError:
+    """Why connecting fails, for the error message (stomp.py only logs it): a ``TLSError``
+    when the handshake fails, else ``BrokerUnavailable`` naming each host's cause."""
     causes = []
     for host, port in endpoint.hosts:
         try:
             with socket.create_connection((host, port), timeout=timeout) as sock:
-                if endpoint.ssl is not None:
+                if endpoint.tls_context is not None:
                     try:
-                        _tls_context(endpoint.ssl).wrap_socket(sock, server_hostname=host).close()
+                        sock.settimeout(timeout)
+                        endpoint.tls_context.wrap_socket(sock, server_hostname=host).close()
                     except (OSError, ssl.SSLError) as exc:
+                        tls = tls_failure(exc, f"ActiveMQ at {host}:{port}")
+                        if tls is None and isinstance(exc, TimeoutError):
+                            tls = TLSError(
+                                f"ActiveMQ at {host}:{port}: TLS handshake failed: no answer to "
+                                "it (a plaintext port? use stomp:// or the broker's TLS port)"
+                            )
+                        if tls is not None and len(endpoint.hosts) == 1:
+                            return tls
                         causes.append(f"{host}:{port}: TLS handshake failed: {exc}")
                         continue
                 causes.append(f"{host}:{port}: TCP connects but no STOMP CONNECTED came back")
         except OSError as exc:
             causes.append(f"{host}:{port}: {exc.strerror or exc}")
-    return "; ".join(causes)
+    return BrokerUnavailable(f"ActiveMQ at {endpoint.where()} is unreachable: {'; '.join(causes)}")
 
 
-def _tls_context(params: dict[str, Any]) -> ssl.SSLContext:
-    """The context stomp.py builds from ``set_ssl`` parameters, to reproduce its failure."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if params.get("ca_certs"):
-        context.load_verify_locations(params["ca_certs"])
-    else:
-        context.load_default_certs()
-    if params.get("cert_file"):
-        context.load_cert_chain(params["cert_file"], params.get("key_file") or None)
-    if not params.get("verify", True):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+def _client_refused(endpoint: Endpoint, timeout: float) -> TLSError | None:
+    """A ``TLSError`` if the broker refuses our client certificate. In TLS 1.3 the server checks
+    it after the client's handshake is done, and its alert reaches stomp.py only as a dead
+    socket: repeat the handshake and read the alert."""
+    if endpoint.tls_context is None:
+        return None
+    host, port = endpoint.hosts[0]
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            with endpoint.tls_context.wrap_socket(sock, server_hostname=host) as tls:
+                tls.recv(1)
+    except (OSError, ssl.SSLError) as exc:
+        return tls_failure(exc, f"ActiveMQ at {host}:{port}")
+    return None
 
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
@@ -216,8 +270,7 @@ def _connect(
         )
     except stomp.exception.ConnectFailedException:
         _close_quietly(conn)
-        cause = _probe(endpoint, max(0.5, deadline - time.monotonic()))
-        raise BrokerUnavailable(f"ActiveMQ at {where} is unreachable: {cause}") from None
+        raise _probe(endpoint, max(0.5, deadline - time.monotonic())) from None
     except Exception as exc:  # anything else stomp.py raises while connecting
         _close_quietly(conn)
         raise BrokerUnavailable(
@@ -232,7 +285,16 @@ def _connect(
     ended = listener.ended.is_set()
     _close_quietly(conn)
     if listener.error is not None:
+        kind = refusal(listener.error)
+        if kind is AuthenticationError:
+            raise AuthenticationError(
+                f"ActiveMQ at {where} refused the login of user {endpoint.username!r}: "
+                f"{listener.error} (check the user name and password)"
+            )
         raise BrokerUnavailable(f"ActiveMQ at {where} refused the connection: {listener.error}")
+    refused = _client_refused(endpoint, 0.5)
+    if refused is not None:
+        raise refused
     if ended:
         raise _ClosedEarly(
             f"ActiveMQ at {where} closed the connection before answering CONNECT "
@@ -276,12 +338,19 @@ class Link:
         self._waits: dict[str, _Wait] = {}
         self._reconnecting = False
         self._last_down = 0.0
+        #: ``start`` succeeded: from then on a lost connection is re-made
+        self._started = False
 
     # -- connecting ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """The first connection; raises :class:`BrokerUnavailable` (no retries)."""
         self._connect_once()
+        with self.lock:
+            self._started = True
+            gen, missed = self.gen, self.conn is None and not self.closed
+        if missed:  # lost right after on_up succeeded, before _started was set
+            self._lost(gen)
 
     def _connect_once(self) -> None:
         gen = next(_ids)
@@ -317,6 +386,9 @@ class Link:
                     wait.error = "the connection was lost before the broker confirmed it"
                     wait.event.set()
                     del self._waits[rid]
+            if not self._started:  # start() gave it up (on_up failed) and raises: no reconnecting
+                self.lock.notify_all()
+                return
             start = not self._reconnecting
             self._reconnecting = True
             self.lock.notify_all()

@@ -9,9 +9,9 @@ from collections import OrderedDict
 from typing import Any
 
 from mqkit.adapter import OutgoingMessage, ProducerBase
-from mqkit.errors import ClosedError, DeliveryTimeout, MqkitError
+from mqkit.errors import ClosedError, DeliveryTimeout, MqkitError, PermissionDenied
 from mqkit_activemq import wire
-from mqkit_activemq.link import Link
+from mqkit_activemq.link import Link, refusal
 from mqkit_activemq.settings import Endpoint
 
 log = logging.getLogger("mqkit.activemq")
@@ -112,10 +112,17 @@ class Producer(ProducerBase):
 
     def _failed(self, gen: int, rid: str | None, text: str) -> None:
         with self._cv:
-            if rid is not None and self._pending.pop(rid, None) is not None:
-                self._error = MqkitError(
-                    f"ActiveMQ at {self._link.endpoint.where()} rejected a message: {text}"
-                )
+            if rid is not None and (sent := self._pending.pop(rid, None)) is not None:
+                if refusal(text) is PermissionDenied:
+                    self._error = PermissionDenied(
+                        f"ActiveMQ at {self._link.endpoint.where()} refused a message to "
+                        f"{sent[1]}: {text} (the broker's authorization map does not let this "
+                        "user write to it)"
+                    )
+                else:
+                    self._error = MqkitError(
+                        f"ActiveMQ at {self._link.endpoint.where()} rejected a message: {text}"
+                    )
                 self._cv.notify_all()
 
     def flush(self, timeout: float | None) -> None:

@@ -7,19 +7,20 @@ URL, timeouts from the options.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 from mqkit import adapter
 from mqkit.adapter import CONSUMER, PRODUCER, BrokerURL, option
 from mqkit.errors import ConfigError
+from mqkit.security import TLSOptions, client_context
 
 DEFAULT_PORTS = {"stomp": 61613, "stomp+ssl": 61614}
 
 
 @dataclass(frozen=True)
-class Settings(adapter.Settings):
+class Settings(TLSOptions, adapter.Settings):
     """Options of ``stomp://`` and ``stomp+ssl://``."""
 
     connect_timeout: float = option(
@@ -80,14 +81,6 @@ class Settings(adapter.Settings):
         "backend's `throwaway_group_options`, used for request/reply inboxes).",
         scopes=[CONSUMER],
     )
-    ca_certs: str | None = option(
-        None, "`stomp+ssl://` only: CA bundle to trust (default: the system's)."
-    )
-    certfile: str | None = option(None, "`stomp+ssl://` only: client certificate (PEM).")
-    keyfile: str | None = option(None, "`stomp+ssl://` only: the client certificate's key.")
-    verify: bool = option(
-        True, "`stomp+ssl://` only: check the server's certificate and host name."
-    )
 
 
 @dataclass(frozen=True)
@@ -102,6 +95,9 @@ class Endpoint:
     reconnect_max_delay: float
     #: stomp.py's ``set_ssl`` parameters, or None for plain STOMP.
     ssl: dict[str, Any] | None
+    #: The TLS context mqkit's options make (stomp.py builds its own from the same files and
+    #: switches); used to tell why a handshake failed.
+    tls_context: SSLContext | None = field(default=None, repr=False, compare=False)
     #: The JMS client id sent on CONNECT (a durable topic subscription needs one).
     client_id: str | None = None
 
@@ -121,24 +117,22 @@ def check_url(url: BrokerURL) -> None:
 
 def endpoint(url: BrokerURL, settings: Settings) -> Endpoint:
     """Hosts (default port by scheme), login and TLS (from the scheme and the TLS options)."""
-    files = {
-        "ca_certs": settings.ca_certs,
-        "certfile": settings.certfile,
-        "keyfile": settings.keyfile,
-    }
-    for name, path in files.items():
-        if path and not os.path.isfile(path):
-            raise ConfigError(f"{url}: {name}={path!r} is not a readable file")
-    ssl: dict[str, Any] | None = None
-    if url.scheme == "stomp+ssl":
-        ssl = {
-            "ca_certs": settings.ca_certs or None,
-            "cert_file": settings.certfile or None,
-            "key_file": settings.keyfile or None,
-            "verify": settings.verify,
+    params: dict[str, Any] | None = None
+    context: SSLContext | None = None
+    if url.scheme == "stomp+ssl" or settings.tls:
+        # Checks the files (ConfigError naming the option) and warns when verification is off.
+        context = client_context(settings, str(url))
+        params = {
+            "ca_certs": settings.ca_file or None,
+            "cert_file": settings.cert_file or None,
+            "key_file": settings.key_file or None,
+            "verify": not settings.tls_insecure_skip_verify,
         }
-    elif any(files.values()):
-        raise ConfigError(f"{url}: TLS options need a stomp+ssl:// URL")
+    elif settings.tls_options_given():
+        raise ConfigError(
+            f"{url}: the TLS options (ca_file, cert_file, key_file, tls_insecure_skip_verify) "
+            "need TLS: a stomp+ssl:// URL or tls=true"
+        )
     return Endpoint(
         hosts=tuple((host, port or DEFAULT_PORTS[url.scheme]) for host, port in url.hosts),
         username=url.username,
@@ -146,5 +140,6 @@ def endpoint(url: BrokerURL, settings: Settings) -> Endpoint:
         connect_timeout=settings.connect_timeout,
         heartbeat=settings.heartbeat,
         reconnect_max_delay=settings.reconnect_max_delay,
-        ssl=ssl,
+        ssl=params,
+        tls_context=context,
     )

@@ -1,16 +1,44 @@
-"""Connecting with pika, and pika's failures told as one line (mqkit errors name host and cause)."""
+"""Connecting with pika, and pika's failures told as one line (mqkit errors name host and cause):
+TLS problems as ``TLSError``, refused logins as ``AuthenticationError``, a vhost or resource the
+user may not use as ``PermissionDenied``."""
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 
 import pika
 import pika.exceptions
 
-from mqkit.errors import BrokerUnavailable
+from mqkit.errors import (
+    AuthenticationError,
+    BrokerUnavailable,
+    MqkitError,
+    PermissionDenied,
+    TLSError,
+)
+from mqkit.security import tls_failure
 
 from .settings import Endpoint
+
+#: An ``ssl`` error pika kept only as text (it wraps a stream lost during the protocol
+#: handshake in ``IncompatibleProtocolError``), e.g. the broker's alert refusing a client cert.
+_SSL_TEXT = re.compile(r"\[SSL: ([A-Z0-9_]+)\] ([^'\"(]*)")
+
+
+def _tls(item: BaseException) -> str | None:
+    """What went wrong with TLS in ``item`` (an ssl exception, or one pika turned to text)."""
+    found = tls_failure(item, "")
+    if found is None:
+        text = _SSL_TEXT.search(str(item))
+        if text is None:
+            return None
+        rebuilt = ssl.SSLError(1, f"[SSL: {text.group(1)}] {text.group(2).strip()}")
+        rebuilt.reason = text.group(1)
+        found = tls_failure(rebuilt, "")
+        assert found is not None
+    return str(found).removeprefix(": ")
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -32,19 +60,32 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+#: AMQP's reply code for a refused access (a vhost, exchange or queue the user may not use).
+ACCESS_REFUSED = 403
+
+
 def describe(exc: BaseException) -> str:
     """A one-line cause for an exception pika raised while connecting or talking."""
     causes = _causes(exc)
     for item in causes:
+        tls = _tls(item)
+        if tls is not None:
+            return tls
+    for item in causes:
         if isinstance(item, pika.exceptions.ProbableAuthenticationError):
             return "login refused: check the user name and password (ACCESS_REFUSED)"
         if isinstance(item, pika.exceptions.ProbableAccessDeniedError):
+            if _missing_vhost(item):
+                return "the virtual host does not exist (RabbitMQ: NOT_ALLOWED, vhost not found)"
             return (
-                "access to the virtual host refused: it does not exist or the user has no "
-                "permission on it"
+                "access to the virtual host refused: the user has no permission on it "
+                "(RabbitMQ: NOT_ALLOWED)"
             )
         if isinstance(item, pika.exceptions.IncompatibleProtocolError):
-            return "the server did not answer as an AMQP 0-9-1 broker"
+            return (
+                "the server did not answer as an AMQP 0-9-1 broker (if that is the broker's "
+                "TLS port, use amqps:// or tls=true)"
+            )
         if isinstance(item, pika.exceptions.ConnectionClosedByBroker):
             return f"the broker closed the connection ({item.reply_code} {item.reply_text})"
         if isinstance(item, socket.gaierror):
@@ -53,8 +94,6 @@ def describe(exc: BaseException) -> str:
             return "connection refused (is the broker running and listening on that port?)"
         if isinstance(item, (TimeoutError, socket.timeout)) or "Timeout" in type(item).__name__:
             return "no answer from the broker within the connect timeout"
-        if isinstance(item, ssl.SSLError):
-            return f"TLS handshake failed ({item})"
         if isinstance(item, OSError):
             return f"{type(item).__name__}: {item}"
     for item in causes:
@@ -64,9 +103,80 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def unavailable(endpoint: Endpoint, index: int, exc: BaseException) -> BrokerUnavailable:
-    """``BrokerUnavailable`` naming host ``index`` and the cause, chained to ``exc``."""
-    err = BrokerUnavailable(f"{endpoint.where(index)} is unavailable: {describe(exc)}")
+def _missing_vhost(exc: BaseException) -> bool:
+    """RabbitMQ's NOT_ALLOWED says "vhost … not found" for a missing vhost, "access to vhost …
+    refused for user …" for one the user may not use."""
+    return "not found" in str(exc)
+
+
+def kind(exc: BaseException) -> type[MqkitError]:
+    """The mqkit error class of a failure to connect: a TLS problem, a refused login, a vhost
+    the user may not use, or else an unavailable broker."""
+    causes = _causes(exc)
+    if any(_tls(item) is not None for item in causes):
+        return TLSError
+    for item in causes:
+        if isinstance(item, pika.exceptions.ProbableAuthenticationError):
+            return AuthenticationError
+        if isinstance(item, pika.exceptions.ProbableAccessDeniedError):
+            return BrokerUnavailable if _missing_vhost(item) else PermissionDenied
+        if (
+            isinstance(item, pika.exceptions.ConnectionClosedByBroker)
+            and item.reply_code == ACCESS_REFUSED
+        ):
+            # ACCESS_REFUSED while logging in: a refused login (the user or password)
+            return AuthenticationError
+    return BrokerUnavailable
+
+
+def unavailable(endpoint: Endpoint, index: int, exc: BaseException) -> MqkitError:
+    """The mqkit error for a failure to connect to host ``index`` (``BrokerUnavailable`` or
+    one of ``TLSError``, ``AuthenticationError``, ``PermissionDenied``), naming the host and the
+    cause, chained to ``exc``."""
+    err_type = kind(exc)
+    where = endpoint.where(index)
+    if err_type is BrokerUnavailable and any(
+        isinstance(item, pika.exceptions.IncompatibleProtocolError) for item in _causes(exc)
+    ):
+        refused = _client_refused(endpoint, index)
+        if refused is not None:
+            tls = TLSError(f"{where} is unavailable: {refused}")
+            tls.__cause__ = exc
+            return tls
+    if err_type is PermissionDenied:
+        err: MqkitError = PermissionDenied(f"{where} refused access: {describe(exc)}")
+    else:
+        err = err_type(f"{where} is unavailable: {describe(exc)}")
+    err.__cause__ = exc
+    return err
+
+
+def _client_refused(endpoint: Endpoint, index: int) -> str | None:
+    """Why the broker refused our TLS client, if it did. In TLS 1.3 the broker checks a client
+    certificate after the client's handshake is done; pika then sends the protocol header at
+    once, and the broker's alert is often lost to the reset that follows (the stream is lost,
+    nothing says why). A handshake that sends nothing reads the alert."""
+    if endpoint.tls is None:
+        return None
+    host, port = endpoint.hosts[index % len(endpoint.hosts)]
+    timeout = min(endpoint.connect_timeout, 1.0)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            with endpoint.tls.wrap_socket(sock, server_hostname=host) as tls:
+                tls.recv(1)
+    except (OSError, ssl.SSLError) as exc:
+        return _tls(exc)
+    return None
+
+
+def refused(where: str, what: str, exc: pika.exceptions.ChannelClosedByBroker) -> PermissionDenied:
+    """``PermissionDenied`` for a channel the broker closed with ACCESS_REFUSED (403) while
+    declaring, publishing or consuming ``what``."""
+    err = PermissionDenied(
+        f"{where} refused {what}: {exc.reply_code} {exc.reply_text} (the user lacks the "
+        "configure, write or read permission on it in this vhost)"
+    )
     err.__cause__ = exc
     return err
 

@@ -51,7 +51,7 @@ from mqkit.adapter import ConsumerBase, Deadline, Delivery
 from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
 from mqkit.message import new_message_id
 
-from .connection import describe, open_blocking
+from .connection import ACCESS_REFUSED, describe, open_blocking, refused
 from .settings import Endpoint, Settings
 from .wire import (
     CONTROL_EXCHANGE,
@@ -557,11 +557,16 @@ class Consumer(ConsumerBase):
                     f"{self._endpoint.where(self._host)} has no queue {self._queue!r} (option "
                     f"queue= consumes an existing queue; it declares nothing): {exc.reply_text}"
                 ) from exc
+            if exc.reply_code == ACCESS_REFUSED:
+                raise refused(
+                    self._endpoint.where(self._host),
+                    f"setting up group {self._group!r} of {self._topic_list()}",
+                    exc,
+                ) from exc
             raise ConfigError(
                 f"{self._endpoint.where(self._host)} refused to set up group {self._group!r} of "
                 f"{self._topic_list()}: {exc.reply_code} {exc.reply_text} "
-                "(an exchange or queue of that name exists with other settings, or the user "
-                "may not configure it)"
+                "(an exchange or queue of that name exists with other settings)"
             ) from exc
         except pika.exceptions.ConnectionClosedByBroker as exc:
             if HASH_EXCHANGE_TYPE in str(exc.reply_text):

@@ -32,7 +32,7 @@ from pika.exchange_type import ExchangeType
 from mqkit.adapter import Deadline, OutgoingMessage, ProducerBase
 from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, DeliveryTimeout, MqkitError
 
-from .connection import describe
+from .connection import ACCESS_REFUSED, describe, refused, unavailable
 from .settings import Endpoint, Settings
 from .wire import is_queue_address, properties, routing_key
 
@@ -73,7 +73,9 @@ class Producer(ProducerBase):
         self._cause = ""
         self._host = 0
         self._ready = threading.Event()
-        self._first_error: BrokerUnavailable | None = None
+        self._first_error: MqkitError | None = None
+        #: why the last connection attempt failed (the error mqkit raises names its class)
+        self._open_failure: BaseException | None = None
         self._thread = threading.Thread(
             target=self._run, name="mqkit-rabbitmq-producer", daemon=True
         )
@@ -91,7 +93,7 @@ class Producer(ProducerBase):
             self._thread.join(5)
             raise error
 
-    def _startup_error(self) -> BrokerUnavailable | None:
+    def _startup_error(self) -> MqkitError | None:
         """What the I/O thread failed with while connecting (a method: it is set by that
         thread, after ``__init__`` set it to ``None``)."""
         return self._first_error
@@ -217,8 +219,13 @@ class Producer(ProducerBase):
                     self._host += 1
                     continue
                 with self._cv:
-                    self._first_error = BrokerUnavailable(
-                        f"{self._endpoint.where(self._host)} is unavailable: {self._cause}"
+                    failure = self._open_failure
+                    self._first_error = (
+                        unavailable(self._endpoint, self._host, failure)
+                        if failure is not None
+                        else BrokerUnavailable(
+                            f"{self._endpoint.where(self._host)} is unavailable: {self._cause}"
+                        )
                     )
                 self._ready.set()
                 return
@@ -238,6 +245,7 @@ class Producer(ProducerBase):
 
     def _on_open_error(self, conn: pika.connection.Connection, exc: BaseException | str) -> None:
         self._cause = describe(exc) if isinstance(exc, BaseException) else str(exc)
+        self._open_failure = exc if isinstance(exc, BaseException) else None
         conn.ioloop.stop()  # type: ignore[attr-defined]
 
     def _on_closed(self, conn: pika.connection.Connection, exc: BaseException) -> None:
@@ -292,14 +300,26 @@ class Producer(ProducerBase):
                 self._existing.add(declaring)
             elif (
                 isinstance(exc, pika.exceptions.ChannelClosedByBroker)
+                and exc.reply_code == ACCESS_REFUSED
+            ):
+                what = (
+                    f"the exchange for topic {declaring!r}"
+                    if declaring is not None
+                    else "a publish"
+                )
+                self._error = refused(self._endpoint.where(self._host), what, exc)
+                self._cv.notify_all()
+                return
+            elif (
+                isinstance(exc, pika.exceptions.ChannelClosedByBroker)
                 and declaring is not None
-                and exc.reply_code in (403, 406)
+                and exc.reply_code == 406
             ):
                 where = self._endpoint.where(self._host)
                 self._error = ConfigError(
                     f"{where} refused the exchange for topic {declaring!r}: "
                     f"{exc.reply_code} {exc.reply_text} (an exchange of that name exists with "
-                    "other settings, or the user may not configure it)"
+                    "other settings)"
                 )
                 self._cv.notify_all()
                 return

@@ -34,7 +34,16 @@ class RawPikaClient:
     """One connection's worth of raw pika: subscribe, produce (confirmed), consume (acked)."""
 
     def __init__(self, url: BrokerURL) -> None:
-        known = ("connect_timeout", "cafile", "tls_verify", "queue_expires", "prefetch")
+        known = (
+            "connect_timeout",
+            "tls",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "tls_insecure_skip_verify",
+            "queue_expires",
+            "prefetch",
+        )
         options = {k: v for k, v in url.params.items() if k in known}
         self._settings = Settings.read(url.redacted(), options)
         self._endpoint = Endpoint.of(url, self._settings)

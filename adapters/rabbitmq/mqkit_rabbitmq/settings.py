@@ -12,13 +12,14 @@ import pika
 from mqkit.adapter import CONSUMER, PRODUCER, BrokerURL, option
 from mqkit.adapter import Settings as BaseSettings
 from mqkit.errors import ConfigError
+from mqkit.security import TLSOptions, client_context
 
 #: Most partition queues per group (each is a quorum queue: three open files on the broker).
 MAX_PARTITIONS = 64
 
 
 @dataclass(frozen=True)
-class Settings(BaseSettings):
+class Settings(TLSOptions, BaseSettings):
     """Options of ``amqp://`` and ``amqps://`` (URL query, ``connect()``, per producer/consumer)."""
 
     connect_timeout: float = option(
@@ -74,10 +75,6 @@ class Settings(BaseSettings):
         "at once).",
         minimum=0.01,
     )
-    cafile: str = option("", "CA bundle for a private CA (amqps:// only; default: system CAs).")
-    tls_verify: bool = option(
-        True, "Verify the server's certificate and host name (amqps:// only)."
-    )
     max_buffer: int = option(
         10_000,
         "Messages sent but not yet confirmed before send blocks.",
@@ -105,7 +102,7 @@ class Endpoint:
     @classmethod
     def of(cls, url: BrokerURL, settings: Settings) -> Endpoint:
         """The endpoint of ``url``; ``ConfigError`` for what cannot work."""
-        secure = url.scheme == "amqps"
+        secure = url.scheme == "amqps" or settings.tls
         if not url.hosts:
             raise ConfigError(
                 f"{url}: no host; write e.g. amqp://guest:guest@127.0.0.1:5672/ (vhost after the /)"
@@ -114,15 +111,12 @@ class Endpoint:
         path = url.path[1:] if url.path.startswith("/") else url.path
         context: ssl.SSLContext | None = None
         if secure:
-            try:
-                context = ssl.create_default_context(cafile=settings.cafile or None)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"{url}: cannot load cafile {settings.cafile!r}: {exc}") from None
-            if not settings.tls_verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-        elif settings.cafile:
-            raise ConfigError(f"{url}: option cafile needs an amqps:// URL")
+            context = client_context(settings, str(url))
+        elif settings.tls_options_given():
+            raise ConfigError(
+                f"{url}: the TLS options (ca_file, cert_file, key_file, tls_insecure_skip_verify) "
+                "need TLS: an amqps:// URL or tls=true"
+            )
         return cls(
             hosts=tuple((host, port or default_port) for host, port in url.hosts),
             vhost=path or "/",
