@@ -98,6 +98,8 @@ _VERIFY_CAUSES = {
     20: "the server's certificate is signed by a CA that is not trusted; give it with ca_file=",
     21: "the server's certificate is signed by a CA that is not trusted; give it with ca_file=",
     62: "the server's certificate does not name the host connected to; connect by a name it holds",
+    64: "the server's certificate does not name the IP address connected to; connect by a "
+    "name or address it holds",
 }
 
 
