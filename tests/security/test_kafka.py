@@ -9,8 +9,6 @@ client certificate, and two TLS listeners serving a wrong-host and an expired ce
 from __future__ import annotations
 
 import logging
-import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 
 import mqkit
 from mqkit.errors import AuthenticationError, PermissionDenied, TLSError
+from tests.security.support import consume_one, env_vars, refused, send_one
 
 #: The exports of adapters/kafka/ci/broker this module needs.
 NEEDED = (
@@ -31,18 +30,11 @@ NEEDED = (
     "MQKIT_TEST_KAFKA_EXPIRED_PORT",
     "MQKIT_TEST_CERTS",
 )
-FAST = 10.0
 
 
 @pytest.fixture(scope="module")
 def env() -> dict[str, str]:
-    missing = [name for name in NEEDED if not os.environ.get(name)]
-    if missing:
-        why = f"{', '.join(missing)} not set: adapters/kafka/ci/broker start prints them"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI: {why}")
-        pytest.skip(why)
-    return {name: os.environ[name] for name in NEEDED}
+    return env_vars(NEEDED, "kafka")
 
 
 @pytest.fixture(scope="module")
@@ -80,46 +72,6 @@ def secure_url(env: dict[str, str], **replace: str) -> str:
 
 def tls_url(port: int, certs: Path, ca: str = "ca.pem", extra: str = "") -> str:
     return f"kafka://localhost:{port}?tls=true&ca_file={certs / ca}{extra}"
-
-
-def refused(
-    url: str,
-    error: type[Exception],
-    logs: pytest.LogCaptureFixture,
-    action: Callable[[mqkit.Broker], object] | None = None,
-) -> str:
-    """The message of the ``error`` raised by connecting to ``url`` (and doing ``action``),
-    checked to come within 10 s and to hold no password, nor any log record."""
-    password = urlsplit(url).password
-    start = time.monotonic()
-    with pytest.raises(error) as caught, mqkit.connect(url) as broker:
-        if action is not None:
-            action(broker)
-    took = time.monotonic() - start
-    assert took < FAST, f"{error.__name__} after {took:.1f} s"
-    message = str(caught.value)
-    if password:
-        assert password not in message
-        assert password not in logs.text
-        assert all(password not in repr(record.args) for record in logs.records)
-    return message
-
-
-def send_one(topic: str) -> Callable[[mqkit.Broker], object]:
-    def send(broker: mqkit.Broker) -> None:
-        with broker.producer() as producer:
-            producer.send(topic, {"n": 1})
-            producer.flush()
-
-    return send
-
-
-def consume_one(topic: str) -> Callable[[mqkit.Broker], object]:
-    def consume(broker: mqkit.Broker) -> None:
-        with broker.consumer(topic, group=f"g-{uuid.uuid4().hex[:8]}") as consumer:
-            consumer.receive(timeout=1)
-
-    return consume
 
 
 # -- what works ---------------------------------------------------------------------------------

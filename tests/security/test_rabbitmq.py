@@ -9,17 +9,12 @@ elsewhere) and ``mqkit-readonly`` (may only read there).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -28,24 +23,18 @@ from mqkit import (
     AuthenticationError,
     BrokerUnavailable,
     ConfigError,
-    MqkitError,
     PermissionDenied,
     TLSError,
 )
+from tests.security.support import LIMIT, certs_of, env_url, fails, password_of, relay, variant
 
-LIMIT = 10.0
 SECURE = "MQKIT_TEST_RABBITMQ_SECURE_URL"
 READONLY = "MQKIT_TEST_RABBITMQ_READONLY_URL"
 PLAIN = "MQKIT_TEST_RABBITMQ_URL"
 
 
 def _env(name: str) -> str:
-    url = os.environ.get(name)
-    if not url:
-        if os.environ.get("CI"):
-            raise RuntimeError(f"{name} is not set in CI: run adapters/rabbitmq/ci/broker start")
-        pytest.skip(f"set {name} (adapters/rabbitmq/ci/broker start prints it)")
-    return url
+    return env_url(name, "rabbitmq")
 
 
 @pytest.fixture(scope="module")
@@ -55,103 +44,7 @@ def secure_url() -> str:
 
 @pytest.fixture(scope="module")
 def certs(secure_url: str) -> Path:
-    return Path(dict(parse_qsl(urlsplit(secure_url).query))["ca_file"]).parent
-
-
-def variant(
-    url: str,
-    *,
-    scheme: str | None = None,
-    user: str | None = None,
-    password: str | None = None,
-    host: str | None = None,
-    port: int | None = None,
-    path: str | None = None,
-    drop: tuple[str, ...] = (),
-    **query: str,
-) -> str:
-    """``url`` with some parts replaced (query options set or dropped)."""
-    parts = urlsplit(url)
-    user = parts.username if user is None else user
-    password = parts.password if password is None else password
-    auth = f"{quote(user or '', safe='')}:{quote(password or '', safe='')}@" if user else ""
-    netloc = f"{auth}{host or parts.hostname}:{port or parts.port}"
-    options = {k: v for k, v in parse_qsl(parts.query) if k not in drop}
-    options.update(query)
-    path = parts.path if path is None else path
-    return urlunsplit((scheme or parts.scheme, netloc, path, urlencode(options), ""))
-
-
-def password_of(url: str) -> str:
-    password = urlsplit(url).password
-    assert password
-    return password
-
-
-def fails(
-    kind: type[MqkitError],
-    url: str,
-    caplog: pytest.LogCaptureFixture,
-    secrets: tuple[str, ...],
-    **options: Any,
-) -> str:
-    """Connecting to ``url`` raises exactly ``kind`` within the limit, and neither the message
-    nor the logs hold any of ``secrets``; the message."""
-    caplog.set_level(logging.DEBUG)
-    started = time.monotonic()
-    with pytest.raises(MqkitError) as info:
-        mqkit.connect(url, **options).close()
-    took = time.monotonic() - started
-    assert type(info.value) is kind, repr(info.value)
-    assert took < LIMIT, f"{took:.1f} s"
-    text = str(info.value)
-    for secret in secrets:
-        assert secret not in text
-        assert secret not in caplog.text
-    return text
-
-
-@contextlib.contextmanager
-def relay(target: tuple[str, int], host: str = "127.0.0.2") -> Iterator[int]:
-    """A TCP relay on ``host`` to ``target``: the broker answers under another address, one
-    its certificate does not name."""
-    server = socket.socket()
-    try:
-        server.bind((host, 0))
-    except OSError as exc:  # pragma: no cover - 127.0.0.0/8 is loopback on Linux
-        server.close()
-        pytest.skip(f"cannot listen on {host}: {exc}")
-    server.listen()
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                client, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            upstream = socket.create_connection(target)
-            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(2)
-        server.close()
+    return certs_of(secure_url)
 
 
 def round_trip(url: str, **options: Any) -> None:

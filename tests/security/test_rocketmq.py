@@ -11,8 +11,6 @@ tests/rocketmq/test_rocketmq_remoting.py (another virtualenv).
 from __future__ import annotations
 
 import logging
-import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +20,8 @@ import pytest
 
 import mqkit
 from mqkit.errors import AuthenticationError, ConfigError, PermissionDenied, TLSError
+from tests.security import support
+from tests.security.support import consume_one, env_vars, send_one
 
 NEEDED = (
     "MQKIT_TEST_ROCKETMQ_URL",
@@ -30,20 +30,13 @@ NEEDED = (
     "MQKIT_TEST_ROCKETMQ_DENIED_URL",
     "MQKIT_TEST_CERTS",
 )
-FAST = 10.0
 #: Where rocketmq-python-client writes its own log (not through ``logging``).
 CLIENT_LOG = Path.home() / "logs" / "rocketmq_python" / "rocketmq_client.log"
 
 
 @pytest.fixture(scope="module")
 def env() -> dict[str, str]:
-    missing = [name for name in NEEDED if not os.environ.get(name)]
-    if missing:
-        why = f"{', '.join(missing)} not set: adapters/rocketmq/ci/broker start prints them"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI: {why}")
-        pytest.skip(why)
-    return {name: os.environ[name] for name in NEEDED}
+    return env_vars(NEEDED, "rocketmq")
 
 
 @pytest.fixture
@@ -52,50 +45,19 @@ def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]
         yield caplog
 
 
-def replaced(url: str, old: str, new: str) -> str:
-    assert old in url
-    return url.replace(old, new, 1)
-
-
 def refused(
     url: str,
     error: type[Exception],
     logs: pytest.LogCaptureFixture,
     action: Callable[[mqkit.Broker], object] | None = None,
 ) -> str:
-    """The message of the ``error`` raised by connecting to ``url`` (and doing ``action``),
-    checked to come within 10 s and to show no password anywhere."""
-    password = urlsplit(url).password
-    start = time.monotonic()
-    with pytest.raises(error) as caught, mqkit.connect(url) as broker:
-        if action is not None:
-            action(broker)
-    took = time.monotonic() - start
-    assert took < FAST, f"{error.__name__} after {took:.1f} s"
-    message = str(caught.value)
-    if password:
-        assert password not in message
-        assert password not in logs.text
-        if CLIENT_LOG.exists():
-            assert password not in CLIENT_LOG.read_text(errors="replace")
-    return message
+    """:func:`tests.security.support.refused`, also reading the 5.x client's own log file."""
+    return support.refused(url, error, logs, action, (CLIENT_LOG,))
 
 
-def send_one(topic: str) -> Callable[[mqkit.Broker], object]:
-    def send(broker: mqkit.Broker) -> None:
-        with broker.producer() as producer:
-            producer.send(topic, {"n": 1})
-            producer.flush()
-
-    return send
-
-
-def consume_one(topic: str) -> Callable[[mqkit.Broker], object]:
-    def consume(broker: mqkit.Broker) -> None:
-        with broker.consumer(topic, group=f"g-{uuid.uuid4().hex[:8]}") as consumer:
-            consumer.receive(timeout=1)
-
-    return consume
+def replaced(url: str, old: str, new: str) -> str:
+    assert old in url
+    return url.replace(old, new, 1)
 
 
 # -- what works ---------------------------------------------------------------------------------

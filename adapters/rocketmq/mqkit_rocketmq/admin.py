@@ -487,16 +487,15 @@ def ensure_user(
             "userStatus": "enable",
         }
     ).encode()
-    for address in master_brokers(namesrv, timeout=timeout).values():
-        fields = {"username": username}
-        with Session(address, timeout=timeout, credentials=credentials) as session:
-            found, known = session.call(AUTH_GET_USER, fields)
-            # A missing user is a SUCCESS without a body.
-            exists = found["code"] == SUCCESS and known.strip() not in (b"", b"null")
-            code = AUTH_UPDATE_USER if exists else AUTH_CREATE_USER
-            reply, _ = session.call(code, fields, info)
-        if reply["code"] != SUCCESS:
-            raise _failed(reply, f"creating user {username!r} on {address}")
+    _upsert(
+        namesrv,
+        (AUTH_GET_USER, AUTH_UPDATE_USER, AUTH_CREATE_USER),
+        {"username": username},
+        info,
+        f"creating user {username!r}",
+        timeout,
+        credentials,
+    )
 
 
 def ensure_acl(
@@ -525,15 +524,37 @@ def ensure_acl(
             ],
         }
     ).encode()
+    _upsert(
+        namesrv,
+        (AUTH_GET_ACL, AUTH_UPDATE_ACL, AUTH_CREATE_ACL),
+        {"subject": subject},
+        acl,
+        f"setting the ACL of {subject!r}",
+        timeout,
+        credentials,
+    )
+
+
+def _upsert(
+    namesrv: str,
+    codes: tuple[int, int, int],
+    fields: dict[str, str],
+    body: bytes,
+    what: str,
+    timeout: float,
+    credentials: Credentials | None,
+) -> None:
+    """On every master broker: read the entry ``fields`` name (``codes``: get, update,
+    create), then update it if it exists, else create it, with ``body``."""
+    get, update, create = codes
     for address in master_brokers(namesrv, timeout=timeout).values():
-        fields = {"subject": subject}
         with Session(address, timeout=timeout, credentials=credentials) as session:
-            found, known = session.call(AUTH_GET_ACL, fields)
+            found, known = session.call(get, fields)
+            # A missing entry is a SUCCESS without a body.
             exists = found["code"] == SUCCESS and known.strip() not in (b"", b"null")
-            code = AUTH_UPDATE_ACL if exists else AUTH_CREATE_ACL
-            reply, _ = session.call(code, fields, acl)
+            reply, _ = session.call(update if exists else create, fields, body)
         if reply["code"] != SUCCESS:
-            raise _failed(reply, f"setting the ACL of {subject!r} on {address}")
+            raise _failed(reply, f"{what} on {address}")
 
 
 def send_probe(
