@@ -4,8 +4,6 @@ fault tests may stop, kill and restart (never the broker other tests use)."""
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -14,6 +12,8 @@ from pathlib import Path
 
 import pika
 import pytest
+
+from tests.chaos import free_ports
 
 NODE_SCRIPT = Path(__file__).resolve().parents[2] / "adapters" / "rabbitmq" / "ci" / "node"
 ENV = "MQKIT_TEST_RABBITMQ_URL"
@@ -34,15 +34,6 @@ def names() -> tuple[str, str]:
     """A fresh topic and group."""
     tag = uuid.uuid4().hex[:10]
     return f"rt-{tag}", f"rg-{tag}"
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass
@@ -92,13 +83,7 @@ class Node:
 def node(tmp_path_factory: pytest.TempPathFactory, rabbit_url: str) -> Iterator[Node]:
     if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
         pytest.fail("fault tests need Debian's rabbitmq-server (adapters/rabbitmq/ci/broker start)")
-    rng = random.Random()
-    for _ in range(50):
-        port = rng.randrange(20000, 29000)
-        if _free(port) and _free(port + 20000):
-            break
-    else:  # pragma: no cover
-        pytest.fail("no free port pair for a private RabbitMQ node")
+    port = free_ports([0, 20000])
     node = Node(tmp_path_factory.mktemp("rabbitmq-node"), port, f"mqkit-test-{os.getpid()}")
     node.start()
     try:
