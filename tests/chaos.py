@@ -93,3 +93,16 @@ def run_script(script: Path, *args: str, log: Path) -> tuple[int, str]:
             check=False,
         ).returncode
     return code, out.read_text().strip()
+
+
+def assert_failover(report: dict[str, Any], *, rate: float, resumed: float, back: float) -> None:
+    """A replicated setup through a node fault: nothing confirmed lost, no effect twice, no
+    stretch of 10 s or more without progress, and from ``resumed`` seconds until the node is
+    ``back`` at least 70 % of the offered ``rate`` both confirmed and received."""
+    assert report["lost"] == 0
+    assert report["duplicate_effects"] == 0
+    assert report["unavailable"] < 10.0
+    away = [s for s in report["timeline"] if resumed <= s["t"] < back]
+    assert away
+    for field in ("confirmed", "received"):
+        assert sum(s[field] for s in away) > 0.7 * rate * len(away), (field, away)

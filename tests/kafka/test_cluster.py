@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import free_ports, run_chaos, run_script
+from tests.chaos import assert_failover, free_ports, run_chaos, run_script
 from tests.kafka.conftest import BROKER_SCRIPT
 
 CLUSTER_SCRIPT = BROKER_SCRIPT.parent / "cluster"
@@ -51,10 +51,5 @@ def test_killing_a_node_loses_nothing_and_pauses_briefly(cluster: tuple[Path, st
         restart_at=17,
         restart_cmd=f"bash {script} node {where} 1 start {quiet}",
     )
-    assert report["lost"] == 0
-    assert report["duplicate_effects"] == 0
     assert report["confirmed"] > 1500
-    assert report["unavailable"] < 10.0
-    away = [s for s in report["timeline"] if 15 <= s["t"] < 17]  # from 10 s after the kill
-    assert sum(s["confirmed"] for s in away) > 0.7 * 100 * len(away), away
-    assert sum(s["received"] for s in away) > 0.7 * 100 * len(away), away
+    assert_failover(report, rate=100, resumed=15, back=17)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import free_ports, run_chaos, run_script
+from tests.chaos import assert_failover, free_ports, run_chaos, run_script
 from tests.rabbitmq.conftest import NODE_SCRIPT
 
 CLUSTER_SCRIPT = NODE_SCRIPT.parent / "cluster"
@@ -56,13 +56,5 @@ def test_killing_the_leaders_node_loses_nothing_and_pauses_briefly(
         restart_at=17,
         restart_cmd=f"bash {node} start {first} {port} mqkc{os.getpid()}-1 {quiet}",
     )
-    assert report["lost"] == 0
-    assert report["duplicate_effects"] == 0
     assert report["confirmed"] > 1500
-    assert report["unavailable"] < 10.0
-    # While node 1 is away (9 s to 16 s: after the failover), most of the offered load goes
-    # through: before, a refused producer channel and the dead node's consumer, still counted,
-    # held all or half of it back until the node returned.
-    away = [s for s in report["timeline"] if 9 <= s["t"] < 16]
-    assert sum(s["confirmed"] for s in away) > 0.7 * 100 * len(away), away
-    assert sum(s["received"] for s in away) > 0.7 * 100 * len(away), away
+    assert_failover(report, rate=100, resumed=9, back=16)
