@@ -168,11 +168,16 @@ class Consumer(ConsumerBase):
         completes the first join of a new group at once (``group.initial.rebalance.delay.ms``
         is 0 in CI), that was nothing, and ``consumer()`` returned owning no partition; the
         partitions came with a second rebalance once the metadata arrived. Runs before the
-        poller thread starts, so no join is under way yet.
+        poller thread starts, so no join is under way yet. A topic created a moment ago may be
+        missing from the first metadata answers (more often on a loaded machine): asked again
+        for up to 5 s, as a later rebalance would take partitions from a member while its
+        messages are in flight, and they would be delivered again.
         """
+        deadline = Deadline(min(self._settings.join_timeout, 5.0))
         for topic in topics:
             try:
-                self._consumer.partitions_for_topic(topic)
+                while not self._consumer.partitions_for_topic(topic) and not deadline.expired:
+                    time.sleep(0.05)
             except Exception as exc:  # the group join reports a broker that is gone
                 log.debug("%s: metadata of %r not loaded: %s", self._where, topic, exc)
                 return

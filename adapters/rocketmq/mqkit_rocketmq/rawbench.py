@@ -19,6 +19,7 @@ from typing import Any
 
 from mqkit.config import BrokerURL
 from mqkit_rocketmq import _grpc, admin
+from mqkit_rocketmq.backend import tls_credentials
 from mqkit_rocketmq.settings import Settings, endpoints
 
 
@@ -34,6 +35,12 @@ class RawRocketMQClient:
         self._polling = settings.long_polling_timeout
         self._in_flight = settings.max_in_flight
         self._namesrv = settings.namesrv if settings.auto_create else None
+        # The same security as mqkit's side: signed admin requests, TLS channels to the proxy.
+        self._credentials = (url.username, url.password or "") if url.username else None
+        if settings.tls:
+            channel = tls_credentials(settings, url.redacted())
+            for target in {self._config.rpc_endpoints.facade, *endpoints(url)}:
+                _grpc.use_tls(target, channel)
         self._producer: Any = None
         self._consumer: Any = None
 
@@ -42,8 +49,8 @@ class RawRocketMQClient:
         group = group.replace(".", "_")
         if self._namesrv is not None:
             for name in names:
-                admin.ensure_topic(self._namesrv, name)
-            admin.ensure_group(self._namesrv, group)
+                admin.ensure_topic(self._namesrv, name, credentials=self._credentials)
+            admin.ensure_group(self._namesrv, group, credentials=self._credentials)
         filters = {name: _grpc.model.FilterExpression() for name in names}
         self._consumer = _grpc.simple.SimpleConsumer(
             self._config, group, filters, await_duration=self._polling
@@ -52,7 +59,9 @@ class RawRocketMQClient:
         self._consumer._init_settings_event.wait(10)
         if self._namesrv is not None:
             for name in names:
-                admin.start_group_at_end(self._namesrv, group, name)
+                admin.start_group_at_end(
+                    self._namesrv, group, name, credentials=self._credentials
+                )
 
     def produce(self, topic: str, bodies: Iterable[bytes]) -> None:
         if self._producer is None:
