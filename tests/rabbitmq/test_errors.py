@@ -183,3 +183,21 @@ def test_missing_hash_exchange_plugin_is_a_clear_error(node: Node) -> None:
                 producer.send("no-plugin", 1)
     finally:
         node.plugins("enable", plugin)
+
+
+def test_only_a_brokers_internal_error_is_tried_again_while_setting_up() -> None:
+    """541 INTERNAL_ERROR (RabbitMQ crashed handling a request, e.g. a consume on a quorum
+    queue whose Raft server is not up yet) is retried; a refusal is not."""
+    from mqkit_rabbitmq.consumer import _internal_error
+
+    def raised(cause: BaseException) -> mqkit.BrokerUnavailable:
+        try:
+            raise mqkit.BrokerUnavailable("unavailable") from cause
+        except mqkit.BrokerUnavailable as exc:
+            return exc
+
+    internal = pika.exceptions.ConnectionClosedByBroker(541, "INTERNAL_ERROR")
+    refused = pika.exceptions.ConnectionClosedByBroker(403, "ACCESS_REFUSED")
+    assert _internal_error(raised(internal))
+    assert not _internal_error(raised(refused))
+    assert not _internal_error(mqkit.BrokerUnavailable("no cause"))

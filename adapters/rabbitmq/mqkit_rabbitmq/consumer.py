@@ -82,6 +82,10 @@ CHECKS_PER_TICK = 8
 #: membership is checked); a member not heard from for three sweeps over its topics (at least
 #: MEMBER_TIMEOUT seconds) no longer counts.
 HEARTBEAT = 1.0
+#: Times setting up is tried again when the broker closes the connection with 541
+#: INTERNAL_ERROR: RabbitMQ 3.10 does when a consumer subscribes to a quorum queue whose Raft
+#: server is not running yet (seen on a loaded machine), and a second try finds it running.
+SETUP_RETRIES = 3
 MEMBER_TIMEOUT = 3.0
 
 
@@ -115,6 +119,12 @@ class _Block:
 
     expected: Counter[str] = field(default_factory=Counter)
     withheld: list[Delivery] = field(default_factory=list)
+
+
+def _internal_error(exc: BaseException) -> bool:
+    """Did the broker close the connection with 541 INTERNAL_ERROR (a broker-side crash)?"""
+    cause = exc.__cause__
+    return isinstance(cause, pika.exceptions.ConnectionClosedByBroker) and cause.reply_code == 541
 
 
 @dataclass
@@ -489,6 +499,10 @@ class Consumer(ConsumerBase):
             except MqkitError as exc:
                 self._teardown()
                 if not self._ready.is_set():
+                    if _internal_error(exc) and failures < SETUP_RETRIES:
+                        failures += 1
+                        self._backoff(failures, str(exc))
+                        continue
                     self._first_error = exc
                     self._ready.set()
                     return
