@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from mqkit.benchmark.clients import BenchClient, ClientFactory
+from mqkit.errors import DeliveryTimeout
 
 _HEADER = struct.Struct(">qd")  # sequence number, send time (time.time())
 
@@ -93,20 +94,50 @@ class _Tally:
         return received, self.expected - received, duplicated
 
 
-def _threads(targets: list[Callable[[], None]]) -> None:
-    errors: list[BaseException] = []
+#: How long past a run's deadline a client call may go on before the run fails as stuck.
+STUCK_AFTER = 30.0
 
-    def run(fn: Callable[[], None]) -> None:
+
+class _Worker:
+    """A client call on a thread of its own, joined with ``join``, which re-raises what the call
+    raised. A call that outlives its deadline by ``STUCK_AFTER`` fails the run instead of hanging
+    the bench: a client library stuck inside a poll is an error to report, not a wait."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn = fn
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         try:
-            fn()
-        except BaseException as exc:  # re-raised in the caller
-            errors.append(exc)
+            self._fn()
+        except BaseException as exc:  # re-raised by join
+            self._error = exc
 
-    threads = [threading.Thread(target=run, args=(fn,), daemon=True) for fn in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    def join(self, deadline: float | None = None) -> None:
+        if deadline is None:
+            self._thread.join()
+        else:
+            self._thread.join(max(0.0, deadline - time.monotonic()) + STUCK_AFTER)
+        if self._thread.is_alive():
+            raise DeliveryTimeout(
+                f"a client call was still running {STUCK_AFTER:.0f} s after the run's deadline "
+                "(stuck in the client library); the run is abandoned"
+            )
+        if self._error is not None:
+            raise self._error
+
+
+def _threads(targets: list[Callable[[], None]], deadline: float | None = None) -> None:
+    """Run the calls at once and wait for all of them; the first failure is raised."""
+    workers = [_Worker(fn) for fn in targets]
+    errors: list[BaseException] = []
+    for worker in workers:
+        try:
+            worker.join(deadline)
+        except BaseException as exc:
+            errors.append(exc)
     if errors:
         raise errors[0]
 
@@ -183,7 +214,8 @@ class BackendBench:
             deadline = time.monotonic() + work.timeout
             started = time.perf_counter()
             _threads(
-                [partial(c.consume, tally.on_body, tally.complete, deadline) for c in consumers]
+                [partial(c.consume, tally.on_body, tally.complete, deadline) for c in consumers],
+                deadline,
             )
             consumed = (tally.last or time.perf_counter()) - started
         finally:
@@ -225,12 +257,7 @@ class BackendBench:
             consumer.subscribe([topic], group)
             tally = _Tally(total)
             deadline = time.monotonic() + work.latency_seconds + work.timeout
-            receiver = threading.Thread(
-                target=consumer.consume,
-                args=(tally.on_body, tally.complete, deadline),
-                daemon=True,
-            )
-            receiver.start()
+            receiver = _Worker(partial(consumer.consume, tally.on_body, tally.complete, deadline))
 
             def paced() -> Iterator[bytes]:
                 interval = 1.0 / work.latency_rate
@@ -243,7 +270,7 @@ class BackendBench:
 
             started = time.perf_counter()
             producer.produce(topic, paced())
-            receiver.join()
+            receiver.join(deadline)
             seconds = time.perf_counter() - started
         finally:
             consumer.close()

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import pytest
+
+from mqkit.benchmark import runner
 from mqkit.benchmark.runner import BackendBench, Measurement, Workload, compare, median
+from mqkit.errors import BrokerUnavailable, DeliveryTimeout
 
 
 def _m(client: str, rate: float, lost: int = 0, test: str = "produce") -> Measurement:
@@ -48,3 +56,56 @@ def test_latency_rows_keep_the_run_with_the_median_p50() -> None:
     for run, p50 in zip(runs, (9.0, 1.0, 4.0), strict=True):
         run.latency_ms = {"p50": p50}
     assert median(runs).latency_ms == {"p50": 4.0}
+
+
+class _Stuck:
+    """A client whose consume never returns, as a client library stuck inside its poll."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self._release = release
+
+    def subscribe(self, topics: Sequence[str], group: str) -> None:
+        pass
+
+    def produce(self, topic: str, bodies: Iterable[bytes]) -> None:
+        for _ in bodies:
+            pass
+
+    def consume(
+        self, on_body: Callable[[bytes], None], until: Callable[[], bool], deadline: float
+    ) -> None:
+        self._release.wait()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_client_stuck_past_the_deadline_fails_the_run_instead_of_hanging_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runner, "STUCK_AFTER", 0.2)
+    release = threading.Event()
+    work = Workload(latency_rate=100, latency_seconds=0.05, timeout=0.1, topic_counts=(1,))
+    bench = BackendBench("b", "raw", lambda: _Stuck(release), work)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeliveryTimeout, match="stuck in the client library"):
+            bench.latency()
+        with pytest.raises(DeliveryTimeout):
+            bench.throughput(1)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 5
+
+
+def test_an_error_in_the_receiving_thread_fails_the_latency_run() -> None:
+    class Failing(_Stuck):
+        def consume(
+            self, on_body: Callable[[bytes], None], until: Callable[[], bool], deadline: float
+        ) -> None:
+            raise BrokerUnavailable("connection lost")
+
+    work = Workload(latency_rate=100, latency_seconds=0.05, timeout=1.0, topic_counts=(1,))
+    bench = BackendBench("b", "raw", lambda: Failing(threading.Event()), work)
+    with pytest.raises(BrokerUnavailable, match="connection lost"):
+        bench.latency()
