@@ -3,12 +3,13 @@ own: the CLI run in a child process, and free loopback ports for private cluster
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,22 @@ def run_script(script: Path, *args: str, log: Path) -> tuple[int, str]:
             check=False,
         ).returncode
     return code, out.read_text().strip()
+
+
+@contextlib.contextmanager
+def private_cluster(
+    script: Path, directory: Path, offsets: Iterable[int], *args: str
+) -> Iterator[tuple[int, str]]:
+    """``SCRIPT start DIRECTORY PORT ARGS…`` on a base port whose ``offsets`` are all free;
+    yields (port, the URL it printed); ``SCRIPT stop DIRECTORY`` afterwards, however it ends."""
+    port = free_ports(offsets)
+    log = directory / "cluster.log"
+    try:
+        code, url = run_script(script, "start", str(directory), str(port), *args, log=log)
+        assert code == 0, log.read_text()[-3000:]
+        yield port, url
+    finally:
+        run_script(script, "stop", str(directory), log=log)
 
 
 def assert_failover(report: dict[str, Any], *, rate: float, resumed: float, back: float) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.activemq.conftest import SCRIPT
-from tests.chaos import assert_failover, free_ports, run_chaos, run_script
+from tests.chaos import assert_failover, private_cluster, run_chaos
 
 CLUSTER_SCRIPT = SCRIPT.parent / "cluster"
 
@@ -21,15 +21,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, st
     """Primary (STOMP on ``PORT``) and backup (``PORT+1``); yields (directory, URL)."""
     if not Path("/usr/share/activemq").exists():
         pytest.fail("fault tests need Debian's activemq (adapters/activemq/ci/broker start)")
-    port = free_ports([0, 1])
     directory = tmp_path_factory.mktemp("activemq-cluster")
-    log = directory / "cluster.log"
-    try:
-        code, url = run_script(CLUSTER_SCRIPT, "start", str(directory), str(port), log=log)
-        assert code == 0, log.read_text()[-3000:]
+    with private_cluster(CLUSTER_SCRIPT, directory, [0, 1]) as (_, url):
         yield directory, url
-    finally:
-        run_script(CLUSTER_SCRIPT, "stop", str(directory), log=log)
 
 
 def test_killing_the_primary_loses_nothing_and_pauses_briefly(cluster: tuple[Path, str]) -> None:

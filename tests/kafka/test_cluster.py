@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import assert_failover, free_ports, run_chaos, run_script
+from tests.chaos import assert_failover, private_cluster, run_chaos
 from tests.kafka.conftest import BROKER_SCRIPT
 
 CLUSTER_SCRIPT = BROKER_SCRIPT.parent / "cluster"
@@ -20,15 +20,9 @@ CLUSTER_SCRIPT = BROKER_SCRIPT.parent / "cluster"
 def cluster(tmp_path_factory: pytest.TempPathFactory, kafka_url: str) -> Iterator[tuple[Path, str]]:
     """Three nodes (brokers on ``PORT``…``PORT+2``, controllers on ``PORT+10``…); yields
     (directory, URL)."""
-    port = free_ports([0, 1, 2, 10, 11, 12])
     directory = tmp_path_factory.mktemp("kafka-cluster")
-    log = directory / "cluster.log"
-    try:
-        code, url = run_script(CLUSTER_SCRIPT, "start", str(directory), str(port), log=log)
-        assert code == 0, log.read_text()[-3000:]
+    with private_cluster(CLUSTER_SCRIPT, directory, [0, 1, 2, 10, 11, 12]) as (_, url):
         yield directory, url
-    finally:
-        run_script(CLUSTER_SCRIPT, "stop", str(directory), log=log)
 
 
 def test_killing_a_node_loses_nothing_and_pauses_briefly(cluster: tuple[Path, str]) -> None:

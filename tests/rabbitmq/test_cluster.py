@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import assert_failover, free_ports, run_chaos, run_script
+from tests.chaos import assert_failover, private_cluster, run_chaos
 from tests.rabbitmq.conftest import NODE_SCRIPT
 
 CLUSTER_SCRIPT = NODE_SCRIPT.parent / "cluster"
@@ -23,17 +23,10 @@ def cluster(
 ) -> Iterator[tuple[Path, int, str]]:
     """Three nodes (AMQP on ``PORT``…``PORT+2``, distribution 20000 above); yields (directory,
     port, URL)."""
-    port = free_ports([0, 1, 2, 20000, 20001, 20002])
     directory = tmp_path_factory.mktemp("rabbitmq-cluster")
-    log = directory / "cluster.log"
-    try:
-        code, url = run_script(
-            CLUSTER_SCRIPT, "start", str(directory), str(port), f"mqkc{os.getpid()}-", log=log
-        )
-        assert code == 0, log.read_text()[-3000:]
-        yield directory, port, url
-    finally:
-        run_script(CLUSTER_SCRIPT, "stop", str(directory), log=log)
+    offsets = [0, 1, 2, 20000, 20001, 20002]
+    with private_cluster(CLUSTER_SCRIPT, directory, offsets, f"mqkc{os.getpid()}-") as started:
+        yield directory, *started
 
 
 def test_killing_the_leaders_node_loses_nothing_and_pauses_briefly(

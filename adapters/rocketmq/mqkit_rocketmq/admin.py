@@ -205,6 +205,22 @@ def _failed(reply: dict[str, Any], doing: str) -> AdminError:
     return kind(f"{doing}: code {reply.get('code')}: {reply.get('remark') or 'no remark'}")
 
 
+def brokers(
+    namesrv: str, *, timeout: float = 5.0, credentials: Credentials | None = None
+) -> list[tuple[str, int, str]]:
+    """(broker name, broker id, address) of every broker the name server knows; id 0 is a
+    group's primary (master), the others its replicas."""
+    reply, body = call(namesrv, GET_BROKER_CLUSTER_INFO, timeout=timeout, credentials=credentials)
+    if reply["code"] != SUCCESS:
+        raise _failed(reply, f"asking {namesrv} for its brokers")
+    table = _json(body).get("brokerAddrTable", {}) if body else {}
+    return sorted(
+        (name, int(broker_id), address)
+        for name, data in table.items()
+        for broker_id, address in data.get("brokerAddrs", {}).items()
+    )
+
+
 def master_brokers(
     namesrv: str, *, timeout: float = 5.0, credentials: Credentials | None = None
 ) -> dict[str, str]:
@@ -242,7 +258,10 @@ def ensure_topic(
     timeout: float = 5.0,
     credentials: Credentials | None = None,
 ) -> bool:
-    """Create ``topic`` as a MIXED topic on every master broker unless the name server knows it.
+    """Create ``topic`` as a MIXED topic on every broker unless the name server knows it.
+
+    Every broker, replicas too: a replica copies its primary's topics only every few seconds,
+    and one that a failover makes primary must already know a topic made just before.
 
     MIXED: mqkit sends keyed messages as FIFO messages and the others as NORMAL ones, and a
     RocketMQ 5 topic takes only the message types it declares (``message_type``: another type,
@@ -250,8 +269,7 @@ def ensure_topic(
     """
     if topic_exists(namesrv, topic, timeout=timeout, credentials=credentials):
         return False
-    brokers = master_brokers(namesrv, timeout=timeout, credentials=credentials)
-    if not brokers:
+    if not master_brokers(namesrv, timeout=timeout, credentials=credentials):
         raise AdminError(f"the name server {namesrv} knows no broker to create {topic!r} on")
     fields = {
         "topic": topic,
@@ -264,7 +282,7 @@ def ensure_topic(
         "order": "false",
         "attributes": f"+message.type={message_type}",
     }
-    for name, address in brokers.items():
+    for name, _, address in brokers(namesrv, timeout=timeout, credentials=credentials):
         reply, _ = call(
             address, UPDATE_AND_CREATE_TOPIC, fields, timeout=timeout, credentials=credentials
         )
@@ -290,7 +308,8 @@ def ensure_group(
     """Create ``group`` as a FIFO consumer group (``consumeMessageOrderly``) on every master
     broker that does not have it yet: RocketMQ keeps message-group order only for FIFO groups.
     ``retry_max_times``: deliveries after the first before RocketMQ moves a message to
-    ``%DLQ%<group>``. Returns whether it created it anywhere."""
+    ``%DLQ%<group>``. Replicas get it too (see ``ensure_topic``). Returns whether it created
+    it anywhere."""
     config = json.dumps(
         {
             "groupName": group,
@@ -306,7 +325,7 @@ def ensure_group(
         }
     ).encode()
     created = False
-    for name, address in master_brokers(namesrv, timeout=timeout, credentials=credentials).items():
+    for name, _, address in brokers(namesrv, timeout=timeout, credentials=credentials):
         if group in groups(address, timeout=timeout, credentials=credentials):
             continue
         reply, _ = call(
@@ -328,7 +347,7 @@ def delete_group(
     """Delete consumer group ``group`` (its positions too) and its retry and dead-letter
     topics, as ``mqadmin deleteSubGroup`` does: for a group that lived only as long as its
     consumer (a reply inbox)."""
-    for address in master_brokers(namesrv, timeout=timeout, credentials=credentials).values():
+    for _, _, address in brokers(namesrv, timeout=timeout, credentials=credentials):
         fields = {"groupName": group, "cleanOffset": "true"}
         reply, _ = call(
             address, DELETE_SUBSCRIPTIONGROUP, fields, timeout=timeout, credentials=credentials
@@ -342,9 +361,9 @@ def delete_group(
 def delete_topic(
     namesrv: str, topic: str, *, timeout: float = 5.0, credentials: Credentials | None = None
 ) -> None:
-    """Delete ``topic`` and its messages on every master broker and on the name server, as
+    """Delete ``topic`` and its messages on every broker and on the name server, as
     ``mqadmin deleteTopic`` does (a topic that does not exist is no error)."""
-    for address in master_brokers(namesrv, timeout=timeout, credentials=credentials).values():
+    for _, _, address in brokers(namesrv, timeout=timeout, credentials=credentials):
         reply, _ = call(
             address,
             DELETE_TOPIC_IN_BROKER,
@@ -585,11 +604,11 @@ def send_probe(
 
 def main(argv: list[str]) -> int:
     usage = (
-        "usage: admin.py ready|topic|group|user|acl NAMESRV_HOST:PORT "
+        "usage: admin.py ready|brokers|topic|group|user|acl NAMESRV_HOST:PORT "
         "[NAME [RETRY_MAX_TIMES|PASSWORD|RESOURCE=ACTION,ACTION=DECISION...]|TIMEOUT]\n"
         "(on a cluster with ACL, MQKIT_USERNAME and MQKIT_PASSWORD hold the credentials)"
     )
-    if len(argv) < 2 or argv[0] not in {"ready", "topic", "group", "user", "acl"}:
+    if len(argv) < 2 or argv[0] not in {"ready", "brokers", "topic", "group", "user", "acl"}:
         print(usage, file=sys.stderr)
         return 2
     action, namesrv = argv[0], argv[1]
@@ -611,6 +630,9 @@ def main(argv: list[str]) -> int:
                     raise AdminError(f"{entry!r} is not RESOURCE=ACTION[,ACTION…]=DECISION")
                 entries.append((parts[0], parts[1].split(","), parts[2]))
             ensure_acl(namesrv, argv[2], entries, credentials=signed)
+        elif action == "brokers" and len(argv) == 2:
+            for name, broker_id, address in brokers(namesrv, credentials=signed):
+                print(name, broker_id, address)
         elif action == "ready":
             deadline = time.monotonic() + (float(argv[2]) if len(argv) > 2 else 0.0)
             while True:
