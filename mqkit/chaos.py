@@ -259,14 +259,16 @@ def _produce(
             state.error(clock.now(), exc)
             if stopping:
                 break
+            # A failed send or flush may stand for any message sent since the last good flush
+            # (an adapter reports a refused background send at the next call): none of them
+            # counts as confirmed, even if a later flush succeeds. They may still arrive.
+            unconfirmed = []
             if isinstance(exc, mqkit.ClosedError | mqkit.BrokerUnavailable):
                 # The producer gave up (the adapter's reconnect window passed): a new one.
-                # What it held unconfirmed stays unconfirmed (it may still arrive).
                 if producer is not None:
                     with contextlib.suppress(Exception):
                         producer.close()
                 producer = None
-                unconfirmed = []
             time.sleep(0.2)
             continue
         delay = seq / rate - clock.now()

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -215,3 +216,25 @@ def test_bundled_native_library_loads_and_fails_cleanly_on_connection_errors(
         assert float(done.stdout.split()[1]) < BOUND
         assert cause in done.stdout and f"127.0.0.1:{port}" in done.stdout
 
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        # The proxy's answer while a broker group has no primary (seen during a graceful stop
+        # of the primary of adapters/rocketmq/ci/cluster, before the controller's failover).
+        RuntimeError("code: 40300, ProxyException: no writable queue"),
+        # The client's, picking a queue from a route that lists no writable one.
+        ZeroDivisionError("integer modulo by zero"),
+    ],
+)
+def test_no_writable_queue_is_broker_unavailable_not_a_permission_error(
+    raised: Exception,
+) -> None:
+    from mqkit_rocketmq.backend import Backend
+
+    where = SimpleNamespace(server="RocketMQ proxy at 127.0.0.1:8081")
+    exc = Backend.error(where, raised, "sending to 'orders'", "orders")  # type: ignore[arg-type]
+    assert type(exc) is BrokerUnavailable
+    assert "no queue of topic 'orders' takes writes" in str(exc)
+    assert "no primary" in str(exc)

@@ -330,6 +330,14 @@ class Backend(BackendBase[Settings]):
             return BrokerUnavailable(f"{doing}: the {self.server} did not answer in time")
         code = getattr(exc, "code", None)
         text = str(exc)
+        if isinstance(exc, ZeroDivisionError) or "no writable queue" in text:
+            # The proxy (or the client, picking a queue from an empty list) finds no queue it
+            # may write: the topic's broker group has no primary taking writes right now.
+            about = f" of topic {topic!r}" if topic else ""
+            return BrokerUnavailable(
+                f"{doing}: no queue{about} takes writes on the {self.server} now (its broker "
+                "group has no primary: one stopping or failing over); try again later"
+            )
         if isinstance(exc, failed.UnauthorizedException) and "no permission" in text:
             return PermissionDenied(
                 f"{doing}: the {self.server} does not allow it ({text}); the user needs an ACL "
