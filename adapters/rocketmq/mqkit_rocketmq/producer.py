@@ -85,6 +85,8 @@ class Producer(ProducerBase):
                 future = with_io_loop(lambda: self._client.send_async(rmsg))
                 self._routed.add(topic)
         except Exception as exc:
+            if self._retried(exc, rmsg, topic, name, first):
+                return
             error = self._backend.error(exc, f"sending to {name!r}", topic, name)
             self._finished(rmsg, error, record=not raise_now)
             if raise_now:
@@ -96,20 +98,39 @@ class Producer(ProducerBase):
         error = None
         exc = future.exception()
         if exc is not None:
-            if (
-                isinstance(exc, grpc.RpcError)
-                and exc.code() == grpc.StatusCode.UNAVAILABLE
-                and time.monotonic() - first < self._backend.connect_timeout
-                and not self._stopped
-            ):
-                # The proxy is restarting or the channel is reconnecting (the request never
-                # left): try again shortly, keeping this key's later messages waiting.
-                retry = threading.Timer(0.25, self._launch, (rmsg, topic, name), {"first": first})
-                retry.daemon = True
-                retry.start()
+            if self._retried(exc, rmsg, topic, name, first):
                 return
             error = self._backend.error(exc, f"sending to {name!r}", topic, name)
         self._finished(rmsg, error, record=True)
+
+    def _retried(self, exc: BaseException, rmsg: Any, topic: str, name: str, first: float) -> bool:
+        """Send again shortly, keeping this key's later messages waiting, when the failure
+        says the send never happened and may succeed soon, for up to ``connect_timeout``:
+
+        - the proxy is restarting or the channel is reconnecting (gRPC UNAVAILABLE);
+        - no queue of the topic takes writes: its broker group has no primary (one stopping, or
+          a failover under way). The route is looked up again first, since the client's own
+          refresh comes only every 30 s and would keep sending to the old primary's queues.
+        """
+        if self._stopped or time.monotonic() - first >= self._backend.connect_timeout:
+            return False
+        unavailable = isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+        unwritable = isinstance(exc, ZeroDivisionError) or "no writable queue" in str(exc)
+        if not (unavailable or unwritable):
+            return False
+
+        def again() -> None:
+            if unwritable:
+                try:
+                    with_io_loop(lambda: self._client.route_manager.update_topic_route(topic))
+                except Exception as failed:  # the next attempt reports what is wrong
+                    log.debug("RocketMQ: looking up the route of %r again: %s", topic, failed)
+            self._launch(rmsg, topic, name, first=first)
+
+        retry = threading.Timer(0.5 if unwritable else 0.25, again)
+        retry.daemon = True
+        retry.start()
+        return True
 
     def _finished(self, rmsg: Any, error: MqkitError | None, *, record: bool) -> None:
         follow: tuple[Any, str, str] | None = None
