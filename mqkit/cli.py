@@ -664,6 +664,14 @@ def _advance(bars: Progress, tasks: dict[int, TaskID], bench: object) -> None:
     help="Also send this many messages one at a time, each confirmed before the next "
     "(the 'produce-each' rows); 0: off.",
 )
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds a run may take to receive what it sent; a client still stuck 30 s later "
+    "fails the run.",
+)
 @click.option("--no-raw", is_flag=True, help="Skip the raw-client baseline.")
 @click.option(
     "--api",
@@ -699,6 +707,7 @@ def bench(
     latency_seconds: float,
     repeat: int,
     confirm_each: int,
+    timeout: float,
     no_raw: bool,
     api: str,
     otel: bool,
@@ -733,6 +742,7 @@ def bench(
         counts,
         rate,
         latency_seconds,
+        timeout=timeout,
         repeat=repeat,
         confirm_each=confirm_each,
     )

@@ -31,6 +31,10 @@ def test_bench_runs_and_loses_nothing(url: str, tmp_path: Path) -> None:
             "2",
             "--confirm-each",
             "20",
+            # A client stuck in its library fails the run 30 s after this, well inside the
+            # test's own timeout, with the bench's error rather than pytest's.
+            "--timeout",
+            "60",
             "--json",
             "--report",
             str(tmp_path),
