@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import shlex
 import socket
 import subprocess
 import sys
@@ -94,6 +95,14 @@ def run_script(script: Path, *args: str, log: Path) -> tuple[int, str]:
             check=False,
         ).returncode
     return code, out.read_text().strip()
+
+
+def script_command(script: Path, *args: str | Path | int) -> str:
+    """The shell command for ``mqkit chaos --kill-cmd/--restart-cmd`` that runs a broker script
+    with these arguments, quoted, its output and input on /dev/null (a node it starts keeps
+    what it inherits)."""
+    words = " ".join(shlex.quote(str(word)) for word in (script, *args))
+    return f"bash {words} >/dev/null 2>&1 </dev/null"
 
 
 @contextlib.contextmanager

@@ -4,14 +4,13 @@ docs/availability.md."""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.activemq.conftest import SCRIPT
-from tests.chaos import assert_failover, private_cluster, run_chaos
+from tests.chaos import assert_failover, private_cluster, run_chaos, script_command
 
 CLUSTER_SCRIPT = SCRIPT.parent / "cluster"
 
@@ -31,17 +30,14 @@ def test_killing_the_primary_loses_nothing_and_pauses_briefly(cluster: tuple[Pat
     serves what was persisted, and the clients move to it (the URL's second host); the killed
     broker comes back at 17 s as the new backup."""
     directory, url = cluster
-    script = shlex.quote(str(CLUSTER_SCRIPT))
-    where = shlex.quote(str(directory))
-    quiet = ">/dev/null 2>&1 </dev/null"
     report = run_chaos(
         url,
         duration=25,
         rate=100,
         kill_at=5,
-        kill_cmd=f"bash {script} node {where} 1 kill {quiet}",
+        kill_cmd=script_command(CLUSTER_SCRIPT, "node", directory, 1, "kill"),
         restart_at=17,
-        restart_cmd=f"bash {script} node {where} 1 start {quiet}",
+        restart_cmd=script_command(CLUSTER_SCRIPT, "node", directory, 1, "start"),
     )
     assert report["confirmed"] > 1500
     assert_failover(report, rate=100, resumed=15, back=17)

@@ -4,13 +4,12 @@ of the fault; the long runs are in docs/availability.md."""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.chaos import assert_failover, private_cluster, run_chaos
+from tests.chaos import assert_failover, private_cluster, run_chaos, script_command
 from tests.kafka.conftest import BROKER_SCRIPT
 
 CLUSTER_SCRIPT = BROKER_SCRIPT.parent / "cluster"
@@ -31,9 +30,6 @@ def test_killing_a_node_loses_nothing_and_pauses_briefly(cluster: tuple[Path, st
     and the load goes on through the other two nodes once it is fenced (3 s without
     heartbeats, plus a controller election if it was the active one)."""
     directory, url = cluster
-    script = shlex.quote(str(CLUSTER_SCRIPT))
-    where = shlex.quote(str(directory))
-    quiet = ">/dev/null 2>&1 </dev/null"
     report = run_chaos(
         # async commits: a commit per ack waits for the replicated offsets topic (tens of ms on
         # a shared machine), which would hold a one-at-a-time consumer far below the rate.
@@ -41,9 +37,9 @@ def test_killing_a_node_loses_nothing_and_pauses_briefly(cluster: tuple[Path, st
         duration=25,
         rate=100,
         kill_at=5,
-        kill_cmd=f"bash {script} node {where} 1 kill {quiet}",
+        kill_cmd=script_command(CLUSTER_SCRIPT, "node", directory, 1, "kill"),
         restart_at=17,
-        restart_cmd=f"bash {script} node {where} 1 start {quiet}",
+        restart_cmd=script_command(CLUSTER_SCRIPT, "node", directory, 1, "start"),
     )
     assert report["confirmed"] > 1500
     assert_failover(report, rate=100, resumed=15, back=17)

@@ -3,23 +3,19 @@ short form of the fault; the long runs are in docs/availability.md)."""
 
 from __future__ import annotations
 
-import shlex
-
-from tests.chaos import run_chaos
+from tests.chaos import run_chaos, script_command
 from tests.rabbitmq.conftest import NODE_SCRIPT, Node
 
 
 def test_chaos_through_a_node_restart_loses_nothing_confirmed(node: Node) -> None:
-    script = shlex.quote(str(NODE_SCRIPT))
-    where = shlex.quote(str(node.directory))
     report = run_chaos(
         node.url,
         duration=25,
         rate=100,
         kill_at=3,
-        kill_cmd=f"bash {script} stop {where} >/dev/null 2>&1",
+        kill_cmd=script_command(NODE_SCRIPT, "stop", node.directory),
         restart_at=6,
-        restart_cmd=f"bash {script} start {where} {node.port} {node.name} >/dev/null 2>&1",
+        restart_cmd=script_command(NODE_SCRIPT, "start", node.directory, node.port, node.name),
     )
     assert report["lost"] == 0
     assert report["duplicate_effects"] == 0

@@ -5,13 +5,12 @@ docs/availability.md."""
 from __future__ import annotations
 
 import os
-import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.chaos import assert_failover, private_cluster, run_chaos
+from tests.chaos import assert_failover, private_cluster, run_chaos, script_command
 from tests.rabbitmq.conftest import NODE_SCRIPT
 
 CLUSTER_SCRIPT = NODE_SCRIPT.parent / "cluster"
@@ -37,17 +36,15 @@ def test_killing_the_leaders_node_loses_nothing_and_pauses_briefly(
     the other two nodes while it is away (the unavailability is seconds, not the 12 s of the
     node's absence)."""
     directory, port, url = cluster
-    node = shlex.quote(str(NODE_SCRIPT))
-    first = shlex.quote(str(directory / "n1"))
-    quiet = ">/dev/null 2>&1 </dev/null"
+    first = directory / "n1"
     report = run_chaos(
         url,
         duration=25,
         rate=100,
         kill_at=5,
-        kill_cmd=f"bash {node} kill {first} {quiet}",
+        kill_cmd=script_command(NODE_SCRIPT, "kill", first),
         restart_at=17,
-        restart_cmd=f"bash {node} start {first} {port} mqkc{os.getpid()}-1 {quiet}",
+        restart_cmd=script_command(NODE_SCRIPT, "start", first, port, f"mqkc{os.getpid()}-1"),
     )
     assert report["confirmed"] > 1500
     assert_failover(report, rate=100, resumed=9, back=16)

@@ -4,13 +4,12 @@ mid-stream: the short form of the fault; the long runs are in docs/availability.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.chaos import assert_failover, private_cluster, run_chaos
+from tests.chaos import assert_failover, private_cluster, run_chaos, script_command
 from tests.rocketmq.conftest import BROKER_SCRIPT
 
 CLUSTER_SCRIPT = BROKER_SCRIPT.parent / "cluster"
@@ -34,17 +33,14 @@ def test_killing_the_primary_loses_nothing_and_pauses_briefly(cluster: tuple[Pat
     ``visibility_timeout=10``) has run out, and then catch up; the killed broker comes back at
     30 s as the new replica."""
     directory, url = cluster
-    script = shlex.quote(str(CLUSTER_SCRIPT))
-    where = shlex.quote(str(directory))
-    quiet = ">/dev/null 2>&1 </dev/null"
     report = run_chaos(
         url,
         duration=36,
         rate=50,
         kill_at=8,
-        kill_cmd=f"bash {script} node {where} primary kill {quiet}",
+        kill_cmd=script_command(CLUSTER_SCRIPT, "node", directory, "primary", "kill"),
         restart_at=30,
-        restart_cmd=f"bash {script} node {where} last start {quiet}",
+        restart_cmd=script_command(CLUSTER_SCRIPT, "node", directory, "last", "start"),
     )
     assert report["confirmed"] > 1400
     assert_failover(report, rate=50, resumed=25, back=30)
