@@ -225,14 +225,10 @@ def master_brokers(
     namesrv: str, *, timeout: float = 5.0, credentials: Credentials | None = None
 ) -> dict[str, str]:
     """Broker name → address of its master, as the name server knows them."""
-    reply, body = call(namesrv, GET_BROKER_CLUSTER_INFO, timeout=timeout, credentials=credentials)
-    if reply["code"] != SUCCESS:
-        raise _failed(reply, f"asking {namesrv} for its brokers")
-    table = _json(body).get("brokerAddrTable", {}) if body else {}
     return {
-        name: data["brokerAddrs"][MASTER_ID]
-        for name, data in table.items()
-        if MASTER_ID in data.get("brokerAddrs", {})
+        name: address
+        for name, broker_id, address in brokers(namesrv, timeout=timeout, credentials=credentials)
+        if broker_id == int(MASTER_ID)
     }
 
 
@@ -269,7 +265,8 @@ def ensure_topic(
     """
     if topic_exists(namesrv, topic, timeout=timeout, credentials=credentials):
         return False
-    if not master_brokers(namesrv, timeout=timeout, credentials=credentials):
+    every = brokers(namesrv, timeout=timeout, credentials=credentials)
+    if not any(broker_id == int(MASTER_ID) for _, broker_id, _ in every):
         raise AdminError(f"the name server {namesrv} knows no broker to create {topic!r} on")
     fields = {
         "topic": topic,
@@ -282,7 +279,7 @@ def ensure_topic(
         "order": "false",
         "attributes": f"+message.type={message_type}",
     }
-    for name, _, address in brokers(namesrv, timeout=timeout, credentials=credentials):
+    for name, _, address in every:
         reply, _ = call(
             address, UPDATE_AND_CREATE_TOPIC, fields, timeout=timeout, credentials=credentials
         )

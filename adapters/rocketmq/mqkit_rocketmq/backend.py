@@ -37,7 +37,7 @@ from mqkit_rocketmq import admin
 from mqkit_rocketmq._grpc import Code, client, proto, use_tls, util
 from mqkit_rocketmq._grpc import exceptions as failed
 from mqkit_rocketmq.consumer import Consumer, PerMessage
-from mqkit_rocketmq.producer import Producer
+from mqkit_rocketmq.producer import Producer, no_writable_queue
 from mqkit_rocketmq.settings import Settings, check_prefetch, endpoints
 
 log = logging.getLogger("mqkit.rocketmq")
@@ -330,9 +330,7 @@ class Backend(BackendBase[Settings]):
             return BrokerUnavailable(f"{doing}: the {self.server} did not answer in time")
         code = getattr(exc, "code", None)
         text = str(exc)
-        if isinstance(exc, ZeroDivisionError) or "no writable queue" in text:
-            # The proxy (or the client, picking a queue from an empty list) finds no queue it
-            # may write: the topic's broker group has no primary taking writes right now.
+        if no_writable_queue(exc):
             about = f" of topic {topic!r}" if topic else ""
             return BrokerUnavailable(
                 f"{doing}: no queue{about} takes writes on the {self.server} now (its broker "

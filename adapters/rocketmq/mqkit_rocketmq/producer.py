@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("mqkit.rocketmq")
 
 
+def no_writable_queue(exc: BaseException) -> bool:
+    """The proxy (or the client, picking a queue from an empty list) found no queue it may
+    write: the topic's broker group has no primary taking writes right now."""
+    return isinstance(exc, ZeroDivisionError) or "no writable queue" in str(exc)
+
+
 class Producer(ProducerBase):
     """Asynchronous sends; messages of one key go one after the other, in order."""
 
@@ -115,7 +121,7 @@ class Producer(ProducerBase):
         if self._stopped or time.monotonic() - first >= self._backend.connect_timeout:
             return False
         unavailable = isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
-        unwritable = isinstance(exc, ZeroDivisionError) or "no writable queue" in str(exc)
+        unwritable = no_writable_queue(exc)
         if not (unavailable or unwritable):
             return False
 
