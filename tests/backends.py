@@ -44,6 +44,8 @@ BROKERS: dict[str, str] = {
     "rocketmq": MAIN_RUN,
     # kafka:// on the SASL_SSL listener (SCRAM-SHA-512, test CA) as the ACL-limited mqkit-app.
     "kafka_secure": MAIN_RUN,
+    # kafka:// with driver=confluent (librdkafka), on the SASL_SSL listener as mqkit-app.
+    "kafka_confluent": MAIN_RUN,
     # rocketmq:// with TLS as mqkit-app on the ACL 2.0 cluster (adapters/rocketmq/ci/broker).
     "rocketmq_secure": MAIN_RUN,
     # rocketmq+remoting://, the name server of the rocketmq cluster (librocketmq client).

@@ -79,8 +79,9 @@ class RestartableKafka:
 
     def start(self) -> None:
         """Start it (or find it running) and wait until it answers Kafka requests."""
-        export = self._script("start").strip().splitlines()[-1]  # export MQKIT_TEST_KAFKA_URL=…
-        url = export.split("=", 1)[1]
+        prefix = "export MQKIT_TEST_KAFKA_URL="
+        lines = self._script("start").splitlines()
+        url = next(line.removeprefix(prefix) for line in lines if line.startswith(prefix))
         if self.url and url != self.url:
             raise AssertionError(f"the restarted broker is at {url}, no longer at {self.url}")
         self.url = url

@@ -11,11 +11,14 @@ from kafka import KafkaAdminClient, TopicPartition  # type: ignore[import-untype
 from kafka import errors as kerrors
 from kafka.admin import OffsetSpec  # type: ignore[import-untyped]
 
-from mqkit.adapter import BackendBase, BrokerURL, Features
+from mqkit.adapter import BackendBase, BrokerURL, Features, ProducerBase
 from mqkit.adapter import Settings as BaseSettings
 from mqkit.errors import MqkitError, PermissionDenied
+from mqkit_kafka import confluent
 from mqkit_kafka._errors import translate
+from mqkit_kafka._member import GroupMember
 from mqkit_kafka._preflight import preflight
+from mqkit_kafka.confluent import ConfluentConsumer, ConfluentProducer
 from mqkit_kafka.consumer import Consumer
 from mqkit_kafka.producer import Producer
 from mqkit_kafka.settings import Settings, client_config, hosts_of, ms
@@ -32,6 +35,8 @@ class Backend(BackendBase[Settings]):
     def __init__(self, url: BrokerURL, settings: Settings) -> None:
         super().__init__(url, settings)
         settings.check(self.where)
+        if settings.driver == "confluent":
+            confluent.load()  # a missing client is a ConfigError now, not at the first send
         self.hosts = hosts_of(url)
         #: Connection settings shared by every kafka-python client of this backend.
         self.client = client_config(url, settings, self.where)
@@ -202,14 +207,19 @@ class Backend(BackendBase[Settings]):
 
     # -- producers and consumers -----------------------------------------------------------
 
-    def open_producer(self, settings: Settings) -> Producer:
+    def open_producer(self, settings: Settings) -> ProducerBase:
         settings.check(f"{self.where} producer")
+        if settings.driver == "confluent":
+            return ConfluentProducer(self, settings)
         return Producer(self, settings)
 
-    def open_consumer(self, topics: tuple[str, ...], group: str, settings: Settings) -> Consumer:
+    def open_consumer(
+        self, topics: tuple[str, ...], group: str, settings: Settings
+    ) -> GroupMember:
         settings.check(f"{self.where} consumer")
         created = self.ensure_topics(topics, partitions=1 if settings.throwaway else None)
-        return Consumer(self, settings, topics, group, created=created)
+        member = ConfluentConsumer if settings.driver == "confluent" else Consumer
+        return member(self, settings, topics, group, created=created)
 
     def _close(self) -> None:
         try:

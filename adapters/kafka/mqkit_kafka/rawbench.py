@@ -1,4 +1,5 @@
-"""The raw kafka-python baseline for ``mqkit bench`` (entry point ``mqkit.bench``: ``kafka``).
+"""The raw client baseline for ``mqkit bench`` (entry point ``mqkit.bench``: ``kafka``):
+kafka-python, or confluent-kafka for a URL with ``driver=confluent`` (:class:`RawConfluentClient`).
 
 The same durable work with the same guarantees as the adapter, written the way a kafka-python
 user would, reading the adapter's options from the URL:
@@ -32,6 +33,7 @@ group to settle.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,8 +47,9 @@ from kafka import (  # type: ignore[import-untyped]
 )
 
 from mqkit.config import BrokerURL
+from mqkit_kafka import confluent
 from mqkit_kafka.backend import Backend
-from mqkit_kafka.settings import Settings, client_config
+from mqkit_kafka.settings import Settings, client_config, ms
 
 OnBody = Callable[[bytes], None]
 
@@ -134,5 +137,109 @@ class RawKafkaClient:
             self._consumer.close()
 
 
-def raw_client(url: BrokerURL) -> RawKafkaClient:
+class RawConfluentClient:
+    """The same loop on confluent-kafka, as its users write it: a ``Producer`` with acks=all and
+    idempotence, ``poll(0)`` after each ``produce`` and one ``flush``; a ``Consumer`` taking
+    batches with ``consume()`` and committing each record with ``commit(message,
+    asynchronous=False)`` (``ack_commit=sync``) or each batch asynchronously (``async``)."""
+
+    def __init__(self, url: BrokerURL) -> None:
+        Backend.check_url(url)
+        self._url = url
+        self._settings = Settings.read(url.redacted(), url.params)
+        self._settings.check(url.redacted())
+        self._ck = confluent.load()
+        self._client = confluent.client_config(url, self._settings)
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._early: list[Any] = []  # records fetched by the polls that completed the join
+
+    def subscribe(self, topics: Sequence[str], group: str) -> None:
+        backend = Backend.open(self._url, dict(self._url.params))
+        try:
+            backend.ensure_topics(topics)
+        finally:
+            backend.close()
+        s = self._settings
+        assigned: list[Any] = []
+        self._consumer = self._ck.Consumer(
+            {
+                **self._client,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": ms(s.session_timeout),
+                "heartbeat.interval.ms": ms(s.heartbeat),
+                "fetch.wait.max.ms": min(500, ms(s.poll_interval)),
+            }
+        )
+        self._consumer.subscribe(list(topics), on_assign=lambda _c, parts: assigned.extend(parts))
+        deadline = time.monotonic() + s.join_timeout
+        while not assigned and time.monotonic() < deadline:
+            self._early.extend(self._consumer.consume(1, 0.1))
+
+    def produce(self, topic: str, bodies: Iterable[bytes]) -> None:
+        if self._producer is None:
+            s = self._settings
+            self._producer = self._ck.Producer(
+                {
+                    **self._client,
+                    "acks": "all",
+                    "enable.idempotence": s.idempotence,
+                    "linger.ms": s.linger_ms,
+                    "message.max.bytes": s.max_message_bytes,
+                }
+            )
+        producer, failed = self._producer, []
+        partition = -1  # librdkafka's partitioner
+        if self._settings.keyless == "sticky":
+            partitions = producer.list_topics(topic, timeout=10).topics[topic].partitions
+            partition = random.choice(sorted(partitions))
+
+        def delivered(error: Any, _record: Any) -> None:
+            if error is not None:
+                failed.append(error)
+
+        for body in bodies:
+            while True:
+                try:
+                    producer.produce(topic, body, partition=partition, on_delivery=delivered)
+                    break
+                except BufferError:  # its queue is full: serve deliveries, then again
+                    producer.poll(0.05)
+            producer.poll(0)
+        if producer.flush(60) or failed:
+            raise RuntimeError(f"raw confluent-kafka producer: not delivered: {failed[:1]}")
+
+    def consume(self, on_body: OnBody, until: Callable[[], bool], deadline: float) -> None:
+        assert self._consumer is not None, "subscribe first"
+        consumer = self._consumer
+        per_record = self._settings.ack_commit == "sync"
+        batch, self._early = self._early, []
+        while True:
+            for record in batch:
+                if record.error() is not None:
+                    continue  # partition EOF and the like; a real error shows as a timeout
+                on_body(record.value())
+                if per_record:
+                    consumer.commit(message=record, asynchronous=False)
+            if batch and not per_record:
+                consumer.commit(asynchronous=True)
+            if until() or time.monotonic() >= deadline:
+                return
+            batch = consumer.consume(500, 0.2)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+        if self._consumer is not None:
+            if self._settings.ack_commit == "async":
+                with contextlib.suppress(self._ck.KafkaException):  # nothing left to commit
+                    self._consumer.commit(asynchronous=False)
+            self._consumer.close()
+
+
+def raw_client(url: BrokerURL) -> RawKafkaClient | RawConfluentClient:
+    if url.params.get("driver") == "confluent":
+        return RawConfluentClient(url)
     return RawKafkaClient(url)

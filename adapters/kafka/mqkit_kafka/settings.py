@@ -19,6 +19,12 @@ class Settings(TLSOptions):
     the TLS options (``tls``, ``ca_file``, ``cert_file``, ``key_file``,
     ``tls_insecure_skip_verify``) are the core's."""
 
+    driver: str = option(
+        "kafka-python",
+        "The client library of producers and consumers: kafka-python, or confluent "
+        "(confluent-kafka on librdkafka: pip install 'mqkit-kafka[confluent]').",
+        choices=("kafka-python", "confluent"),
+    )
     # -- topics -----------------------------------------------------------------------------
     partitions: int = option(
         3,

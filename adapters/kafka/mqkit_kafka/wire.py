@@ -155,7 +155,60 @@ def metadata(partition: int, record: Any) -> dict[str, Any]:
 
 def decode(topic: str, partition: int, record: Any, attempt: int, handle: Any) -> Delivery:
     """A kafka-python ``ConsumerRecord`` as a :class:`Delivery`; ``handle`` settles it."""
-    raw_headers, key, value, stamp = record.headers, record.key, record.value, record.timestamp
+    return delivery(
+        topic,
+        partition,
+        record.offset,
+        record.key,
+        record.value,
+        record.headers,
+        record.timestamp,
+        attempt,
+        handle,
+        metadata(partition, record),
+    )
+
+
+def decode_confluent(
+    topic: str, partition: int, record: Any, attempt: int, handle: Any
+) -> Delivery:
+    """A confluent-kafka ``Message`` as a :class:`Delivery`; ``handle`` settles it."""
+    offset, raw_headers = record.offset(), record.headers()
+    stamp_type, stamp = record.timestamp()
+    return delivery(
+        topic,
+        partition,
+        offset,
+        record.key(),
+        record.value(),
+        raw_headers,
+        stamp,
+        attempt,
+        handle,
+        {
+            "partition": partition,
+            "offset": offset,
+            "timestamp_ms": stamp,
+            "timestamp_type": stamp_type - 1,  # librdkafka counts from 1 (0: not available)
+            "leader_epoch": record.leader_epoch(),
+            "headers": raw_headers or [],
+        },
+    )
+
+
+def delivery(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    raw_headers: RecordHeaders | None,
+    stamp: int,
+    attempt: int,
+    handle: Any,
+    meta: dict[str, Any],
+) -> Delivery:
+    """A record's parts as a :class:`Delivery` (whichever client fetched it)."""
     if raw_headers:
         headers, message_id, fields = decode_headers(raw_headers)
     else:
@@ -163,10 +216,10 @@ def decode(topic: str, partition: int, record: Any, attempt: int, handle: Any) -
     content_type, content_encoding, correlation_id, reply_to = fields
     return Delivery(
         topic=topic,
-        body=b"" if value is None else value,  # bytes: the adapter sets no deserializer
+        body=b"" if value is None else value,  # bytes: the client decodes nothing
         key=None if key is None else key.decode("utf-8", errors="surrogateescape"),
         headers=headers,
-        id=message_id or envelope.transport_id(topic, partition, record.offset),
+        id=message_id or envelope.transport_id(topic, partition, offset),
         timestamp=stamp / 1000.0 if stamp >= 0 else time.time(),
         attempt=attempt,
         handle=handle,
@@ -174,5 +227,5 @@ def decode(topic: str, partition: int, record: Any, attempt: int, handle: Any) -
         content_encoding=content_encoding,
         correlation_id=correlation_id,
         reply_to=reply_to,
-        metadata=metadata(partition, record),
+        metadata=meta,
     )
