@@ -170,6 +170,9 @@ class ConfluentProducer(ProducerBase):
                 "request.timeout.ms": ms(settings.request_timeout),
                 "message.max.bytes": settings.max_message_bytes,
                 "compression.type": settings.compression,
+                # a key goes to the partition the Java client and kafka-python pick (murmur2),
+                # not to librdkafka's default (CRC32): one key, one partition, whoever sends
+                "partitioner": "murmur2_random",
                 "on_delivery": self._delivered,
             }
         )
@@ -291,8 +294,13 @@ class ConfluentConsumer(GroupMember):
                     ms(settings.rebalance_timeout), ms(settings.session_timeout)
                 ),
                 "fetch.wait.max.ms": min(500, ms(settings.poll_interval)),
-                # librdkafka's own prefetch: at most the adapter's buffer, in records
-                "queued.min.messages": settings.prefetch,
+                # librdkafka fetches ahead into its own queue until it holds this many records
+                # (default 100,000, up to 64 MiB); then it waits fetch.queue.backoff.ms before
+                # the next fetch (default 1 s: with a small queue, about 900 records of 1 KiB
+                # per second). A few fetches' worth, and a wait of one poll interval.
+                "queued.min.messages": max(10_000, 4 * settings.prefetch),
+                "queued.max.messages.kbytes": 16 * 1024,
+                "fetch.queue.backoff.ms": ms(settings.poll_interval),
                 "allow.auto.create.topics": False,
                 "error_cb": self._client_error,
             }

@@ -81,7 +81,7 @@ class RawKafkaClient:
             auto_offset_reset="earliest",
             session_timeout_ms=int(s.session_timeout * 1000),
             heartbeat_interval_ms=int(s.heartbeat * 1000),
-            max_poll_records=s.prefetch,
+            max_poll_records=min(500, s.prefetch),  # as the adapter's
             fetch_max_wait_ms=min(500, int(s.poll_interval * 1000)),  # as the adapter's
         )
         self._consumer.subscribe(list(topics))
