@@ -44,6 +44,7 @@ EXCHANGE = "mqkit.peers"  # the peers' durable topic exchange (one binding per r
 QUEUE_EXPIRES_MS = 120_000  # the peers' queues go away once unused, like mqkit's queue_expires
 LINGER_MS = 5  # Kafka producers' batching wait: mqkit's default, confluent-kafka's default
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+WARMUP = -1  # sequence number of the one untimed message sent before a throughput run
 
 
 # -- bodies and what the consumer saw ------------------------------------------------------------
@@ -67,6 +68,8 @@ class Tally:
 
     def on_body(self, data: bytes) -> None:
         seq, sent_at = HEADER.unpack_from(data)
+        if seq < 0:
+            return  # the warm-up message: not counted
         now = time.time()
         with self._lock:
             self.seen[seq] += 1
@@ -104,9 +107,9 @@ class Client(Protocol):
     def setup(self) -> None:
         """Connect, declare the queue or topic and the subscription (not timed)."""
 
-    def produce(self, count: int, rate: float | None) -> None:
-        """Send ``count`` bodies (paced at ``rate`` msg/s if given), return once all are
-        confirmed."""
+    def produce(self, count: int, rate: float | None, first: int = 0) -> None:
+        """Send bodies ``first`` .. ``first + count - 1`` (paced at ``rate`` msg/s if given),
+        return once all are confirmed."""
 
     def consume(self, tally: Tally, deadline: float) -> None:
         """Receive and ack/commit each message until the tally is complete or the deadline."""
@@ -123,7 +126,7 @@ class SyncClient:
     def consume(self, tally: Tally, deadline: float) -> None:
         raise NotImplementedError
 
-    def produce(self, count: int, rate: float | None) -> None:
+    def produce(self, count: int, rate: float | None, first: int = 0) -> None:
         raise NotImplementedError
 
     def latency(self, count: int, rate: float, tally: Tally, deadline: float) -> None:
@@ -173,6 +176,7 @@ class PikaClient(SyncClient):
         self._pub: Any = None
         self._channel: Any = None
         self._failure: list[BaseException] = []
+        self._sent = self._confirmed = 0  # publishes and confirms on the channel
 
     def setup(self) -> None:
         pika = self._pika
@@ -202,9 +206,9 @@ class PikaClient(SyncClient):
         if self._failure:
             raise self._failure[0]
 
-    def produce(self, count: int, rate: float | None) -> None:
-        self._count, self._rate, self._next = count, rate, 0
-        self._sent = self._confirmed = 0
+    def produce(self, count: int, rate: float | None, first: int = 0) -> None:
+        # _sent and _confirmed count on across calls, as the channel's delivery tags do
+        self._first, self._end, self._rate, self._next = first, first + count, rate, first
         self._timer = False
         self._start = time.perf_counter()
         self._pub.ioloop.add_callback_threadsafe(self._pump)
@@ -215,8 +219,8 @@ class PikaClient(SyncClient):
     def _pump(self) -> None:
         props = self._pika.BasicProperties(delivery_mode=2)
         publish = self._channel.basic_publish
-        while self._next < self._count and self._sent - self._confirmed < WINDOW:
-            wait = due(self._start, self._next, self._rate)
+        while self._next < self._end and self._sent - self._confirmed < WINDOW:
+            wait = due(self._start, self._next - self._first, self._rate)
             if wait > 0:
                 if not self._timer:
                     self._timer = True
@@ -225,7 +229,7 @@ class PikaClient(SyncClient):
             publish(EXCHANGE, self._queue, body(self._next), props)
             self._next += 1
             self._sent += 1
-        if self._next >= self._count and self._confirmed >= self._sent:
+        if self._next >= self._end and self._confirmed >= self._sent:
             self._pub.ioloop.stop()
 
     def _on_timer(self) -> None:
@@ -295,11 +299,11 @@ class KombuClient(SyncClient):
         self._pconn.connect()
         self._producer = Producer(self._pconn.channel(), exchange=self._exchange)
 
-    def produce(self, count: int, rate: float | None) -> None:
+    def produce(self, count: int, rate: float | None, first: int = 0) -> None:
         publish = self._producer.publish
         start = time.perf_counter()
-        for seq in range(count):
-            wait = due(start, seq, rate)
+        for seq in range(first, first + count):
+            wait = due(start, seq - first, rate)
             if wait > 0:
                 time.sleep(wait)
             publish(
@@ -347,7 +351,7 @@ class AsyncClient:
     async def _start(self) -> None:
         raise NotImplementedError
 
-    async def _produce(self, count: int, rate: float | None) -> None:
+    async def _produce(self, count: int, rate: float | None, first: int = 0) -> None:
         """Up to ``WINDOW`` publishes awaiting their confirms at once."""
         window = asyncio.Semaphore(WINDOW)
         pending: set[asyncio.Task[Any]] = set()
@@ -360,8 +364,8 @@ class AsyncClient:
                 failures.append(task.exception())  # type: ignore[arg-type]
 
         start = time.perf_counter()
-        for seq in range(count):
-            wait = due(start, seq, rate)
+        for seq in range(first, first + count):
+            wait = due(start, seq - first, rate)
             if wait > 0:
                 await asyncio.sleep(wait)
             await window.acquire()
@@ -373,8 +377,8 @@ class AsyncClient:
         if failures:
             raise failures[0]
 
-    def produce(self, count: int, rate: float | None) -> None:
-        self._run(self._produce(count, rate))
+    def produce(self, count: int, rate: float | None, first: int = 0) -> None:
+        self._run(self._produce(count, rate, first))
 
     async def _wait(self, tally: Tally, deadline: float) -> None:
         while not tally.complete() and time.monotonic() < deadline:
@@ -533,12 +537,12 @@ class KafkaPythonClient(SyncClient):
         )
         self._producer.partitions_for(self._target.name)
 
-    def produce(self, count: int, rate: float | None) -> None:
+    def produce(self, count: int, rate: float | None, first: int = 0) -> None:
         send, topic = self._producer.send, self._target.name
         futures = []
         start = time.perf_counter()
-        for seq in range(count):
-            wait = due(start, seq, rate)
+        for seq in range(first, first + count):
+            wait = due(start, seq - first, rate)
             if wait > 0:
                 time.sleep(wait)
             futures.append(send(topic, value=body(seq)))
@@ -601,11 +605,11 @@ class ConfluentClient(SyncClient):
         if err is not None:
             self._failed.append(str(err))
 
-    def produce(self, count: int, rate: float | None) -> None:
+    def produce(self, count: int, rate: float | None, first: int = 0) -> None:
         producer, topic = self._producer, self._target.name
         start = time.perf_counter()
-        for seq in range(count):
-            wait = due(start, seq, rate)
+        for seq in range(first, first + count):
+            wait = due(start, seq - first, rate)
             if wait > 0:
                 time.sleep(wait)
             while True:
@@ -667,21 +671,30 @@ class MqkitClient(SyncClient):
         import mqkit
 
         self._consuming = mqkit.connect(self._url, serializer="bytes")
-        self._consumer = self._consuming.consumer(self._target.name, group=self._target.group)
+        if self._target.broker == "rabbitmq":
+            # the group's queue must exist before the first message, or the exchange drops it
+            self._subscribe()
         self._producing = mqkit.connect(self._url, serializer="bytes")
         self._producer = self._producing.producer()
 
-    def produce(self, count: int, rate: float | None) -> None:
+    def produce(self, count: int, rate: float | None, first: int = 0) -> None:
         send, topic = self._producer.send, self._target.name
         start = time.perf_counter()
-        for seq in range(count):
-            wait = due(start, seq, rate)
+        for seq in range(first, first + count):
+            wait = due(start, seq - first, rate)
             if wait > 0:
                 time.sleep(wait)
             send(topic, body(seq))
         self._producer.flush()
 
+    def _subscribe(self) -> None:
+        self._consumer = self._consuming.consumer(self._target.name, group=self._target.group)
+
     def consume(self, tally: Tally, deadline: float) -> None:
+        # Kafka: subscribed here, as the raw clients do (a group starts at the earliest offset),
+        # so that its poller thread does not fetch while the producer is timed
+        if self._consumer is None:
+            self._subscribe()
         receive = self._consumer.receive
         while not tally.complete() and time.monotonic() < deadline:
             message = receive(timeout=0.2)
@@ -806,6 +819,10 @@ def child(spec: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         client.setup()
         if spec["workload"] == "throughput":
+            # One message first, not timed: every client has looked up the topic and its
+            # partitions (mqkit does that at the first send, the raw clients in setup) and
+            # has a connection, so the timed part measures sending only.
+            client.produce(1, None, first=WARMUP)
             meter = Meter(pid)
             client.produce(count, None)
             produced = meter.done(count)
