@@ -69,6 +69,11 @@ class Backend(BackendBase[Settings]):
 
     # -- topics ----------------------------------------------------------------------------
 
+    def ensure_topic(self, topic: str) -> None:
+        """:meth:`ensure_topics` for one topic, with the per-send case (known) first."""
+        if topic not in self._known_topics and self.settings.create_topics:
+            self.ensure_topics([topic])
+
     def ensure_topics(self, topics: Sequence[str], *, partitions: int | None = None) -> set[str]:
         """Create the topics that do not exist yet (checked once per process); returns those
         this call created.

@@ -192,22 +192,31 @@ class ConfluentProducer(ProducerBase):
 
     def send(self, message: OutgoingMessage) -> None:
         topic = message.topic
-        self._backend.ensure_topics([topic])
+        self._backend.ensure_topic(topic)
         key, headers, timestamp_ms = wire.encode(message)
         producer = self._producer
         try:
+            partition = -1  # librdkafka's partitioner (murmur2 of the key)
             if key is None and self._sticky_keyless:
-                partition = self._sticky.get(topic)
-                if partition is None:
+                partition = self._sticky.get(topic, -1)
+                if partition == -1:
                     partition = self._pick_partition(topic)
-                self._produce(topic, message.body, key, headers, timestamp_ms, partition)
-            else:
-                self._produce(topic, message.body, key, headers, timestamp_ms, -1)
+            try:
+                producer.produce(
+                    topic,
+                    message.body,
+                    key,
+                    partition=partition,
+                    timestamp=timestamp_ms,
+                    headers=headers,
+                )
+            except BufferError:
+                self._produce_when_room(topic, message.body, key, headers, timestamp_ms, partition)
         except Exception as exc:
             raise translate(exc, f"{self._where}: sending to {topic!r}", self._hosts) from None
         producer.poll(0)  # serve delivery reports of earlier records
 
-    def _produce(
+    def _produce_when_room(
         self,
         topic: str,
         body: bytes,
@@ -216,12 +225,14 @@ class ConfluentProducer(ProducerBase):
         timestamp_ms: int,
         partition: int,
     ) -> None:
-        """Queue one record; while librdkafka's queue is full, serve it up to connect_timeout."""
-        produce = self._producer.produce
-        deadline = None
+        """Queue one record that found librdkafka's queue full: serve the queue and try again,
+        up to connect_timeout."""
+        producer = self._producer
+        deadline = time.monotonic() + self._settings.connect_timeout
         while True:
+            producer.poll(0.05)
             try:
-                produce(
+                producer.produce(
                     topic,
                     body,
                     key,
@@ -231,15 +242,12 @@ class ConfluentProducer(ProducerBase):
                 )
                 return
             except BufferError:
-                if deadline is None:
-                    deadline = time.monotonic() + self._settings.connect_timeout
-                elif time.monotonic() > deadline:
+                if time.monotonic() > deadline:
                     raise BrokerUnavailable(
                         f"{self._where}: sending to {topic!r}: the producer's queue stayed full "
                         f"for connect_timeout={self._settings.connect_timeout:g} s (the broker "
                         "does not take records as fast as they are sent)"
                     ) from None
-                self._producer.poll(0.05)
 
     def _pick_partition(self, topic: str) -> int:
         """One partition per topic for this producer's keyless messages, so they stay in order."""

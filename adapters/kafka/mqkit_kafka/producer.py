@@ -57,7 +57,7 @@ class Producer(ProducerBase):
 
     def send(self, message: OutgoingMessage) -> None:
         topic = message.topic
-        self._backend.ensure_topics([topic])
+        self._backend.ensure_topic(topic)
         key, headers, timestamp_ms = wire.encode(message)
         try:
             partition = None
