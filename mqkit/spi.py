@@ -103,6 +103,17 @@ class NowaitConsumer(Protocol):
 
 
 @runtime_checkable
+class BatchAckConsumer(Protocol):
+    """Optional for a :class:`ConsumerDriver`: ack many deliveries with one round trip (one
+    offset commit, one transaction, one socket write) instead of one each."""
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """``ack`` each of ``deliveries`` (in this order), returning once all are as settled
+        as ``ack`` leaves one."""
+        ...
+
+
+@runtime_checkable
 class NowaitProducer(Protocol):
     """Optional for a :class:`ProducerDriver`: a ``send`` that never waits."""
 

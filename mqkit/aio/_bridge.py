@@ -36,7 +36,15 @@ import logging
 import queue
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -607,6 +615,49 @@ class AsyncConsumer:
         if isinstance(item, BaseException):
             raise item
         return AsyncMessage(item, self)
+
+    async def receive_many(
+        self, max_messages: int, timeout: float | None = None
+    ) -> list[AsyncMessage]:
+        """:meth:`mqkit.Consumer.receive_many`: waits up to ``timeout`` for the first message,
+        then takes those already received, never more than ``max_messages``."""
+        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+            raise ValueError(f"max_messages must be an int >= 1, not {max_messages!r}")
+        first = await self.receive(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < max_messages and not self._closed:
+            message = await self.receive(0)  # what is here already; never waits
+            if message is None:
+                break
+            batch.append(message)
+        return batch
+
+    async def ack_many(self, messages: Iterable[AsyncMessage]) -> None:
+        """:meth:`mqkit.Consumer.ack_many`, off the loop: one round trip for the batch where
+        the backend has one. If the awaiting task is cancelled, the acks still happen."""
+        batch = list(messages)
+        for message in batch:
+            if not isinstance(message, AsyncMessage) or message._consumer is not self:
+                raise ValueError(
+                    f"{message!r} was not received from this consumer (of "
+                    f"{', '.join(self.topics)} in group {self.group!r}); ack it through the "
+                    "consumer it came from"
+                )
+            if message._settled is not None:
+                raise MessageStateError(
+                    f"message {message.id} on {message.topic!r} was already "
+                    f"{message._settled}ed; a message is settled exactly once"
+                )
+        if len({id(message) for message in batch}) != len(batch):
+            raise ValueError("ack_many: a message is listed twice; a message is settled once")
+        if not batch:
+            return
+        for message in batch:
+            message._settled = "ack"
+        synced = [message.sync for message in batch]
+        await self._settle(batch[0], lambda: self.sync.ack_many(synced))
 
     async def _receive_inline(self) -> AsyncMessage | None:
         """A message the driver holds in memory (``receive_nowait``), taken on the loop: no

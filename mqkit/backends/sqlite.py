@@ -327,6 +327,24 @@ class Store:
                 collect(conn)
         return done == 1
 
+    def ack_many(self, group: str, rows: Sequence[tuple[int, str]]) -> list[int]:
+        """Delete acked rows (``(seq, lease)`` each) in one transaction; the seqs whose lease
+        had run out."""
+        late: list[int] = []
+        with self.transaction() as conn:
+            for seq, token in rows:
+                done = conn.execute(
+                    "DELETE FROM queue WHERE grp = ? AND seq = ? AND lease = ?",
+                    (group, seq, token),
+                ).rowcount
+                if done != 1:
+                    late.append(seq)
+            before = self._acks
+            self._acks += len(rows)
+            if self._acks // GC_EVERY != before // GC_EVERY:
+                collect(conn)
+        return late
+
     def release(
         self,
         group: str,
@@ -599,6 +617,18 @@ class SqliteConsumer(ConsumerBase):
             self._leased.pop(seq, None)
         if not self._store.ack(self._group, seq, token):
             self._late_ack(delivery)
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Every ``ack`` of ``deliveries`` in one transaction."""
+        with self._lock:
+            for delivery in deliveries:
+                seq = delivery.handle[0]
+                self._inflight.discard(seq)
+                self._leased.pop(seq, None)
+        late = set(self._store.ack_many(self._group, [d.handle[:2] for d in deliveries]))
+        for delivery in deliveries:
+            if delivery.handle[0] in late:
+                self._late_ack(delivery)
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
         seq, token, _ = delivery.handle

@@ -213,6 +213,44 @@ def test_async_close_gives_back_unsettled_and_keeps_acked(url: str, topic: str, 
     run(main)
 
 
+def test_async_batches_received_and_acked_at_once_do_not_come_back(
+    url: str, topic: str, group: str
+) -> None:
+    async def main() -> None:
+        async with aio.connect(url) as broker:
+            first = await broker.consumer(topic, group=group)
+            other = await broker.consumer(topic, group=group + "-other")
+            async with broker.producer() as producer:
+                ids = [await producer.send(topic, i) for i in range(10)]
+            acked: list[aio.AsyncMessage] = []
+            end = time.monotonic() + ARRIVAL
+            while len(acked) < 6 and time.monotonic() < end:
+                batch = await first.receive_many(6 - len(acked), timeout=1.0)
+                assert len(batch) <= 6 - len(acked)
+                await first.ack_many(batch)
+                assert all(message.settled == "ack" for message in batch)
+                acked += batch
+            assert len(acked) == 6
+            with pytest.raises(MessageStateError):
+                await first.ack_many(acked[:1])
+            foreign = await collect(other, 1, ack=False)
+            with pytest.raises(ValueError, match="not received from this consumer"):
+                await first.ack_many(foreign)
+            assert foreign[0].settled is None
+            held = await collect(first, 1, ack=False)
+            assert len(held) == 1
+            await first.close()
+            with pytest.raises(ClosedError, match="given back"):
+                await first.ack_many(held)
+            second = await broker.consumer(topic, group=group)
+            rest = await collect(second, 4)
+            assert sorted(m.id for m in rest) == sorted(set(ids) - {m.id for m in acked})
+            await assert_quiet(second)
+            await other.close()
+
+    run(main)
+
+
 def test_async_cancelled_receive_leaves_the_message_for_the_next(
     url: str, topic: str, group: str
 ) -> None:

@@ -166,6 +166,42 @@ def test_acked_messages_do_not_come_back_after_close(url: str, topic: str, group
         assert_quiet(second, wait=3.0)
 
 
+def test_batches_received_and_acked_at_once_do_not_come_back(
+    url: str, topic: str, group: str
+) -> None:
+    with mqkit.connect(url) as broker:
+        first = broker.consumer(topic, group=group)
+        other = broker.consumer(topic, group=group + "-other")
+        with broker.producer() as producer:
+            ids = [producer.send(topic, i) for i in range(10)]
+        acked: list[mqkit.Message] = []
+        end = time.monotonic() + ARRIVAL
+        while len(acked) < 6 and time.monotonic() < end:
+            batch = first.receive_many(6 - len(acked), timeout=1.0)
+            assert len(batch) <= 6 - len(acked)
+            first.ack_many(batch)
+            assert all(message.settled == "ack" for message in batch)
+            acked += batch
+        assert len(acked) == 6
+        with pytest.raises(MessageStateError):
+            first.ack_many(acked[:1])
+        foreign = collect(other, 1, ack=False)
+        with pytest.raises(ValueError, match="not received from this consumer"):
+            first.ack_many(foreign)
+        assert foreign[0].settled is None
+        first.ack_many([])
+        held = collect(first, 1, ack=False)
+        assert len(held) == 1
+        first.close()
+        with pytest.raises(ClosedError):
+            first.ack_many(held)  # given back on close: the group gets it again
+        second = broker.consumer(topic, group=group)
+        rest = collect(second, 4)
+        assert sorted(m.id for m in rest) == sorted(set(ids) - {m.id for m in acked})
+        assert_quiet(second)
+        other.close()
+
+
 _KILLED_CONSUMER = """
 import sys, time, mqkit
 url, topic, group, acks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

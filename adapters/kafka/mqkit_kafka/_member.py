@@ -552,6 +552,23 @@ class GroupMember(ConsumerBase):
         elif advances:
             self._commit_for_ack(delivery)
 
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Every ``ack`` of ``deliveries``, with at most one commit for all of them."""
+        advances = False
+        stale: list[Delivery] = []
+        with self._lock:
+            for delivery in deliveries:
+                tp, offset, epoch = delivery.handle
+                part = self._parts.get(tp)
+                if part is None or part.epoch != epoch or not part.done(offset):
+                    stale.append(delivery)
+                elif self._sync_acks and not advances:
+                    advances = part.needs_commit() is not None
+        for delivery in stale:
+            self._stale(delivery)
+        if advances:
+            self._commit_for_ack(deliveries[-1])
+
     def _commit_for_ack(self, delivery: Delivery) -> None:
         try:
             self._commit(wait=True)

@@ -37,6 +37,7 @@ import re
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -356,6 +357,14 @@ class Consumer(ConsumerBase):
 
     def ack(self, delivery: Delivery) -> None:
         queued = self._queue_ack(delivery)
+        if queued is not None:
+            self._write(*queued)
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Every ``ack`` of ``deliveries``, written to the socket in one go."""
+        queued = None
+        for delivery in deliveries:
+            queued = self._queue_ack(delivery) or queued
         if queued is not None:
             self._write(*queued)
 
@@ -791,13 +800,18 @@ class Consumer(ConsumerBase):
         data = self._data
         if data is None:
             return
-        for op, tag in cmds:
+        # pika's BlockingChannel writes (flushes) every frame on its own; its channel object
+        # queues frames for the socket instead: all but the last go there, and the last,
+        # through BlockingChannel, writes them all at once (one write instead of one per ack).
+        buffered = getattr(data, "_impl", data)
+        for i, (op, tag) in enumerate(cmds):
+            channel = data if i == len(cmds) - 1 else buffered
             if op == "ack":
-                data.basic_ack(tag)
+                channel.basic_ack(tag)
             elif op == "nack":
-                data.basic_nack(tag, requeue=True)
+                channel.basic_nack(tag, requeue=True)
             else:
-                data.basic_nack(tag, requeue=False)
+                channel.basic_nack(tag, requeue=False)
 
     def _on_signal(
         self, _channel: Any, method: pika.spec.Basic.Deliver, _props: Any, body: bytes
