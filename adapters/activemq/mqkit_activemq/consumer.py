@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mqkit.adapter import ConsumerBase, Deadline, Delivery, OutgoingMessage, ReceiveQueue
@@ -222,6 +222,25 @@ class Consumer(ConsumerBase):
             conn.ack(handle.ack_id, receipt=rid)
 
         self._settle_frame(handle, "ack", send)
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Every ``ack`` of ``deliveries``, waiting for one receipt: the broker handles a
+        connection's frames in order, so the receipt of the last ACK follows the others."""
+        handles: list[_Handle] = [delivery.handle for delivery in deliveries]
+        if not handles:
+            return
+        last = handles[-1]
+        if any(handle.gen != last.gen for handle in handles):
+            for delivery in deliveries:  # from connections since lost: each says so itself
+                self.ack(delivery)
+            return
+
+        def send(conn: Any, rid: str | None) -> None:
+            for handle in handles[:-1]:
+                conn.ack(handle.ack_id)
+            conn.ack(last.ack_id, receipt=rid)
+
+        self._settle_frame(last, "ack", send)
 
     def nack(self, delivery: Delivery, *, requeue: bool, delay: float) -> None:
         handle: _Handle = delivery.handle

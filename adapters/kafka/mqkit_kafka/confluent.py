@@ -377,7 +377,6 @@ class ConfluentConsumer(GroupMember):
     def _client_poll(self, timeout: float, max_records: int) -> Records:
         records: dict[TopicPartition, list[Any]] = {}
         batch = self._consumer.consume(max_records, timeout)
-        tps, tp = self._tps, None
         last: tuple[str, int] | None = None
         current: list[Any] = []
         for record in batch:
@@ -386,8 +385,7 @@ class ConfluentConsumer(GroupMember):
                 continue
             where = (record.topic(), record.partition())
             if where != last:
-                tp = tps.get(where) or self._tp(*where)
-                current = records.setdefault(tp, [])
+                current = records.setdefault(self._tp(*where), [])
                 last = where
             current.append(record)
         return records
