@@ -3,6 +3,8 @@ reads what the other sent, field for field, and both put one key on the same par
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import mqkit
@@ -80,3 +82,31 @@ def test_both_drivers_put_a_key_on_the_partition_of_kafkas_murmur2_partitioner(
     assert set(partitions) == set(keys)
     assert all(len(p) == 1 for p in partitions.values()), partitions
     assert len(set().union(*partitions.values())) > 1, "the keys should spread over partitions"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_message_reaches_an_idle_consumer_without_waiting_out_its_poll(
+    kafka_url: str, topic: str, group: str, driver: str
+) -> None:
+    """The poller's wait for records ends when one arrives, not when the poll's timeout runs
+    out (librdkafka's batch consume waits for a full batch or the timeout: with it, every
+    message of a quiet topic waited a whole poll_interval)."""
+    if driver == "confluent":
+        pytest.importorskip("confluent_kafka")
+    poll = 5.0
+    with (
+        mqkit.connect(with_driver(kafka_url, driver), poll_interval=poll) as broker,
+        broker.consumer(topic, group=group) as consumer,
+        broker.producer() as producer,
+    ):
+        producer.send(topic, "first")
+        assert collect(consumer, 1), "the consumer joined and read the first message"
+        time.sleep(1.0)  # the poller is now waiting on a quiet topic
+        producer.send(topic, "second")
+        producer.flush(ARRIVAL)
+        sent = time.monotonic()
+        message = consumer.receive(timeout=ARRIVAL)
+        waited = time.monotonic() - sent
+        assert message is not None and message.value == "second"
+        message.ack()
+    assert waited < poll / 2, f"{driver}: waited {waited:.2f} s for a message already sent"

@@ -376,7 +376,15 @@ class ConfluentConsumer(GroupMember):
 
     def _client_poll(self, timeout: float, max_records: int) -> Records:
         records: dict[TopicPartition, list[Any]] = {}
-        batch = self._consumer.consume(max_records, timeout)
+        # Not consume(max_records, timeout) alone: librdkafka's batch consume waits out the
+        # whole timeout unless the batch fills, which at low rates delayed every message by up
+        # to poll_interval. The first record (or event) is waited for, the rest taken as found.
+        first = self._consumer.poll(timeout)
+        if first is None:
+            return records
+        batch = [first]
+        if max_records > 1:
+            batch += self._consumer.consume(max_records - 1, 0)
         last: tuple[str, int] | None = None
         current: list[Any] = []
         for record in batch:
