@@ -926,6 +926,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
             continue
         labels = [cls.label for cls in PEERS[broker]] + ["mqkit"]
         labels += [f"mqkit {redact(u)}" for u in extras[broker]]
+        if args.clients:
+            labels = [label for label in labels if label.split()[0] in args.clients]
         brokers.append((broker, url, labels))
     return brokers
 
@@ -1098,6 +1100,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="an extra mqkit URL to compare (its own row; repeatable)",
     )
     p.add_argument("--only", choices=("rabbitmq", "kafka"))
+    p.add_argument(
+        "--clients",
+        type=lambda text: set(text.split(",")),
+        help="comma-separated clients to run (default: all), e.g. pika,mqkit; "
+        "'mqkit' includes the --mqkit-url rows",
+    )
     p.add_argument("--messages", type=int, default=10_000, help="per throughput run")
     p.add_argument("--latency-messages", type=int, default=2_500, help="per latency run")
     p.add_argument("--latency-rate", type=float, default=500.0, help="offered msg/s")

@@ -24,11 +24,16 @@ from mqkit.errors import (
     ConfigError,
     DecodeError,
     DeliveryTimeout,
-    MessageStateError,
     MessageTooLarge,
     MqkitError,
 )
-from mqkit.message import Delivery, Message, OutgoingMessage, new_message_id
+from mqkit.message import (
+    Delivery,
+    Message,
+    OutgoingMessage,
+    check_ack_batch,
+    new_message_id,
+)
 from mqkit.security import with_credentials
 from mqkit.serialization import (
     Serializer,
@@ -413,19 +418,12 @@ class Consumer(_Closeable):
         on SQLite, one socket write on RabbitMQ. When it returns, each is acked as
         ``message.ack()`` would have acked it. Nothing is acked if one of them cannot be."""
         batch = list(messages)
-        for message in batch:
-            if not isinstance(message, Message) or message._settle != self._settle:
-                raise ValueError(
-                    f"{message!r} was not received from this consumer ({self._what}); "
-                    "ack it through the consumer it came from"
-                )
-            if message.settled is not None:
-                raise MessageStateError(
-                    f"message {message.id} on {message.topic!r} was already "
-                    f"{message.settled}ed; a message is settled exactly once"
-                )
-        if len({id(message) for message in batch}) != len(batch):
-            raise ValueError("ack_many: a message is listed twice; a message is settled once")
+        check_ack_batch(
+            batch,
+            ours=lambda m: isinstance(m, Message) and m._settle == self._settle,
+            settled=lambda m: m.settled,
+            owner=self._what,
+        )
         if self._closed:
             raise ClosedError(
                 f"{self._what} is closed; its unacked messages were given back and will be "

@@ -6,10 +6,10 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from mqkit.envelope import HeaderValue
 from mqkit.errors import DecodeError, MessageStateError
@@ -211,10 +211,7 @@ class Message:
 
     def _mark(self, outcome: str) -> None:
         if self._settled is not None:
-            raise MessageStateError(
-                f"message {self.id} on {self.topic!r} was already {self._settled}ed; "
-                "a message is settled exactly once"
-            )
+            raise already_settled(self.id, self.topic, self._settled)
         self._settled = outcome
 
     def __repr__(self) -> str:
@@ -222,3 +219,41 @@ class Message:
             f"Message(topic={self.topic!r}, id={self.id!r}, key={self.key!r}, "
             f"attempt={self.attempt}, size={len(self.body)})"
         )
+
+
+def already_settled(message_id: str, topic: str, outcome: str) -> MessageStateError:
+    """The error for settling a message a second time; the sync and async APIs say the same."""
+    return MessageStateError(
+        f"message {message_id} on {topic!r} was already {outcome}ed; "
+        "a message is settled exactly once"
+    )
+
+
+class _Settleable(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def topic(self) -> str: ...
+
+
+def check_ack_batch(
+    batch: Sequence[_Settleable],
+    *,
+    ours: Callable[[object], bool],
+    settled: Callable[[Any], str | None],
+    owner: str,
+) -> None:
+    """Refuse a batch for ``ack_many`` before anything in it is acked: a message ``ours`` does
+    not accept (another consumer's, or not a message), one ``settled`` already, one listed
+    twice. ``owner`` names the consumer in the error."""
+    for message in batch:
+        if not ours(message):
+            raise ValueError(
+                f"{message!r} was not received from this consumer ({owner}); "
+                "ack it through the consumer it came from"
+            )
+        outcome = settled(message)
+        if outcome is not None:
+            raise already_settled(message.id, message.topic, outcome)
+    if len({id(message) for message in batch}) != len(batch):
+        raise ValueError("ack_many: a message is listed twice; a message is settled once")

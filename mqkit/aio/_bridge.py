@@ -54,7 +54,14 @@ from mqkit.client import connect as _connect
 from mqkit.config import BrokerURL
 from mqkit.envelope import HeaderValue
 from mqkit.errors import ClosedError, ConfigError, DecodeError, MessageStateError
-from mqkit.message import Delivery, Headers, Message, OutgoingMessage
+from mqkit.message import (
+    Delivery,
+    Headers,
+    Message,
+    OutgoingMessage,
+    already_settled,
+    check_ack_batch,
+)
 from mqkit.serialization import Serializer
 from mqkit.spi import Features
 
@@ -638,20 +645,13 @@ class AsyncConsumer:
         """:meth:`mqkit.Consumer.ack_many`, off the loop: one round trip for the batch where
         the backend has one. If the awaiting task is cancelled, the acks still happen."""
         batch = list(messages)
-        for message in batch:
-            if not isinstance(message, AsyncMessage) or message._consumer is not self:
-                raise ValueError(
-                    f"{message!r} was not received from this consumer (of "
-                    f"{', '.join(self.topics)} in group {self.group!r}); ack it through the "
-                    "consumer it came from"
-                )
-            if message._settled is not None:
-                raise MessageStateError(
-                    f"message {message.id} on {message.topic!r} was already "
-                    f"{message._settled}ed; a message is settled exactly once"
-                )
-        if len({id(message) for message in batch}) != len(batch):
-            raise ValueError("ack_many: a message is listed twice; a message is settled once")
+        # its own settled state: an AsyncMessage is marked before its sync message is acked
+        check_ack_batch(
+            batch,
+            ours=lambda m: isinstance(m, AsyncMessage) and m._consumer is self,
+            settled=lambda m: m._settled,
+            owner=f"of {', '.join(self.topics)} in group {self.group!r}",
+        )
         if not batch:
             return
         for message in batch:
@@ -755,10 +755,7 @@ class AsyncMessage:
 
     async def _settle(self, outcome: str, settle: Callable[[], None], *, ack: bool = False) -> None:
         if self._settled is not None:
-            raise MessageStateError(
-                f"message {self.id} on {self.topic!r} was already {self._settled}ed; "
-                "a message is settled exactly once"
-            )
+            raise already_settled(self.id, self.topic, self._settled)
         if self._consumer is None:
             raise MessageStateError(f"message {self.id} was settled by the request that got it")
         self._settled = outcome

@@ -17,7 +17,9 @@ the quorum queues (a delivery limit is set, see ``DELIVERY_LIMIT``), so the next
 continues in order.
 
 With the consumer option ``queue`` none of this exists: the members consume that existing queue
-as it is, competing for its messages.
+as it is, competing for its messages. With ``partitions=0`` the shared queue is the group's one
+queue, bound to the topic's exchange directly: members compete for it, no hash exchange, no
+partitions, no locks (fewer hops for the broker; no key order across members).
 
 pika is not thread-safe, so one thread at a time *drives* the ``BlockingConnection`` (holds
 ``_io``). While the application is busy receiving and acking, that is the application's own
@@ -38,6 +40,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,12 +55,13 @@ from mqkit.adapter import ConsumerBase, Deadline, Delivery
 from mqkit.errors import BrokerUnavailable, ConfigError, MqkitError
 from mqkit.message import new_message_id
 
-from .connection import ACCESS_REFUSED, describe, open_blocking, refused
+from .connection import ACCESS_REFUSED, CoalescingConnection, describe, open_blocking, refused
 from .settings import Endpoint, Settings
 from .wire import (
     CONTROL_EXCHANGE,
     ENABLE_PLUGIN,
     HASH_EXCHANGE_TYPE,
+    ONE_QUEUE_REFUSAL,
     PLUGIN,
     check_topic,
     decode,
@@ -162,7 +166,8 @@ class Consumer(ConsumerBase):
                 f"option queue={self._queue!r} names one existing queue: give one topic, "
                 f"not {len(topics)}"
             )
-        # A consumer of an existing queue has no partitions: its members compete.
+        # A consumer of an existing queue, or of a group's one queue, has no partitions: its
+        # members compete.
         partitions = self._partitions = 0 if self._queue else settings.partitions
         if not self._queue:
             for topic in topics:
@@ -580,6 +585,14 @@ class Consumer(ConsumerBase):
                     f"{self._endpoint.where(self._host)} has no queue {self._queue!r} (option "
                     f"queue= consumes an existing queue; it declares nothing): {exc.reply_text}"
                 ) from exc
+            if exc.reply_code == 406 and ONE_QUEUE_REFUSAL in str(exc.reply_text):
+                modes = ("partitions=0", "partitions >= 1")
+                mine, theirs = modes if not self._partitions else modes[::-1]
+                raise ConfigError(
+                    f"group {self._group!r} of {self._topic_list()} was created with "
+                    f"{theirs} and this consumer has {mine}: every member of a group uses "
+                    "the same mode (give this one the group's, or use a new group name)"
+                ) from exc
             if exc.reply_code == ACCESS_REFUSED:
                 raise refused(
                     self._endpoint.where(self._host),
@@ -683,8 +696,14 @@ class Consumer(ConsumerBase):
         # right after they are declared, so none of them reaches queue_expires while later
         # topics are still being set up.
         nowait: pika.channel.Channel = ctl._impl  # type: ignore[attr-defined]
+        if not self._partitions:
+            self._set_up_one_queue_groups(ctl, data)
+            return
         for st in self._topics:
             bindings = self._bindings(st.topic)
+            # The shared queue first: a group of the other mode refuses it (its delivery limit
+            # differs) before anything else of this topic is declared or bound.
+            nowait.queue_declare(st.shared, durable=True, arguments=args)
             # auto_delete: the hash exchange goes once its partition queues do (queue_expires)
             nowait.exchange_declare(
                 st.hashed,
@@ -697,13 +716,25 @@ class Consumer(ConsumerBase):
                 nowait.queue_bind(name, st.hashed, routing_key="1")  # the key is not used
             for key, arguments in bindings:
                 nowait.exchange_bind(st.hashed, st.topic, routing_key=key, arguments=arguments)
-            nowait.queue_declare(st.shared, durable=True, arguments=args)
             nowait.queue_bind(signals, CONTROL_EXCHANGE, routing_key=st.base)
             ctl.queue_declare(st.shared, durable=True, arguments=args)
             tag = data.basic_consume(st.shared, self._on_message)
             self._tags[tag] = (st, st.shared, False)
             self._rebalance([st])
             ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"joined " + self._member)
+
+    def _set_up_one_queue_groups(self, ctl: BlockingChannel, data: BlockingChannel) -> None:
+        """``partitions=0``: each topic's group is its shared queue, bound to the topic's
+        exchange; every member consumes it. No control signals: there is nothing to share out."""
+        args = queue_arguments(self._settings.queue_expires, one_queue=True)
+        nowait: pika.channel.Channel = ctl._impl  # type: ignore[attr-defined]
+        for st in self._topics:
+            nowait.queue_declare(st.shared, durable=True, arguments=args)
+            for key, arguments in self._bindings(st.topic):
+                nowait.queue_bind(st.shared, st.topic, routing_key=key, arguments=arguments)
+            ctl.queue_declare(st.shared, durable=True, arguments=args)  # waits: any refusal
+            tag = data.basic_consume(st.shared, self._on_message)
+            self._tags[tag] = (st, st.shared, False)
 
     def _topic_list(self) -> str:
         names = [t.topic for t in self._topics]
@@ -801,17 +832,17 @@ class Consumer(ConsumerBase):
         if data is None:
             return
         # pika's BlockingChannel writes (flushes) every frame on its own; its channel object
-        # queues frames for the socket instead: all but the last go there, and the last,
-        # through BlockingChannel, writes them all at once (one write instead of one per ack).
-        buffered = getattr(data, "_impl", data)
-        for i, (op, tag) in enumerate(cmds):
-            channel = data if i == len(cmds) - 1 else buffered
-            if op == "ack":
-                channel.basic_ack(tag)
-            elif op == "nack":
-                channel.basic_nack(tag, requeue=True)
-            else:
-                channel.basic_nack(tag, requeue=False)
+        # queues frames for the socket instead: all but the last go there, joined into one
+        # buffer, and the last, through BlockingChannel, writes them all (two sends, not one
+        # per ack).
+        buffered: pika.channel.Channel = data._impl  # type: ignore[attr-defined]
+        *first, (op, tag) = cmds
+        if first:
+            conn = buffered.connection
+            with conn.corked() if isinstance(conn, CoalescingConnection) else nullcontext():
+                for earlier, earlier_tag in first:
+                    _settle(buffered, earlier, earlier_tag)
+        _settle(data, op, tag)
 
     def _on_signal(
         self, _channel: Any, method: pika.spec.Basic.Deliver, _props: Any, body: bytes
@@ -969,3 +1000,11 @@ class Consumer(ConsumerBase):
                 ctl.queue_delete(st.locks[j])
                 st.draining.discard(j)
                 ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"released " + self._member)
+
+
+def _settle(channel: pika.channel.Channel | BlockingChannel, op: str, tag: int) -> None:
+    """Write one queued settlement: ``ack``, ``nack`` (requeue) or ``reject`` (no requeue)."""
+    if op == "ack":
+        channel.basic_ack(tag)
+    else:
+        channel.basic_nack(tag, requeue=op == "nack")

@@ -32,7 +32,7 @@ from pika.exchange_type import ExchangeType
 from mqkit.adapter import Deadline, OutgoingMessage, ProducerBase
 from mqkit.errors import BrokerUnavailable, ClosedError, ConfigError, DeliveryTimeout, MqkitError
 
-from .connection import ACCESS_REFUSED, describe, refused, unavailable
+from .connection import ACCESS_REFUSED, CoalescingConnection, describe, refused, unavailable
 from .settings import Endpoint, Settings
 from .wire import is_queue_address, properties, routing_key
 
@@ -53,7 +53,7 @@ class Producer(ProducerBase):
         self._pending: deque[OutgoingMessage] = deque()
         self._unconfirmed: dict[int, OutgoingMessage] = {}
         self._seq = 0
-        self._conn: pika.SelectConnection | None = None
+        self._conn: CoalescingConnection | None = None
         self._channel: pika.channel.Channel | None = None
         self._declared: set[str] = set()
         #: exchanges that exist with settings of their own: published to, never declared
@@ -191,7 +191,7 @@ class Producer(ProducerBase):
     def _run(self) -> None:
         failures = 0
         while not self._is_closing():
-            conn = pika.SelectConnection(
+            conn = CoalescingConnection(
                 self._endpoint.parameters(self._host),
                 on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error,
@@ -356,12 +356,15 @@ class Producer(ProducerBase):
                 batch.append(message)
             declaring = self._declaring
             self._cv.notify_all()
-        for message in batch:
-            if is_queue_address(message.topic):
-                exchange, routing = "", message.topic
-            else:
-                exchange, routing = message.topic, routing_key(message.key, message.id)
-            channel.basic_publish(exchange, routing, message.body, properties(message))
+        conn = channel.connection
+        assert isinstance(conn, CoalescingConnection)
+        with conn.corked():  # the batch in one socket write
+            for message in batch:
+                if is_queue_address(message.topic):
+                    exchange, routing = "", message.topic
+                else:
+                    exchange, routing = message.topic, routing_key(message.key, message.id)
+                channel.basic_publish(exchange, routing, message.body, properties(message))
         if declaring is not None and not batch:
             channel.exchange_declare(
                 declaring,

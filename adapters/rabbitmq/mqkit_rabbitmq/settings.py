@@ -42,8 +42,9 @@ class Settings(TLSOptions, BaseSettings):
     partitions: int = option(
         4,
         f"Partition queues per topic and group (1 to {MAX_PARTITIONS}); the same value for every "
-        "member of a group, fixed when the group is created.",
-        minimum=1,
+        "member of a group, fixed when the group is created. 0: one queue bound to the topic, "
+        "whose members compete: faster, but no key order across members.",
+        minimum=0,
         maximum=MAX_PARTITIONS,
         scopes=[CONSUMER],
     )

@@ -59,6 +59,12 @@ _NOT_USER = envelope.TRANSPORT_FIELDS | {DELIVERY_COUNT}
 #: taken in) only when a delivery limit is set; without one they go to the back. Effectively
 #: unlimited, so nothing is ever dropped for being redelivered too often.
 DELIVERY_LIMIT = 2**31 - 1
+#: The same limit, one less, on the one queue of a ``partitions=0`` group: RabbitMQ refuses to
+#: declare a queue again with another limit, so a member that uses the other mode is refused
+#: (``ONE_QUEUE_REFUSAL`` names the argument in the refusal) instead of binding a second copy
+#: of the group's messages.
+ONE_QUEUE_DELIVERY_LIMIT = DELIVERY_LIMIT - 1
+ONE_QUEUE_REFUSAL = "x-delivery-limit"
 
 #: An exchange collecting membership signals (joins, released partitions) so rebalancing does
 #: not wait for the next poll.
@@ -154,10 +160,11 @@ def routing_key(key: str | None, message_id: str) -> str:
     return key
 
 
-def queue_arguments(expires: float) -> dict[str, Any]:
+def queue_arguments(expires: float, *, one_queue: bool = False) -> dict[str, Any]:
     """Arguments of a group's queues: quorum (exact delivery counts, replicated, fsynced),
     nacked messages back to the front, and ``x-expires`` when ``expires`` > 0 seconds."""
-    args: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT}
+    limit = ONE_QUEUE_DELIVERY_LIMIT if one_queue else DELIVERY_LIMIT
+    args: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": limit}
     if expires > 0:
         args["x-expires"] = int(expires * 1000)
     return args
