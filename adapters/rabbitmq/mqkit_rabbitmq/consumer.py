@@ -40,7 +40,6 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -831,18 +830,18 @@ class Consumer(ConsumerBase):
         data = self._data
         if data is None:
             return
-        # pika's BlockingChannel writes (flushes) every frame on its own; its channel object
-        # queues frames for the socket instead: all but the last go there, joined into one
-        # buffer, and the last, through BlockingChannel, writes them all (two sends, not one
-        # per ack).
+        # pika's BlockingChannel writes every frame on its own and polls until it is out; its
+        # channel object queues frames instead. Corked, they go to the socket in one write;
+        # only what the socket did not take needs pika's poll loop (then it is written before
+        # this returns, as BlockingChannel would have).
         buffered: pika.channel.Channel = data._impl  # type: ignore[attr-defined]
-        *first, (op, tag) = cmds
-        if first:
-            conn = buffered.connection
-            with conn.corked() if isinstance(conn, CoalescingConnection) else nullcontext():
-                for earlier, earlier_tag in first:
-                    _settle(buffered, earlier, earlier_tag)
-        _settle(data, op, tag)
+        conn = buffered.connection
+        assert isinstance(conn, CoalescingConnection)
+        with conn.corked():
+            for op, tag in cmds:
+                _settle(buffered, op, tag)
+        if conn.output_pending():
+            data.connection.process_data_events(0)
 
     def _on_signal(
         self, _channel: Any, method: pika.spec.Basic.Deliver, _props: Any, body: bytes
@@ -1002,7 +1001,7 @@ class Consumer(ConsumerBase):
                 ctl.basic_publish(CONTROL_EXCHANGE, st.base, b"released " + self._member)
 
 
-def _settle(channel: pika.channel.Channel | BlockingChannel, op: str, tag: int) -> None:
+def _settle(channel: pika.channel.Channel, op: str, tag: int) -> None:
     """Write one queued settlement: ``ack``, ``nack`` (requeue) or ``reject`` (no requeue)."""
     if op == "ack":
         channel.basic_ack(tag)
