@@ -14,9 +14,11 @@ from pathlib import Path
 import pika
 import pytest
 from mqkit_rabbitmq.consumer import Consumer as RabbitConsumer
+from mqkit_rabbitmq.wire import properties
 
 import mqkit
 from mqkit import Message, envelope
+from mqkit.message import OutgoingMessage
 from tests.rabbitmq.conftest import delete_group
 
 
@@ -93,6 +95,15 @@ def test_wire_format_is_plain_amqp(rabbit_url: str, clean: tuple[str, str]) -> N
             assert (bridged.id, dict(bridged.headers)) == ("b-1", {})
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("sent_at", [1796665367.9996, 1796665367.0004, 1796665367.5])
+def test_the_native_timestamp_is_the_seconds_of_the_header(sent_at: float) -> None:
+    """Just below a whole second the milliseconds round up: the native field (whole seconds)
+    must follow them, not lag a second behind."""
+    props = properties(OutgoingMessage("t", b"", timestamp=sent_at))
+    assert props.headers is not None
+    assert int(props.headers[envelope.TIMESTAMP]) // 1000 == props.timestamp
 
 
 def test_foreign_messages_without_id_get_a_stable_one(

@@ -178,11 +178,13 @@ def properties(message: OutgoingMessage) -> pika.BasicProperties:
     headers: dict[str, Any] = dict(message.headers)
     if message.key is not None:
         headers[envelope.KEY] = message.key
-    headers[envelope.TIMESTAMP] = envelope.encode_timestamp(message.timestamp)
+    millis = envelope.encode_timestamp(message.timestamp)
+    headers[envelope.TIMESTAMP] = millis
     return pika.BasicProperties(
         delivery_mode=2,  # persistent
         message_id=message.id,
-        timestamp=int(message.timestamp),
+        # the whole seconds of the same (rounded) milliseconds: the two fields always agree
+        timestamp=int(millis) // 1000,
         content_type=message.content_type,
         content_encoding=message.content_encoding,
         correlation_id=message.correlation_id,
