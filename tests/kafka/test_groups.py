@@ -12,6 +12,7 @@ import mqkit
 from mqkit import envelope
 from mqkit.testing.util import assert_quiet, collect
 from tests.kafka.conftest import committed
+from tests.kafka.test_drivers import DRIVERS, with_driver
 
 
 def test_topics_are_created_with_the_configured_partition_count(
@@ -83,6 +84,40 @@ def test_rebalance_commits_acked_work_and_loses_no_unacked_message(
     assert set(seen) == ids, "every message was delivered"
     for message_id in acked:
         assert seen.count(message_id) == 1, "a message acked before the rebalance came back"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_message_acked_while_a_rebalance_takes_its_partition_is_not_delivered_again(
+    kafka_url: str, admin: Any, topic: str, group: str, driver: str
+) -> None:
+    """The rebalance waits (up to ``revoke_grace``) for messages in flight on the partitions it
+    takes away, and commits their acks: neither member sees the held message again. Without the
+    wait, the ack came after the revocation and was ignored, and the message came back."""
+    if driver == "confluent":
+        pytest.importorskip("confluent_kafka")
+    total = 12
+    with mqkit.connect(with_driver(kafka_url, driver), partitions=2) as broker:
+        first = broker.consumer(topic, group=group)
+        with broker.producer() as producer:
+            for i in range(total):
+                producer.send(topic, i, key=f"k{i}")
+        [held] = collect(first, 1, ack=False)
+        acker = threading.Timer(0.5, held.ack)  # acked while the second member's join waits
+        acker.start()
+        second = broker.consumer(topic, group=group)
+        acker.join()
+        rest: list[mqkit.Message] = []
+        deadline = time.monotonic() + 30
+        while len(rest) < total - 1 and time.monotonic() < deadline:
+            for member in (first, second):
+                message = member.receive(timeout=0.1)
+                if message is not None:
+                    rest.append(message)
+                    message.ack()
+        assert sorted(m.value for m in rest) == sorted(set(range(total)) - {held.value})
+        assert_quiet(first)
+        assert_quiet(second, wait=0.1)
+        assert sum(committed(admin, group).values()) == total
 
 
 @pytest.mark.parametrize("prefetch", [500, 3])

@@ -16,7 +16,9 @@ Acks: see :mod:`mqkit_kafka._tracker`. The group commits the first unsettled off
 partition; with ``ack_commit=sync`` (default) ``ack()`` returns once that commit is confirmed
 (acks from several threads share one commit), so a consumer killed right after an ack never
 sees the acked message again. Before partitions are revoked in a rebalance, the rebalance
-listener commits what is done.
+listener hands out nothing more from them, waits up to ``revoke_grace`` for the messages in
+flight on them to be settled, and commits what is done: a handler that acks a moment after the
+rebalance began does not have its message delivered again to the new owner.
 
 Nack: Kafka has no per-record nack, so the partition is seeked back to the nacked offset and
 the buffered records after it are dropped and fetched again: the nacked record comes back
@@ -78,6 +80,9 @@ class GroupMember(ConsumerBase):
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)  # buffer filled / assignment / close
         self._space = threading.Condition(self._lock)  # buffer drained below half
+        self._settled = threading.Condition(self._lock)  # an ack/nack while _draining
+        # Partitions a rebalance is about to revoke: nothing more is handed out from them.
+        self._draining: frozenset[TopicPartition] = frozenset()
         # (partition, assignment epoch, offset, record)
         self._buffer: deque[tuple[TopicPartition, int, int, Any]] = deque()
         self._parts: dict[TopicPartition, PartitionTracker] = {}
@@ -213,6 +218,31 @@ class GroupMember(ConsumerBase):
                 self._ready.notify_all()
         return resumes
 
+    def _start_draining(self, revoked: set[TopicPartition]) -> Deadline:
+        """Hand out nothing more from partitions about to be revoked; returns the grace's end."""
+        with self._lock:
+            self._draining = frozenset(revoked)
+            self._buffer = deque(item for item in self._buffer if item[0] not in revoked)
+        return Deadline(self._settings.revoke_grace)
+
+    def _in_flight(self, revoked: set[TopicPartition]) -> bool:
+        """Whether messages handed out from ``revoked`` are still unsettled (and worth waiting
+        for: not when this consumer is closing)."""
+        with self._lock:
+            return not self._closing and self._unsettled(revoked)
+
+    def _unsettled(self, revoked: set[TopicPartition]) -> bool:
+        parts = self._parts
+        return any(tp in parts and parts[tp].in_flight() for tp in revoked)
+
+    def _drain(self, revoked: set[TopicPartition]) -> None:
+        """Wait (up to ``revoke_grace``) for the messages in flight on ``revoked`` to be
+        settled; for clients whose rebalance callback may block its thread."""
+        deadline = self._start_draining(revoked)
+        with self._lock:
+            while not self._closing and self._unsettled(revoked) and not deadline.expired:
+                self._settled.wait(deadline.remaining())
+
     def _revoke(
         self, revoked: set[TopicPartition], *, lost: bool = False
     ) -> dict[TopicPartition, int]:
@@ -223,6 +253,7 @@ class GroupMember(ConsumerBase):
         """
         offsets: dict[TopicPartition, int] = {}
         with self._lock:
+            self._draining = frozenset()
             self._resume.clear()
             for tp in revoked:
                 part = self._parts.pop(tp, None)
@@ -231,6 +262,15 @@ class GroupMember(ConsumerBase):
                 self._delayed.pop(tp, None)
                 if part is None:
                     continue
+                if not lost and part.in_flight():
+                    log.info(
+                        "%s: messages in flight on %s[%d] were not settled within "
+                        "revoke_grace=%g s; the partition's new owner gets them again",
+                        self._where,
+                        tp.topic,
+                        tp.partition,
+                        self._settings.revoke_grace,
+                    )
                 point = part.commit_point()
                 if point is None:
                     continue  # nothing fetched yet: the client's position is still right
@@ -393,8 +433,8 @@ class GroupMember(ConsumerBase):
             append = self._buffer.append
             for tp, batch in records.items():
                 part = self._parts.get(tp)
-                if part is None or tp in self._seeks:
-                    continue  # revoked, or a nack asked for a seek: these come again
+                if part is None or tp in self._seeks or tp in self._draining:
+                    continue  # revoked, being revoked, or a nack asked for a seek
                 fetched, epoch = part.fetched, part.epoch
                 for record in batch:
                     offset = offset_of(record)
@@ -539,14 +579,15 @@ class GroupMember(ConsumerBase):
 
     def ack(self, delivery: Delivery) -> None:
         tp, offset, epoch = delivery.handle
+        advances = False  # without sync acks, the poller commits in the background
         with self._lock:
             part = self._parts.get(tp)
             if part is None or part.epoch != epoch or not part.done(offset):
                 part = None
-            elif not self._sync_acks:
-                return  # the poller commits in the background
             else:
-                advances = part.needs_commit() is not None
+                if self._draining:
+                    self._settled.notify_all()
+                advances = self._sync_acks and part.needs_commit() is not None
         if part is None:
             self._stale(delivery)
         elif advances:
@@ -564,6 +605,8 @@ class GroupMember(ConsumerBase):
                     stale.append(delivery)
                 elif self._sync_acks and not advances:
                     advances = part.needs_commit() is not None
+            if self._draining:
+                self._settled.notify_all()
         for delivery in stale:
             self._stale(delivery)
         if advances:
@@ -601,6 +644,8 @@ class GroupMember(ConsumerBase):
             self._seeks[tp] = part.next_offset if part.next_offset is not None else offset
             if delay > 0:
                 self._delayed[tp] = max(self._delayed.get(tp, 0.0), time.monotonic() + delay)
+            if self._draining:
+                self._settled.notify_all()
 
     def _close(self) -> None:
         """Stop the poller: it commits what is done and leaves the group (unacked messages go
@@ -609,6 +654,7 @@ class GroupMember(ConsumerBase):
             self._closing = True
             self._ready.notify_all()
             self._space.notify_all()
+            self._settled.notify_all()
         thread = self._thread
         if thread is not None and threading.current_thread() is not thread:
             thread.join(self._settings.commit_timeout + self._settings.poll_interval + 5)

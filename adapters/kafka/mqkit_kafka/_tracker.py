@@ -88,6 +88,10 @@ class PartitionTracker:
             self.attempts[offset] = attempt
         return attempt
 
+    def in_flight(self) -> bool:
+        """Whether any offset is handed out and not settled (a scan: for rebalances only)."""
+        return _INFLIGHT in self._state.values()
+
     def done(self, offset: int) -> bool:
         """Settle an in-flight offset for good (ack or drop); False if it was not in flight."""
         state = self._state

@@ -348,7 +348,9 @@ class ConfluentConsumer(GroupMember):
         self._paused.difference_update(assigned)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        offsets = self._revoke({self._tp(p.topic, p.partition) for p in partitions})
+        revoked = {self._tp(p.topic, p.partition) for p in partitions}
+        self._drain(revoked)  # librdkafka heartbeats on its own thread meanwhile
+        offsets = self._revoke(revoked)
         if offsets:
             try:
                 self._commit_now(offsets)

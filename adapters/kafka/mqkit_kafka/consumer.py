@@ -41,6 +41,7 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         self._driver = driver
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._drain(set(revoked))
         offsets = self._driver._revoke(set(revoked))
         if offsets:
             try:
@@ -48,6 +49,18 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
                 self._driver._note_committed(offsets)
             except Exception as exc:
                 self._driver._revoke_commit_failed(offsets, exc)
+
+    async def _drain(self, revoked: set[TopicPartition]) -> None:
+        """Wait for the messages in flight on ``revoked`` (see GroupMember._drain) while the IO
+        loop goes on: heartbeats keep the membership, and the acks' commits are answered."""
+        driver = self._driver
+        net = getattr(getattr(driver._consumer, "_coordinator", None), "_net", None)
+        if net is None:  # not the kafka-python this was written for: wait on its thread
+            driver._drain(revoked)
+            return
+        deadline = driver._start_draining(revoked)
+        while driver._in_flight(revoked) and not deadline.expired:
+            await net.sleep(0.005)
 
     async def on_partitions_lost(self, lost: Any) -> None:
         self._driver._revoke(set(lost), lost=True)

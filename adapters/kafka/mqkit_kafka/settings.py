@@ -98,6 +98,13 @@ class Settings(TLSOptions):
         minimum=1.0,
         scopes=[CONSUMER],
     )
+    revoke_grace: float = option(
+        2.0,
+        "Seconds a rebalance waits for messages in flight on the partitions it takes away to "
+        "be settled before committing; those still unsettled then go to the new owner again.",
+        minimum=0.0,
+        scopes=[CONSUMER],
+    )
     join_timeout: float = option(
         30.0,
         "Seconds consumer() waits for the group to assign this member its partitions.",
@@ -160,6 +167,11 @@ class Settings(TLSOptions):
             )
         if self.heartbeat >= self.session_timeout:
             raise ConfigError(f"{where}: heartbeat_interval must be below session_timeout")
+        if self.revoke_grace >= self.rebalance_timeout:
+            raise ConfigError(
+                f"{where}: revoke_grace must be below rebalance_timeout (the group would drop "
+                "a member that waits that long)"
+            )
         if self.delivery_timeout < self.request_timeout + self.linger_ms / 1000:
             raise ConfigError(
                 f"{where}: delivery_timeout must be at least request_timeout + linger_ms"
