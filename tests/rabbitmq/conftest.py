@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pika
 import pytest
 
+import mqkit
 from tests.chaos import free_ports
 
 NODE_SCRIPT = Path(__file__).resolve().parents[2] / "adapters" / "rabbitmq" / "ci" / "node"
@@ -34,6 +36,39 @@ def names() -> tuple[str, str]:
     """A fresh topic and group."""
     tag = uuid.uuid4().hex[:10]
     return f"rt-{tag}", f"rg-{tag}"
+
+
+@pytest.fixture
+def clean(rabbit_url: str, names: tuple[str, str]) -> Iterator[tuple[str, str]]:
+    """Topic and group whose queues are deleted after the test (the broker is shared): the
+    group's, and those of the groups named after it with "-b" or "-p"."""
+    yield names
+    topic, group = names
+    for suffix in ("", "-b", "-p"):
+        delete_group(rabbit_url, topic, group + suffix, 64)
+
+
+def receive_each(
+    consumers: Sequence[mqkit.Consumer], count: int, deadline: float = 30
+) -> list[tuple[int, mqkit.Message]]:
+    """Receive and ack from each consumer in turn until ``count`` messages came (or
+    ``deadline`` seconds passed): (index of the consumer, message) for each."""
+    out: list[tuple[int, mqkit.Message]] = []
+    end = time.monotonic() + deadline
+    while len(out) < count and time.monotonic() < end:
+        for index, consumer in enumerate(consumers):
+            message = consumer.receive(timeout=0.2)
+            if message is not None:
+                out.append((index, message))
+                message.ack()
+    return out
+
+
+def receive_all(
+    consumers: Sequence[mqkit.Consumer], count: int, deadline: float = 30
+) -> list[mqkit.Message]:
+    """The messages of :func:`receive_each`."""
+    return [message for _, message in receive_each(consumers, count, deadline)]
 
 
 @dataclass

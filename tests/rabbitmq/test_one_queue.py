@@ -3,9 +3,7 @@ compete for its messages (no hash exchange, no partitions, no locks)."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pika
 import pika.exceptions
@@ -13,17 +11,8 @@ import pytest
 from mqkit_rabbitmq.wire import group_base, hash_exchange
 
 import mqkit
-from mqkit import ConfigError, Message
-from tests.rabbitmq.conftest import delete_group
-
-
-@pytest.fixture
-def clean(rabbit_url: str, names: tuple[str, str]) -> Iterator[tuple[str, str]]:
-    """Topic and group whose queues are deleted after the test (the broker is shared)."""
-    yield names
-    topic, group = names
-    for suffix in ("", "-p"):
-        delete_group(rabbit_url, topic, group + suffix, 2)
+from mqkit import ConfigError
+from tests.rabbitmq.conftest import receive_all, receive_each
 
 
 def _exists(url: str, *, queue: str = "", exchange: str = "") -> bool:
@@ -43,26 +32,6 @@ def _exists(url: str, *, queue: str = "", exchange: str = "") -> bool:
         conn.close()
 
 
-def _drain(consumers: list[mqkit.Consumer], count: int, deadline: float = 30) -> list[Message]:
-    """Receive and ack from each consumer in turn until ``count`` messages came."""
-    return [m for _, m in _drain_members(consumers, count, deadline)]
-
-
-def _drain_members(
-    consumers: list[mqkit.Consumer], count: int, deadline: float = 30
-) -> list[tuple[int, Message]]:
-    """(index of the consumer, message) for each message received and acked."""
-    out: list[tuple[int, Message]] = []
-    end = time.monotonic() + deadline
-    while len(out) < count and time.monotonic() < end:
-        for index, consumer in enumerate(consumers):
-            message = consumer.receive(timeout=0.2)
-            if message is not None:
-                out.append((index, message))
-                message.ack()
-    return out
-
-
 def test_a_one_queue_group_is_its_queue_bound_to_the_topic(
     rabbit_url: str, clean: tuple[str, str]
 ) -> None:
@@ -77,10 +46,10 @@ def test_a_one_queue_group_is_its_queue_bound_to_the_topic(
         first = one.receive(timeout=10)
         assert first is not None and (first.id, first.attempt) == (sent[0], 1)
         first.nack()
-        rest = _drain([one], 30)
+        rest = receive_all([one], 30)
         assert [m.id for m in rest if m.id != sent[0]] == sent[1:]
         assert [m.attempt for m in rest if m.id == sent[0]] == [2]
-        assert sorted(m.id for m in _drain([partitioned], 30)) == sorted(sent)
+        assert sorted(m.id for m in receive_all([partitioned], 30)) == sorted(sent)
         assert one.receive(timeout=0.5) is None
     base = group_base(topic, group)
     assert _exists(rabbit_url, queue=base)
@@ -94,7 +63,7 @@ def test_members_of_a_one_queue_group_compete(rabbit_url: str, clean: tuple[str,
         members = [broker.consumer(topic, group=group, partitions=0, prefetch=1) for _ in "ab"]
         with broker.producer() as producer:
             sent = [producer.send(topic, i) for i in range(40)]
-        got = _drain_members(members, 40)
+        got = receive_each(members, 40)
         assert Counter(m.id for _, m in got) == Counter(sent)
         assert all(member.receive(timeout=0.5) is None for member in members)
         assert set(Counter(index for index, _ in got)) == {0, 1}
@@ -113,6 +82,6 @@ def test_a_member_of_the_other_mode_is_refused(
             broker.consumer(topic, group=group, partitions=joining)
         with broker.producer() as producer:
             sent = [producer.send(topic, i) for i in range(5)]
-        assert sorted(m.id for m in _drain([first], 5)) == sorted(sent)
+        assert sorted(m.id for m in receive_all([first], 5)) == sorted(sent)
         assert first.receive(timeout=1) is None
     assert _exists(rabbit_url, exchange=hash_exchange(group_base(topic, group))) == bool(created)

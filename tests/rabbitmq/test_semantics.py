@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pika
@@ -17,29 +16,9 @@ from mqkit_rabbitmq.consumer import Consumer as RabbitConsumer
 from mqkit_rabbitmq.wire import properties
 
 import mqkit
-from mqkit import Message, envelope
+from mqkit import envelope
 from mqkit.message import OutgoingMessage
-from tests.rabbitmq.conftest import delete_group
-
-
-@pytest.fixture
-def clean(rabbit_url: str, names: tuple[str, str]) -> Iterator[tuple[str, str]]:
-    """Topic and group whose queues are deleted after the test (the broker is shared)."""
-    yield names
-    topic, group = names
-    for suffix in ("", "-b"):
-        delete_group(rabbit_url, topic, group + suffix, 64)
-
-
-def _receive_all(consumer: mqkit.Consumer, count: int, deadline: float = 30) -> list[Message]:
-    out: list[Message] = []
-    end = time.monotonic() + deadline
-    while len(out) < count and time.monotonic() < end:
-        message = consumer.receive(timeout=0.5)
-        if message is not None:
-            out.append(message)
-            message.ack()
-    return out
+from tests.rabbitmq.conftest import delete_group, receive_all
 
 
 def test_wire_format_is_plain_amqp(rabbit_url: str, clean: tuple[str, str]) -> None:
@@ -76,14 +55,14 @@ def test_wire_format_is_plain_amqp(rabbit_url: str, clean: tuple[str, str]) -> N
             assert method.routing_key == "order-7"
             assert props.content_type == "application/octet-stream"
 
-            [mine] = _receive_all(consumer, 1)
+            [mine] = receive_all([consumer], 1)
             assert (mine.id, mine.key, dict(mine.headers)) == (sent, "order-7", {"trace": "t1"})
             assert mine.timestamp == millis / 1000
 
             channel.basic_publish(
                 topic, "u", b"from pika", pika.BasicProperties(headers={"n": 5}, message_id="m-1")
             )
-            [foreign] = _receive_all(consumer, 1)
+            [foreign] = receive_all([consumer], 1)
             assert foreign.body == b"from pika"
             assert foreign.id == "m-1" and foreign.key == "u"
             assert dict(foreign.headers) == {"n": 5}
@@ -91,7 +70,7 @@ def test_wire_format_is_plain_amqp(rabbit_url: str, clean: tuple[str, str]) -> N
             channel.basic_publish(  # a bridge from another transport keeps mqkit's id
                 topic, "u", b"bridged", pika.BasicProperties(headers={envelope.ID: "b-1"})
             )
-            [bridged] = _receive_all(consumer, 1)
+            [bridged] = receive_all([consumer], 1)
             assert (bridged.id, dict(bridged.headers)) == ("b-1", {})
     finally:
         conn.close()
@@ -128,7 +107,7 @@ def test_foreign_messages_without_id_get_a_stable_one(
             assert again.id == first.id
             again.ack()
             channel.basic_publish(topic, "u", b"two", pika.BasicProperties(headers={"h": "v"}))
-            [second] = _receive_all(consumer, 1)
+            [second] = receive_all([consumer], 1)
             assert second.body == b"two" and second.id not in (first.id, "")
             assert dict(second.headers) == {"h": "v"}
             assert abs(second.timestamp - time.time()) < 60  # no time sent: the receive time
@@ -166,7 +145,7 @@ def test_an_ack_without_waiting_is_written_before_it_returns(
         consumer = broker.consumer(topic, group=group)
         with broker.producer() as producer:
             sent = [producer.send(topic, n) for n in range(4)]
-        got = _receive_all(consumer, 0)  # (nothing: only lets the deliveries arrive)
+        got = receive_all([consumer], 0)  # (nothing: only lets the deliveries arrive)
         time.sleep(1.0)
         first = [consumer.receive(timeout=0) for _ in range(4)]
         driver = consumer._driver
@@ -218,7 +197,7 @@ def test_multi_topic_consumer(rabbit_url: str, clean: tuple[str, str]) -> None:
             with broker.producer() as producer:
                 producer.send(topic, 1, key="a")
                 producer.send(other, 2)
-            got = sorted((m.topic, m.value) for m in _receive_all(consumer, 2))
+            got = sorted((m.topic, m.value) for m in receive_all([consumer], 2))
             assert got == [(topic, 1), (other, 2)]
     finally:
         delete_group(rabbit_url, other, group, 64)
@@ -291,7 +270,7 @@ def test_killed_member_hands_its_partitions_over_in_key_order(
             child.send_signal(signal.SIGKILL)
             child.wait()
         expected = keys * per_key - sum(len(v) for v in child_acked.values())
-        for message in _receive_all(survivor, expected - taken, deadline=30):
+        for message in receive_all([survivor], expected - taken, deadline=30):
             mine[message.key or ""].append((message.value, message.attempt))
     assert child_acked, "the killed member had a partition"
     assert taken > 0, "the survivor had a partition while both were alive"

@@ -9,6 +9,7 @@ import socket
 import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -220,7 +221,8 @@ class CoalescingConnection(pika.SelectConnection):
     @contextmanager
     def corked(self) -> Iterator[None]:
         """Frames output inside go to the socket in one write at the end (or every
-        ``CORK_BYTES``). Only for the thread that drives the connection."""
+        ``CORK_BYTES``). Only for the thread that drives the connection; not nested."""
+        assert self._cork is None, "corked() is already active on this connection"
         self._cork, self._cork_bytes = [], 0
         try:
             yield
@@ -230,8 +232,12 @@ class CoalescingConnection(pika.SelectConnection):
 
     def output_pending(self) -> int:
         """Bytes waiting in pika's buffer for the socket."""
-        transport = getattr(self, "_transport", None)
+        transport = self._open_transport()
         return 0 if transport is None else int(transport.get_write_buffer_size())
+
+    def _open_transport(self) -> Any:
+        """pika's transport of the open connection (None before it is open or once closed)."""
+        return getattr(self, "_transport", None)
 
     def _uncork(self) -> None:
         if self._cork:
@@ -245,7 +251,7 @@ class CoalescingConnection(pika.SelectConnection):
     def _send_now(self, data: bytes) -> int:
         """How much of ``data`` a plain socket took at once; 0 when the data must queue
         behind pika's buffer (it holds something, or TLS, or the connection is not open)."""
-        transport = getattr(self, "_transport", None)
+        transport = self._open_transport()
         if (
             not self.is_open
             or not isinstance(transport, _AsyncPlaintextTransport)

@@ -686,6 +686,9 @@ class Consumer(ConsumerBase):
 
     def _set_up_groups(self, ctl: BlockingChannel, data: BlockingChannel, signals: str) -> None:
         """Declare and consume each topic's group topology."""
+        if not self._partitions:
+            self._set_up_one_queue_groups(ctl, data)
+            return
         args = queue_arguments(self._settings.queue_expires)
         # A topic takes 2 + P declarations and 2 + P bindings. They go out without waiting for
         # each answer (AMQP no-wait, on pika's underlying channel: the blocking one always
@@ -695,9 +698,6 @@ class Consumer(ConsumerBase):
         # right after they are declared, so none of them reaches queue_expires while later
         # topics are still being set up.
         nowait: pika.channel.Channel = ctl._impl  # type: ignore[attr-defined]
-        if not self._partitions:
-            self._set_up_one_queue_groups(ctl, data)
-            return
         for st in self._topics:
             bindings = self._bindings(st.topic)
             # The shared queue first: a group of the other mode refuses it (its delivery limit
