@@ -86,7 +86,15 @@ class RawKafkaClient:
         )
         self._consumer.subscribe(list(topics))
         deadline = time.monotonic() + s.join_timeout
-        while not self._consumer.assignment() and time.monotonic() < deadline:
+        # As the adapter does (consumer.Consumer._load_metadata): a group leader assigns only
+        # the topics whose metadata it has, so join with all of it, and wait for every topic.
+        for topic in topics:
+            while not self._consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        wanted = set(topics)
+        while {tp.topic for tp in self._consumer.assignment()} != wanted:
+            if time.monotonic() >= deadline:
+                break
             self._consumer.poll(timeout_ms=100, max_records=1, update_offsets=False)
         if self._consumer.assignment():  # the join poll may have moved positions
             for tp in self._consumer.assignment():
